@@ -1,0 +1,1 @@
+"""FastAPI service (registry, queries, alerts, webhooks). Not built yet."""

@@ -1,0 +1,1 @@
+"""Edge agent: reads plant devices, stores readings in a durable outbox, publishes over MQTT."""

@@ -1,0 +1,1 @@
+"""Ingest: MQTT → Kafka bridge, Kafka → database sink, schema and storage dialects."""

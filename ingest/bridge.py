@@ -1,0 +1,311 @@
+"""MQTT → Kafka bridge.
+
+Subscribes to the device telemetry and status topics with a persistent MQTT session
+(QoS 1), validates every message with :mod:`smartpark.wire` and produces it to Kafka
+keyed by enterprise with ``acks=all``. **The MQTT message is acknowledged only after
+Kafka acknowledged the record** (paho's manual acknowledgement), so a crash at any
+point leaves the message with the broker, which redelivers it: at least once.
+Invalid messages are produced to the dead-letter topic with their original bytes and
+the reason, then acknowledged: they never block the stream.
+
+Threads: paho runs its network loop in its own thread and hands each message to the
+asyncio loop; everything else runs on the loop. Acknowledgements go out in the order
+the messages arrived, as MQTT 3.1.1 asks. Backpressure comes from the broker: it
+sends at most its in-flight window of unacknowledged QoS 1 messages, so the bridge's
+memory is bounded by that window, not by the backlog.
+
+Ordering: records of one device reach Kafka in arrival order. If Kafka refuses a
+record after the producer's own retries, the bridge produces it again; records after
+it may then precede it. Duplicates from redelivery are harmless downstream (the sink
+and the rules de-duplicate by device, metric and time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ingest.kafka import DeadLetter, make_producer
+from smartpark.clock import MsClock, system_ms
+from smartpark.errors import PayloadError
+from smartpark.settings import Settings
+from smartpark.wire import decode_batch, decode_status, parse_topic
+
+log = logging.getLogger(__name__)
+
+_RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class BridgeStats:
+    received: int = 0
+    produced: int = 0
+    acked: int = 0
+    dead_letters: int = 0
+    produce_retries: int = 0
+    redelivery_expected: int = 0
+    connected: bool = False
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Inbound:
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received_ms: int
+    session: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    msg: _Inbound
+    record: tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
+    delivery: asyncio.Future[RecordMetadata]
+
+
+class Bridge:
+    """Moves device messages from the MQTT broker into Kafka.
+
+    ``async with Bridge(settings) as bridge: await bridge.run()``; ``stop()`` makes
+    ``run()`` return after acknowledging what Kafka already has.
+    """
+
+    def __init__(self, settings: Settings, *, clock: MsClock = system_ms) -> None:
+        self._settings = settings
+        self._clock = clock
+        self.stats = BridgeStats()
+        self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue()
+        self._pending: deque[_Pending] = deque()
+        self._pending_changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._session = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> Bridge:
+        self._loop = asyncio.get_running_loop()
+        self._producer = make_producer(
+            self._settings.kafka, client_id="smartpark-bridge"
+        )
+        await self._producer.start()
+        try:
+            self._client = self._connect_mqtt()
+        except BaseException:
+            await self._producer.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping.set()
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- MQTT side (paho's thread) ------------------------------------------------
+
+    def _connect_mqtt(self) -> mqtt.Client:
+        s = self._settings.mqtt
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        if s.username is not None:
+            password = s.password.get_secret_value() if s.password else None
+            client.username_pw_set(s.username, password)
+        if s.tls_ca is not None:
+            client.tls_set(ca_certs=s.tls_ca)
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        client.loop_start()
+        return client
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error(
+                "MQTT connect to %s refused: %s", self._settings.mqtt.host, reason
+            )
+            return
+        status_sub = self._settings.mqtt.subscription.rsplit("/", 1)[0] + "/status"
+        client.subscribe([(self._settings.mqtt.subscription, 1), (status_sub, 1)])
+        self.stats.connected = True
+        log.info("MQTT connected, subscribed to %s", self._settings.mqtt.subscription)
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any
+    ) -> None:
+        # Message ids are per connection: unacknowledged messages of the old one are
+        # redelivered by the broker, and must not be acknowledged on the new one.
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._new_session)
+        self.stats.connected = False
+        log.warning("MQTT disconnected: %s", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        assert self._loop is not None
+        inbound = _Inbound(
+            msg.mid, msg.qos, msg.topic, bytes(msg.payload), self._clock(), -1
+        )
+        self._loop.call_soon_threadsafe(self._enqueue, inbound)
+
+    # -- asyncio side -------------------------------------------------------------
+
+    def _new_session(self) -> None:
+        self._session += 1
+
+    def _enqueue(self, inbound: _Inbound) -> None:
+        inbound.session = self._session
+        self._inbox.put_nowait(inbound)
+
+    async def run(self) -> None:
+        """Bridge until :meth:`stop`; acknowledge all Kafka has before returning."""
+        acker = asyncio.create_task(self._ack_in_order())
+        try:
+            while not self._stopping.is_set():
+                get = asyncio.ensure_future(self._inbox.get())
+                stop = asyncio.ensure_future(self._stopping.wait())
+                done, _ = await asyncio.wait({get, stop}, return_when="FIRST_COMPLETED")
+                if get not in done:
+                    get.cancel()
+                    stop.cancel()
+                    break
+                stop.cancel()
+                await self._forward(get.result())
+            await self._drain()
+        finally:
+            acker.cancel()
+
+    async def _drain(self) -> None:
+        while self._pending:
+            self._pending_changed.clear()
+            await self._pending_changed.wait()
+
+    def _to_record(
+        self, msg: _Inbound
+    ) -> tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]:
+        """The Kafka record for ``msg``: its validated value, or a dead letter."""
+        try:
+            return self._validated(msg)
+        except PayloadError as exc:
+            self.stats.dead_letters += 1
+            kind = type(exc).__name__ + ":" + exc.path.split("[")[0]
+            reasons = self.stats.dead_letter_reasons
+            reasons[kind] = reasons.get(kind, 0) + 1
+            log.warning("dead letter from %s: %s", msg.topic, exc)
+            letter = DeadLetter(
+                msg.payload, str(exc), f"mqtt:{msg.topic}", msg.received_ms
+            )
+            topic = self._settings.kafka.deadletter_topic
+            return topic, msg.payload, None, letter.headers()
+
+    def _validated(
+        self, msg: _Inbound
+    ) -> tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]:
+        kafka = self._settings.kafka
+        park, enterprise, device, channel = parse_topic(msg.topic)
+        if channel == "telemetry":
+            batch = decode_batch(
+                msg.payload,
+                now_ms=msg.received_ms,
+                max_future_ms=self._settings.bridge.max_future_ms,
+            )
+            if (batch.park, batch.enterprise, batch.device) != (
+                park,
+                enterprise,
+                device,
+            ):
+                raise PayloadError(
+                    "device",
+                    f"payload is for {batch.park}/{batch.enterprise}/{batch.device}"
+                    f" but was published on {msg.topic}",
+                )
+            return kafka.telemetry_topic, msg.payload, enterprise.encode(), None
+        if channel == "status":
+            status = decode_status(msg.payload)
+            value = json.dumps(
+                {"park": park, "enterprise": enterprise, "device": device}
+                | status.to_json(),
+                separators=(",", ":"),
+            ).encode()
+            return kafka.status_topic, value, enterprise.encode(), None
+        raise PayloadError("topic", f"unknown channel {channel!r} in {msg.topic}")
+
+    async def _forward(self, msg: _Inbound) -> None:
+        self.stats.received += 1
+        record = self._to_record(msg)
+        delivery = await self._send(record)
+        self._pending.append(_Pending(msg, record, delivery))
+        self._pending_changed.set()
+
+    async def _send(
+        self, record: tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
+    ) -> asyncio.Future[RecordMetadata]:
+        assert self._producer is not None
+        topic, value, key, headers = record
+        attempt = 0
+        while True:
+            try:
+                fut: asyncio.Future[RecordMetadata] = await self._producer.send(
+                    topic, value, key=key, headers=headers
+                )
+            except KafkaError as exc:
+                attempt = await self._backoff(attempt, exc)
+            else:
+                return fut
+
+    async def _backoff(self, attempt: int, exc: KafkaError) -> int:
+        self.stats.produce_retries += 1
+        delay = _RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)]
+        log.warning("Kafka produce failed (%s); retrying in %.1f s", exc, delay)
+        await asyncio.sleep(delay)
+        return attempt + 1
+
+    async def _ack_in_order(self) -> None:
+        assert self._client is not None
+        while True:
+            if not self._pending:
+                self._pending_changed.clear()
+                await self._pending_changed.wait()
+                continue
+            head = self._pending[0]
+            attempt = 0
+            while True:
+                try:
+                    await head.delivery
+                    break
+                except KafkaError as exc:
+                    attempt = await self._backoff(attempt, exc)
+                    head.delivery = await self._send(head.record)
+            self.stats.produced += 1
+            self._pending.popleft()
+            if head.msg.session == self._session:
+                self._client.ack(head.msg.mid, head.msg.qos)
+                self.stats.acked += 1
+            else:
+                self.stats.redelivery_expected += 1
+            self._pending_changed.set()

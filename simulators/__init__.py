@@ -1,0 +1,1 @@
+"""Simulated plants and devices that speak the real protocols."""

@@ -1,0 +1,89 @@
+"""One exception root for the whole platform.
+
+    SmartparkError
+     ├── ConfigError            a configuration file or setting is wrong
+     │                          (names the file, the line and the field)
+     ├── PayloadError           a wire payload is invalid (names the field path)
+     │    └── UnsupportedVersion  a schema version this code does not read
+     ├── DeviceError            reading a plant device failed            (retriable)
+     │    ├── DeviceTimeout       the device did not answer in time       (retriable)
+     │    └── DeviceException     the device answered with an error code  (retriable)
+     └── StorageError           the database refused or lost a write      (retriable)
+
+Retry decisions come from the ``retriable`` class attribute, never from the text of
+a message.
+"""
+
+from __future__ import annotations
+
+
+class SmartparkError(Exception):
+    """Root of every error the platform raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(SmartparkError):
+    """A configuration file or setting is wrong.
+
+    ``str(err)`` reads ``file:line: field: reason`` so an engineer can go straight to
+    the mistake.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.file = file
+        self.line = line
+        self.field = field
+        where = ""
+        if file is not None:
+            where = file if line is None else f"{file}:{line}"
+            where += ": "
+        if field:
+            where += f"{field}: "
+        super().__init__(f"{where}{reason}")
+
+
+class PayloadError(SmartparkError):
+    """A wire payload is invalid. ``path`` is where (``readings[3].value``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+
+class UnsupportedVersion(PayloadError):
+    """The payload declares a schema version this code does not read."""
+
+
+class DeviceError(SmartparkError):
+    """Reading a plant device failed; the next poll may succeed."""
+
+    retriable = True
+
+    def __init__(self, device: str, reason: str) -> None:
+        self.device = device
+        self.reason = reason
+        super().__init__(f"device {device}: {reason}")
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer within its timeout."""
+
+
+class DeviceException(DeviceError):
+    """The device answered with a protocol error (e.g. a Modbus exception code)."""
+
+
+class StorageError(SmartparkError):
+    """The database refused or lost a write; nothing of the batch was committed."""
+
+    retriable = True

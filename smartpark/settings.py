@@ -1,0 +1,88 @@
+"""Process settings for the platform services (bridge, sink, rules, api).
+
+One :class:`Settings` object per process, built in ``main()`` and passed down.
+Environment variables use the prefix ``SMARTPARK_`` and ``__`` for nesting, e.g.
+``SMARTPARK_KAFKA__BOOTSTRAP=10.0.0.5:9092`` or ``SMARTPARK_DATABASE__DSN=...``.
+Nothing reads the environment at import time. The edge agent is configured by its
+own YAML file instead (see ``edge_agent.config``).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MqttSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: str | None = None
+    client_id: str = "smartpark-bridge"
+    # The bridge subscribes with a persistent session so the broker queues messages
+    # while it is down; a clean session would drop them.
+    subscription: str = "sp/v1/+/+/+/telemetry"
+    keepalive_s: int = 30
+
+
+class KafkaSettings(BaseModel):
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "sp."
+    # Tansu (used by the embedded demo) has no idempotent producer.
+    idempotence: bool = True
+    client_id: str = "smartpark"
+
+    @property
+    def telemetry_topic(self) -> str:
+        return f"{self.topic_prefix}telemetry.v1"
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.topic_prefix}device-status.v1"
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"{self.topic_prefix}alerts.v1"
+
+    @property
+    def deadletter_topic(self) -> str:
+        return f"{self.topic_prefix}deadletter.v1"
+
+
+class DatabaseSettings(BaseModel):
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/smartpark")
+    schema_: str = Field(default="public", alias="schema")
+    # "auto" uses TimescaleDB when the extension is available, plain PostgreSQL
+    # otherwise.
+    dialect: str = "auto"
+    # COPY is the fast path; "insert" is for servers without COPY (PGlite).
+    bulk_method: str = "copy"
+
+    model_config = {"populate_by_name": True}
+
+
+class BridgeSettings(BaseModel):
+    max_future_ms: int = 5 * 60 * 1000
+    # Produced-but-not-yet-acknowledged MQTT messages; beyond this the bridge stops
+    # reading from the broker (backpressure) rather than buffering without bound.
+    max_in_flight: int = 1000
+
+
+class SinkSettings(BaseModel):
+    group_id: str = "smartpark-sink"
+    batch_max_records: int = 5000
+    batch_max_wait_ms: int = 200
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SMARTPARK_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    mqtt: MqttSettings = MqttSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    bridge: BridgeSettings = BridgeSettings()
+    sink: SinkSettings = SinkSettings()
+    log_level: str = "INFO"

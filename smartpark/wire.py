@@ -1,0 +1,266 @@
+"""The telemetry wire format (schema version 1), shared by edge, bridge and sink.
+
+A batch is the readings of one device, published as JSON on
+``sp/v1/{park}/{enterprise}/{device}/telemetry`` and carried unchanged (after
+validation) as the value of a Kafka record keyed by enterprise::
+
+    {"v": 1, "park": "p1", "enterprise": "e1", "device": "d1",
+     "readings": [{"seq": 7, "metric": "active_energy", "value": 1234.5,
+                   "unit": "kWh", "ts_ms": 1767225600000, "q": "N"}]}
+
+``seq`` is the device's sequence number of the poll that produced the reading: it
+grows by one per poll, and all readings of one poll share it, so a gap or a
+duplicate is visible end to end by (device, seq, metric). ``q`` is the HJ 212 data
+flag. ``ts_ms`` is the event time in UTC milliseconds.
+
+:func:`decode_batch` is strict: every way a payload can be wrong raises
+:class:`PayloadError` naming the field path and the reason. It imports nothing but
+the standard library, so it is cheap on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from smartpark.catalogue import METRICS
+from smartpark.errors import PayloadError, UnsupportedVersion
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "sp/v1"
+MAX_READINGS = 10_000
+# Beyond this the clock of the device or the agent is wrong; refusing is safer than
+# storing a reading in the future where it would distort every window.
+DEFAULT_MAX_FUTURE_MS = 5 * 60 * 1000
+# 2000-01-01: anything earlier is a meter with an unset clock.
+MIN_TS_MS = 946_684_800_000
+_MAX_SEQ = 2**63 - 1
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+class Quality(StrEnum):
+    """HJ 212-2017 data flags."""
+
+    NORMAL = "N"
+    STOPPED = "F"
+    MAINTENANCE = "M"
+    MANUAL = "S"
+    FAULT = "D"
+    CALIBRATION = "C"
+    OVER_RANGE = "T"
+    COMMS_FAULT = "B"
+
+
+_QUALITIES = frozenset(q.value for q in Quality)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    seq: int
+    metric: str
+    value: float
+    unit: str
+    ts_ms: int
+    quality: str = Quality.NORMAL.value
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryBatch:
+    park: str
+    enterprise: str
+    device: str
+    readings: tuple[Reading, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "park": self.park,
+            "enterprise": self.enterprise,
+            "device": self.device,
+            "readings": [
+                {
+                    "seq": r.seq,
+                    "metric": r.metric,
+                    "value": r.value,
+                    "unit": r.unit,
+                    "ts_ms": r.ts_ms,
+                    "q": r.quality,
+                }
+                for r in self.readings
+            ],
+        }
+
+
+def encode_batch(batch: TelemetryBatch) -> bytes:
+    return json.dumps(batch.to_json(), separators=(",", ":"), allow_nan=False).encode()
+
+
+def valid_id(value: str) -> bool:
+    """Park, enterprise and device ids: 1 to 64 of ``A-Za-z0-9_.:-``, no wildcards."""
+    return _ID_RE.match(value) is not None
+
+
+def telemetry_topic(park: str, enterprise: str, device: str) -> str:
+    return f"{TOPIC_ROOT}/{park}/{enterprise}/{device}/telemetry"
+
+
+def status_topic(park: str, enterprise: str, device: str) -> str:
+    return f"{TOPIC_ROOT}/{park}/{enterprise}/{device}/status"
+
+
+def parse_topic(topic: str) -> tuple[str, str, str, str]:
+    """``(park, enterprise, device, channel)`` of a device topic, else PayloadError."""
+    parts = topic.split("/")
+    if len(parts) != 6 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
+        raise PayloadError("topic", f"not a device topic: {topic!r}")
+    _, _, park, enterprise, device, channel = parts
+    for name, value in (("park", park), ("enterprise", enterprise), ("device", device)):
+        if not valid_id(value):
+            raise PayloadError("topic", f"invalid {name} id {value!r} in {topic!r}")
+    return park, enterprise, device, channel
+
+
+def _need(obj: dict[str, Any], key: str, path: str) -> Any:
+    try:
+        return obj[key]
+    except KeyError:
+        raise PayloadError(f"{path}{key}", "missing") from None
+
+
+def _id(obj: dict[str, Any], key: str) -> str:
+    value = _need(obj, key, "")
+    if not isinstance(value, str) or not valid_id(value):
+        raise PayloadError(key, f"invalid id {value!r}")
+    return value
+
+
+def decode_batch(
+    data: bytes | str,
+    *,
+    now_ms: int,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+) -> TelemetryBatch:
+    """Parse and validate one telemetry batch.
+
+    ``now_ms`` is the receiver's clock (injected, so replay and tests are
+    deterministic); readings more than ``max_future_ms`` ahead of it are refused.
+    Raises :class:`UnsupportedVersion` for an unknown ``v`` and :class:`PayloadError`
+    for anything else; never any other exception.
+    """
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError("", f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PayloadError("", f"expected a JSON object, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != SCHEMA_VERSION:
+        raise UnsupportedVersion("v", f"unsupported schema version {version!r}")
+    park = _id(obj, "park")
+    enterprise = _id(obj, "enterprise")
+    device = _id(obj, "device")
+    raw = _need(obj, "readings", "")
+    if not isinstance(raw, list) or not raw:
+        raise PayloadError("readings", "expected a non-empty list")
+    if len(raw) > MAX_READINGS:
+        raise PayloadError("readings", f"{len(raw)} readings, limit {MAX_READINGS}")
+    unknown = obj.keys() - {"v", "park", "enterprise", "device", "readings"}
+    if unknown:
+        raise PayloadError(sorted(unknown)[0], "unknown field")
+    latest = now_ms + max_future_ms
+    seen: set[tuple[int, str]] = set()
+    readings = []
+    for i, r in enumerate(raw):
+        readings.append(_reading(r, f"readings[{i}].", latest, seen))
+    return TelemetryBatch(park, enterprise, device, tuple(readings))
+
+
+def _reading(r: Any, path: str, latest_ms: int, seen: set[tuple[int, str]]) -> Reading:
+    if not isinstance(r, dict):
+        raise PayloadError(path.rstrip("."), "expected an object")
+    seq = _need(r, "seq", path)
+    if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
+        raise PayloadError(
+            f"{path}seq", f"expected a non-negative integer, got {seq!r}"
+        )
+    name = _need(r, "metric", path)
+    m = METRICS.get(name) if isinstance(name, str) else None
+    if m is None:
+        raise PayloadError(f"{path}metric", f"unknown metric {name!r}")
+    value = _need(r, "value", path)
+    if type(value) is int:
+        value = float(value)
+    elif type(value) is not float:
+        raise PayloadError(f"{path}value", f"expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise PayloadError(f"{path}value", f"non-finite value {value!r}")
+    unit = _need(r, "unit", path)
+    if unit != m.unit:
+        raise PayloadError(f"{path}unit", f"{name} is in {m.unit!r}, got {unit!r}")
+    ts_ms = _need(r, "ts_ms", path)
+    if type(ts_ms) is not int:
+        raise PayloadError(f"{path}ts_ms", f"expected integer ms, got {ts_ms!r}")
+    if ts_ms < MIN_TS_MS:
+        raise PayloadError(f"{path}ts_ms", f"{ts_ms} is before 2000-01-01")
+    if ts_ms > latest_ms:
+        raise PayloadError(
+            f"{path}ts_ms",
+            f"{ts_ms} is {ts_ms - latest_ms} ms beyond the allowed future",
+        )
+    quality = r.get("q", "N")
+    if quality not in _QUALITIES:
+        raise PayloadError(f"{path}q", f"unknown quality flag {quality!r}")
+    if len(r) > 6 or (len(r) == 6 and "q" not in r):
+        extra = sorted(r.keys() - {"seq", "metric", "value", "unit", "ts_ms", "q"})
+        raise PayloadError(f"{path}{extra[0]}", "unknown field")
+    key = (seq, name)
+    if key in seen:
+        raise PayloadError(f"{path}seq", f"duplicate reading seq={seq} metric={name}")
+    seen.add(key)
+    return Reading(seq, name, value, unit, ts_ms, quality)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """Retained device status (``.../status``), also the agent's last will."""
+
+    online: bool
+    ts_ms: int
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "online": self.online,
+            "ts_ms": self.ts_ms,
+            "reason": self.reason,
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+
+def decode_status(data: bytes | str) -> DeviceStatus:
+    """Parse a device status message; :class:`PayloadError` if it is invalid."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError("", f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PayloadError("", f"expected a JSON object, got {type(obj).__name__}")
+    if obj.get("v") != SCHEMA_VERSION:
+        raise UnsupportedVersion("v", f"unsupported schema version {obj.get('v')!r}")
+    online = _need(obj, "online", "")
+    if type(online) is not bool:
+        raise PayloadError("online", f"expected true or false, got {online!r}")
+    ts_ms = _need(obj, "ts_ms", "")
+    if type(ts_ms) is not int or ts_ms < MIN_TS_MS:
+        raise PayloadError("ts_ms", f"expected integer ms after 2000, got {ts_ms!r}")
+    reason = obj.get("reason", "")
+    if not isinstance(reason, str):
+        raise PayloadError("reason", f"expected a string, got {reason!r}")
+    return DeviceStatus(online, ts_ms, reason)

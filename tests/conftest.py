@@ -1,0 +1,110 @@
+"""Shared fixtures: endpoints of the local services and per-test isolation.
+
+The services are started by ``deploy/local/services up`` (the README's test command
+does it). A test that needs a service which does not answer **fails** with the
+command to start it; it never skips, so CI cannot pass without the real services.
+Each test owns its data: a fresh PostgreSQL schema, a fresh Kafka topic prefix and
+a fresh park id (hence MQTT topics).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+SERVICES_HINT = "start them with: deploy/local/services up"
+
+
+def _endpoint(var: str, default: str) -> tuple[str, int]:
+    host, _, port = os.environ.get(var, default).rpartition(":")
+    return host, int(port)
+
+
+def _require(name: str, host: str, port: int) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as exc:
+        pytest.fail(f"{name} is not answering on {host}:{port} ({exc}); {SERVICES_HINT}")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    dsn = os.environ.get(
+        "SMARTPARK_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:54329/smartpark"
+    )
+    _require("PostgreSQL", "127.0.0.1", int(dsn.rsplit(":", 1)[1].split("/")[0]))
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def timescale_dsn() -> str:
+    dsn = os.environ.get(
+        "SMARTPARK_TEST_TIMESCALE_DSN", "postgresql://postgres@127.0.0.1:54330/postgres"
+    )
+    _require(
+        "PGlite TimescaleDB (services up --with-timescale)",
+        "127.0.0.1",
+        int(dsn.rsplit(":", 1)[1].split("/")[0]),
+    )
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    host, port = _endpoint("SMARTPARK_TEST_KAFKA", "127.0.0.1:19092")
+    _require("Kafka", host, port)
+    return f"{host}:{port}"
+
+
+@pytest.fixture(scope="session")
+def mqtt_addr() -> tuple[str, int]:
+    host, port = _endpoint("SMARTPARK_TEST_MQTT", "127.0.0.1:18830")
+    _require("Mosquitto", host, port)
+    return host, port
+
+
+@pytest.fixture
+def uid() -> str:
+    """A short id unique to this test, for schemas, topics, parks and groups."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def topic_prefix(uid: str) -> str:
+    return f"t{uid}."
+
+
+@pytest.fixture
+def park_id(uid: str) -> str:
+    return f"park{uid}"
+
+
+@pytest.fixture
+def db_schema(pg_dsn: str, uid: str) -> Iterator[str]:
+    """A fresh schema in the test database, dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"t_{uid}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+async def kafka_admin(kafka_bootstrap: str) -> AsyncIterator[object]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
