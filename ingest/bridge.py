@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.kafka import DeadLetter, make_producer
+from ingest.kafka import DeadLetter, ensure_topics, make_producer
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import PayloadError
 from smartpark.settings import Settings
@@ -97,6 +97,7 @@ class Bridge:
 
     async def __aenter__(self) -> Bridge:
         self._loop = asyncio.get_running_loop()
+        await ensure_topics(self._settings.kafka)
         self._producer = make_producer(
             self._settings.kafka, client_id="smartpark-bridge"
         )

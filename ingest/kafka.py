@@ -7,11 +7,16 @@ A dead letter keeps the original bytes as its value and says why in its headers.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from smartpark.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 DLQ_REASON = "sp-reason"
 DLQ_SOURCE = "sp-source"
@@ -51,3 +56,37 @@ class DeadLetter:
             (DLQ_SOURCE, self.source.encode()),
             (DLQ_RECEIVED_MS, str(self.received_ms).encode()),
         ]
+
+
+async def ensure_topics(settings: KafkaSettings) -> None:
+    """Create the platform's topics if they do not exist (idempotent).
+
+    Existing topics are left as they are: changing a partition count moves keys
+    between partitions, which is an operator's decision, not a start-up side effect.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            settings.telemetry_topic,
+            settings.status_topic,
+            settings.alerts_topic,
+            settings.deadletter_topic,
+        ]
+        missing = [t for t in wanted if t not in existing]
+        if not missing:
+            return
+        response = await admin.create_topics(
+            [
+                NewTopic(t, settings.partitions, settings.replication_factor)
+                for t in missing
+            ]
+        )
+        for topic, code, *_ in response.topic_errors:
+            # Another process may have created it between list and create.
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise for_code(code)(f"creating topic {topic}")
+        log.info("created Kafka topics %s", ", ".join(missing))
+    finally:
+        await admin.close()

@@ -32,6 +32,10 @@ class KafkaSettings(BaseModel):
     # Tansu (used by the embedded demo) has no idempotent producer.
     idempotence: bool = True
     client_id: str = "smartpark"
+    # Used when the platform creates its topics (``ensure_topics``); the telemetry
+    # partition count bounds how many sinks and rule runners share the load.
+    partitions: int = 4
+    replication_factor: int = 1
 
     @property
     def telemetry_topic(self) -> str:

@@ -15,6 +15,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The suite shares two cores with Kafka and PostgreSQL: timing-based health checks
+# would fail on load, not on bugs.
+settings.register_profile(
+    "smartpark", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("smartpark")
 
 SERVICES_HINT = "start them with: deploy/local/services up"
 
@@ -29,7 +37,9 @@ def _require(name: str, host: str, port: int) -> None:
         with socket.create_connection((host, port), timeout=2):
             return
     except OSError as exc:
-        pytest.fail(f"{name} is not answering on {host}:{port} ({exc}); {SERVICES_HINT}")
+        pytest.fail(
+            f"{name} is not answering on {host}:{port} ({exc}); {SERVICES_HINT}"
+        )
 
 
 @pytest.fixture(scope="session")

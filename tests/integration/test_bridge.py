@@ -1,0 +1,133 @@
+"""The MQTT → Kafka bridge against the real Mosquitto and Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from ingest.bridge import Bridge
+from ingest.kafka import DLQ_REASON, DLQ_SOURCE
+from smartpark.clock import system_ms
+from smartpark.settings import KafkaSettings, MqttSettings, Settings
+from smartpark.wire import Reading, TelemetryBatch, encode_batch, telemetry_topic
+from tests.support.clients import consume_until, publish_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def bridge_settings(
+    mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park: str
+) -> Settings:
+    return Settings(
+        mqtt=MqttSettings(
+            host=mqtt_addr[0],
+            port=mqtt_addr[1],
+            client_id=f"bridge-{park}",
+            subscription=f"sp/v1/{park}/+/+/telemetry",
+        ),
+        kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topic_prefix),
+    )
+
+
+def batch(park: str, ent: str, dev: str, seq: int) -> TelemetryBatch:
+    now = system_ms()
+    return TelemetryBatch(
+        park,
+        ent,
+        dev,
+        (
+            Reading(seq, "active_energy", 100.0 + seq, "kWh", now),
+            Reading(seq, "active_power", 5.0, "kW", now),
+        ),
+    )
+
+
+async def test_valid_batches_reach_kafka_keyed_by_enterprise_in_order(
+    mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park_id: str
+) -> None:
+    settings = bridge_settings(mqtt_addr, kafka_bootstrap, topic_prefix, park_id)
+    devices = [("ent-a", "m1"), ("ent-a", "m2"), ("ent-b", "m1")]
+    sent = [
+        (telemetry_topic(park_id, e, d), encode_batch(batch(park_id, e, d, seq)))
+        for seq in range(1, 41)
+        for e, d in devices
+    ]
+    async with Bridge(settings) as bridge:
+        task = asyncio.create_task(bridge.run())
+        await wait_for(lambda: bridge.stats.connected, timeout_s=20, what="MQTT")
+        await asyncio.to_thread(publish_all, *mqtt_addr, sent)
+        await wait_for(
+            lambda: bridge.stats.acked == len(sent), timeout_s=60, what="all acked"
+        )
+        bridge.stop()
+        await task
+    records = await consume_until(
+        kafka_bootstrap, settings.kafka.telemetry_topic, lambda r: len(r) >= len(sent)
+    )
+    assert sorted(r.value for r in records) == sorted(p for _, p in sent)
+    partitions: dict[bytes, set[int]] = {}
+    seqs: dict[tuple[str, str], list[int]] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        assert r.key is not None
+        doc = json.loads(r.value)
+        assert r.key.decode() == doc["enterprise"]
+        partitions.setdefault(r.key, set()).add(r.partition)
+        seqs.setdefault((doc["enterprise"], doc["device"]), []).append(
+            doc["readings"][0]["seq"]
+        )
+    assert all(len(p) == 1 for p in partitions.values()), partitions
+    assert all(s == list(range(1, 41)) for s in seqs.values()), seqs
+    assert bridge.stats.dead_letters == 0
+
+
+async def test_invalid_payloads_go_to_dead_letters_and_do_not_block(
+    mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park_id: str
+) -> None:
+    settings = bridge_settings(mqtt_addr, kafka_bootstrap, topic_prefix, park_id)
+    topic = telemetry_topic(park_id, "ent-a", "m1")
+    good1 = encode_batch(batch(park_id, "ent-a", "m1", 1))
+    good2 = encode_batch(batch(park_id, "ent-a", "m1", 2))
+    wrong_device = encode_batch(batch(park_id, "ent-a", "m9", 3))
+    future = json.loads(good1)
+    future["readings"][0]["ts_ms"] += 3_600_000
+    bad = [
+        (topic, b"\x00garbage"),
+        (topic, good1.replace(b"active_power", b"active_powr")),
+        (topic, good1.replace(b'"unit":"kW"', b'"unit":"MW"')),
+        (topic, json.dumps(future).encode()),
+        (topic, good1.replace(b'"v":1', b'"v":7')),
+        (topic, wrong_device),
+    ]
+    messages = [(topic, good1), *bad, (topic, good2)]
+    async with Bridge(settings) as bridge:
+        task = asyncio.create_task(bridge.run())
+        await wait_for(lambda: bridge.stats.connected, timeout_s=20, what="MQTT")
+        await asyncio.to_thread(publish_all, *mqtt_addr, messages)
+        await wait_for(
+            lambda: bridge.stats.acked == len(messages), timeout_s=60, what="acks"
+        )
+        bridge.stop()
+        await task
+    assert bridge.stats.dead_letters == len(bad)
+    good = await consume_until(
+        kafka_bootstrap, settings.kafka.telemetry_topic, lambda r: len(r) >= 2
+    )
+    assert [r.value for r in good] == [good1, good2]
+    dead = await consume_until(
+        kafka_bootstrap, settings.kafka.deadletter_topic, lambda r: len(r) >= len(bad)
+    )
+    assert [r.value for r in dead] == [p for _, p in bad]
+    reasons = [dict(r.headers)[DLQ_REASON].decode() for r in dead]
+    expected = [
+        "not JSON",
+        "readings[1].metric: unknown metric 'active_powr'",
+        "readings[1].unit: active_power is in 'kW', got 'MW'",
+        "readings[0].ts_ms:",
+        "v: unsupported schema version 7",
+        "device: payload is for",
+    ]
+    for reason, want in zip(reasons, expected, strict=True):
+        assert want in reason
+    assert all(dict(r.headers)[DLQ_SOURCE] == f"mqtt:{topic}".encode() for r in dead)

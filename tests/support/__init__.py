@@ -1,0 +1,1 @@
+"""Helpers shared by integration tests: real clients for MQTT and Kafka."""

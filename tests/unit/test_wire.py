@@ -1,0 +1,206 @@
+"""Wire format: every way a payload can be wrong is named precisely."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smartpark.errors import PayloadError, UnsupportedVersion
+from smartpark.wire import (
+    Reading,
+    TelemetryBatch,
+    decode_batch,
+    decode_status,
+    encode_batch,
+    parse_topic,
+)
+
+NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def good() -> dict[str, Any]:
+    return {
+        "v": 1,
+        "park": "p1",
+        "enterprise": "alu-1",
+        "device": "meter-7",
+        "readings": [
+            {
+                "seq": 3,
+                "metric": "active_energy",
+                "value": 10.5,
+                "unit": "kWh",
+                "ts_ms": NOW,
+                "q": "N",
+            },
+            {
+                "seq": 3,
+                "metric": "active_power",
+                "value": 2,
+                "unit": "kW",
+                "ts_ms": NOW,
+            },
+        ],
+    }
+
+
+def test_round_trip() -> None:
+    batch = decode_batch(json.dumps(good()), now_ms=NOW)
+    assert batch.readings[1] == Reading(3, "active_power", 2.0, "kW", NOW, "N")
+    assert decode_batch(encode_batch(batch), now_ms=NOW) == batch
+
+
+def _set(path: str, value: Any) -> dict[str, Any]:
+    doc = good()
+    target: Any = doc
+    *parents, last = path.split(".")
+    for p in parents:
+        target = target[int(p)] if p.isdigit() else target[p]
+    if value is _DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return doc
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "where", "why"),
+    [
+        ("v", 2, "v", "unsupported schema version 2"),
+        ("v", _DELETE, "v", "unsupported schema version None"),
+        ("park", "a/b", "park", "invalid id"),
+        ("device", "+", "device", "invalid id"),
+        ("enterprise", _DELETE, "enterprise", "missing"),
+        ("readings", [], "readings", "non-empty list"),
+        ("readings", {}, "readings", "non-empty list"),
+        ("extra", 1, "extra", "unknown field"),
+        ("readings.0.metric", "so3", "readings[0].metric", "unknown metric 'so3'"),
+        ("readings.0.unit", "MWh", "readings[0].unit", "active_energy is in 'kWh'"),
+        ("readings.0.value", "1.5", "readings[0].value", "expected a number"),
+        ("readings.0.value", True, "readings[0].value", "expected a number"),
+        ("readings.0.value", None, "readings[0].value", "expected a number"),
+        ("readings.0.seq", -1, "readings[0].seq", "non-negative integer"),
+        ("readings.0.seq", 1.0, "readings[0].seq", "non-negative integer"),
+        ("readings.0.ts_ms", NOW + 10 * 60_000, "readings[0].ts_ms", "beyond"),
+        ("readings.0.ts_ms", 1_000, "readings[0].ts_ms", "before 2000"),
+        ("readings.0.ts_ms", "2026-01-01", "readings[0].ts_ms", "integer ms"),
+        ("readings.0.q", "X", "readings[0].q", "unknown quality flag"),
+        ("readings.1.metric", "active_energy", "readings[1].seq", "duplicate"),
+        ("readings.1.colour", "red", "readings[1].colour", "unknown field"),
+        ("readings.0.ts_ms", _DELETE, "readings[0].ts_ms", "missing"),
+    ],
+)
+def test_each_mistake_is_named(path: str, value: Any, where: str, why: str) -> None:
+    doc = _set(path, value)
+    if path == "readings.1.metric":
+        doc["readings"][1]["unit"] = "kWh"
+    with pytest.raises(PayloadError) as err:
+        decode_batch(json.dumps(doc), now_ms=NOW)
+    assert err.value.path == where
+    assert why in err.value.reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (
+            b'{"v": 1, "park": "p", "enterprise": "e", "device": "d", "readings": '
+            b'[{"seq": 1, "metric": "o2", "value": NaN, "unit": "%", "ts_ms": '
+            + str(NOW).encode()
+            + b"}]}",
+            "non-finite",
+        ),
+        (
+            b'{"v": 1, "park": "p", "enterprise": "e", "device": "d", "readings": '
+            b'[{"seq": 1, "metric": "o2", "value": Infinity, "unit": "%", "ts_ms": '
+            + str(NOW).encode()
+            + b"}]}",
+            "non-finite",
+        ),
+    ],
+)
+def test_malformed_bytes(raw: bytes, why: str) -> None:
+    with pytest.raises(PayloadError, match=why):
+        decode_batch(raw, now_ms=NOW)
+
+
+def test_unknown_version_is_its_own_type() -> None:
+    with pytest.raises(UnsupportedVersion):
+        decode_batch(json.dumps(_set("v", 9)), now_ms=NOW)
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_raise_only_payload_error(data: bytes) -> None:
+    try:
+        decode_batch(data, now_ms=NOW)
+    except PayloadError:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["seq", "metric", "value", "unit", "ts_ms", "q", "x"]),
+        json_values,
+    )
+)
+def test_arbitrary_readings_raise_only_payload_error(reading: dict[str, Any]) -> None:
+    doc = good()
+    doc["readings"] = [reading]
+    try:
+        decode_batch(json.dumps(doc), now_ms=NOW)
+    except PayloadError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("topic", "ok"),
+    [
+        ("sp/v1/p1/e1/d1/telemetry", True),
+        ("sp/v1/p1/e1/d1/status", True),
+        ("sp/v2/p1/e1/d1/telemetry", False),
+        ("sp/v1/p1/e1/telemetry", False),
+        ("sp/v1/p1/e 1/d1/telemetry", False),
+        ("sp/v1/p1/e1/d1/x/telemetry", False),
+    ],
+)
+def test_parse_topic(topic: str, ok: bool) -> None:
+    if ok:
+        assert parse_topic(topic)[:3] == ("p1", "e1", "d1")
+    else:
+        with pytest.raises(PayloadError):
+            parse_topic(topic)
+
+
+def test_status_round_trip_and_errors() -> None:
+    from smartpark.wire import DeviceStatus
+
+    s = DeviceStatus(online=False, ts_ms=NOW, reason="will")
+    assert decode_status(s.encode()) == s
+    with pytest.raises(PayloadError, match="online"):
+        decode_status(b'{"v": 1, "online": "yes", "ts_ms": 1767225600000}')
+
+
+def test_batch_encodes_without_nan() -> None:
+    batch = TelemetryBatch("p", "e", "d", (Reading(1, "o2", float("nan"), "%", NOW),))
+    with pytest.raises(ValueError, match="Out of range float"):
+        encode_batch(batch)
