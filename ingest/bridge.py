@@ -222,7 +222,7 @@ class Bridge:
                 msg.payload, str(exc), f"mqtt:{msg.topic}", msg.received_ms
             )
             topic = self._settings.kafka.deadletter_topic
-            return topic, msg.payload, None, letter.headers()
+            return topic, msg.payload, _enterprise_key(msg.topic), letter.headers()
 
     def _validated(
         self, msg: _Inbound
@@ -310,3 +310,10 @@ class Bridge:
             else:
                 self.stats.redelivery_expected += 1
             self._pending_changed.set()
+
+
+def _enterprise_key(topic: str) -> bytes | None:
+    """Dead letters keep the enterprise key when the topic names one, so an
+    enterprise's rejects stay in order next to each other."""
+    parts = topic.split("/")
+    return parts[3].encode() if len(parts) == 6 else None
