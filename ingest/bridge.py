@@ -55,6 +55,9 @@ class BridgeStats:
     produce_retries: int = 0
     redelivery_expected: int = 0
     connected: bool = False
+    # The broker holds our subscription: from now on it queues messages for the
+    # bridge's session even while the bridge is down.
+    subscribed: bool = False
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -140,6 +143,7 @@ class Bridge:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
         client.loop_start()
         return client
@@ -155,7 +159,17 @@ class Bridge:
         status_sub = self._settings.mqtt.subscription.rsplit("/", 1)[0] + "/status"
         client.subscribe([(self._settings.mqtt.subscription, 1), (status_sub, 1)])
         self.stats.connected = True
-        log.info("MQTT connected, subscribed to %s", self._settings.mqtt.subscription)
+        log.info("MQTT connected to %s:%d", client.host, client.port)
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any
+    ) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            log.error("MQTT subscription refused: %s", failed)
+            return
+        self.stats.subscribed = True
+        log.info("MQTT subscribed to %s", self._settings.mqtt.subscription)
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any

@@ -56,7 +56,7 @@ async def test_valid_batches_reach_kafka_keyed_by_enterprise_in_order(
     ]
     async with Bridge(settings) as bridge:
         task = asyncio.create_task(bridge.run())
-        await wait_for(lambda: bridge.stats.connected, timeout_s=20, what="MQTT")
+        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
         await asyncio.to_thread(publish_all, *mqtt_addr, sent)
         await wait_for(
             lambda: bridge.stats.acked == len(sent), timeout_s=60, what="all acked"
@@ -103,7 +103,7 @@ async def test_invalid_payloads_go_to_dead_letters_and_do_not_block(
     messages = [(topic, good1), *bad, (topic, good2)]
     async with Bridge(settings) as bridge:
         task = asyncio.create_task(bridge.run())
-        await wait_for(lambda: bridge.stats.connected, timeout_s=20, what="MQTT")
+        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
         await asyncio.to_thread(publish_all, *mqtt_addr, messages)
         await wait_for(
             lambda: bridge.stats.acked == len(messages), timeout_s=60, what="acks"

@@ -61,13 +61,23 @@ async def consume_until(
 class Subscriber:
     """A background paho subscriber collecting ``(topic, payload)`` for assertions."""
 
-    def __init__(self, host: str, port: int, topic: str) -> None:
+    def __init__(
+        self, host: str, port: int, topic: str, *, client_id: str | None = None
+    ) -> None:
+        """With ``client_id`` the session persists (QoS 1 messages queue while the
+        broker restarts); without, it is a clean session."""
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or "",
+            clean_session=client_id is None,
+            protocol=mqtt.MQTTv311,
+        )
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.connect(host, port)
         self._client.subscribe(topic, qos=1)
         self._client.loop_start()
