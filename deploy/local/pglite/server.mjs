@@ -14,18 +14,27 @@
 //     ALTER TABLE ... SET (timescaledb.compress, ...), compress_chunk, add_compression_policy,
 //     add_retention_policy, CALL run_job(id) (jobs run only when called: there are no
 //     background workers), COPY ... TO STDOUT, statements > 64 KB (with the framing below).
-//   does NOT work: COPY ... FROM STDIN (simple query protocol) aborts the WASM instance,
-//     i.e. kills the server; we answer it with an error (SQLSTATE 0A000) instead.
-//     Use INSERT / executemany.
+//   does NOT work: COPY ... FROM STDIN (psql, psycopg cursor.copy, asyncpg
+//     copy_records_to_table) aborts the WASM instance, i.e. kills the server; we answer
+//     it with an error (SQLSTATE 0A000, FeatureNotSupported) instead. Use INSERT/executemany.
+//     Policies (add_*_policy) are stored but never run by themselves: no background
+//     worker scheduler; CALL run_job(id) runs one (job_stats stay empty).
+//     There is one database: CREATE DATABASE / connecting to another one is not possible.
+//   Also checked with asyncpg 0.32 and psycopg 3 (sequential connections with prepared
+//   statements, an abandoned open transaction, 200 KB parameters, a queued 2nd client),
+//   and that a restart (SIGTERM, or even SIGKILL, then start) keeps all rows, compressed
+//   chunks included.
 //
-// Limits: one connection at a time (others queue up to 60 s); no background jobs;
-// PGlite runs each statement synchronously in this one Node process.
+// Limits: one connection at a time (others queue up to 60 s, then are closed); each
+// statement runs synchronously in this one Node process (slow next to real Postgres).
 //
-// Two fixes over plain PGLiteSocketServer (pglite-socket 0.0.19):
+// Fixes over plain PGlite + PGLiteSocketServer (pglite-socket 0.0.19):
+//  0. No shared_preload_libraries: see the LOAD 'timescaledb' below.
 //  1. It hands each TCP chunk to PGlite as is, so a message split over several chunks
 //     (any client write over ~64 KB) crashed the WASM. We frame: only whole protocol
 //     messages are passed on. We also answer SSLRequest/GSSENCRequest with 'N' so
-//     clients with the default sslmode=prefer connect.
+//     clients with the default sslmode=prefer connect, and close the socket on
+//     Terminate (asyncpg's close() hung forever waiting for that).
 //  2. All clients share PGlite's single backend session, so an open transaction, SET,
 //     or prepared statement leaked into the next connection (asyncpg/psycopg statement
 //     names then collide). On disconnect we ROLLBACK + DISCARD ALL before the next
@@ -50,7 +59,8 @@ H.handleData = function (chunk) {
   let buf = this._pending ? Buffer.concat([this._pending, chunk]) : chunk
   const out = []
   let off = 0
-  while (true) {
+  let terminate = false
+  while (!terminate) {
     // The startup phase messages have no type byte: int32 length first.
     const hdr = this._startupDone ? 5 : 4
     if (buf.length - off < hdr) break
@@ -66,6 +76,11 @@ H.handleData = function (chunk) {
         continue
       }
       this._startupDone = true
+    } else if (msg[0] === 0x58) {
+      // Terminate: a real server closes the connection; clients such as asyncpg wait
+      // for that. PGlite itself must not see it.
+      terminate = true
+      continue
     } else if (msg[0] === 0x51 && COPY_FROM_STDIN.test(msg.toString('utf8', 5, len - 1))) {
       // COPY FROM STDIN aborts the WASM instance (the whole server): fail it in SQL instead.
       msg = simpleQuery(
@@ -75,8 +90,12 @@ H.handleData = function (chunk) {
     out.push(msg)
   }
   this._pending = off < buf.length ? Buffer.from(buf.subarray(off)) : null
-  if (out.length === 0) return Promise.resolve(0)
-  return origHandleData.call(this, Buffer.concat(out))
+  const done = out.length ? origHandleData.call(this, Buffer.concat(out)) : Promise.resolve(0)
+  if (terminate) {
+    const sock = this.socket
+    done.then(() => sock?.end(), () => sock?.end())
+  }
+  return done
 }
 
 // 2. session reset: keep the exclusive lock until the shared session is clean.
@@ -113,6 +132,11 @@ H.detach = function (close) {
 }
 
 const db = await PGlite.create({ dataDir, extensions: { timescaledb } })
+// There is no shared_preload_libraries here: on a restart over an existing data dir
+// timescaledb was NOT loaded, so hypertables acted as plain tables (compressed chunks
+// read as empty, inserts went to the parent, compress_chunk failed "license"). LOAD it
+// before any client runs.
+await db.exec("LOAD 'timescaledb'")
 await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb')
 // PGlite boots with client_min_messages=debug3: every client would get DEBUG notices.
 await db.exec('SET client_min_messages = notice')
