@@ -1,1 +1,1 @@
-"""The embedded demo: the whole telemetry path on one machine with no services installed."""
+"""The embedded demo: the whole telemetry path on one machine, no services installed."""

@@ -10,9 +10,11 @@ the reason, then acknowledged: they never block the stream.
 
 Threads: paho runs its network loop in its own thread and hands each message to the
 asyncio loop; everything else runs on the loop. Acknowledgements go out in the order
-the messages arrived, as MQTT 3.1.1 asks. Backpressure comes from the broker: it
-sends at most its in-flight window of unacknowledged QoS 1 messages, so the bridge's
-memory is bounded by that window, not by the backlog.
+the messages arrived, as MQTT 3.1.1 asks. Backpressure comes from the broker:
+Mosquitto sends at most ``max_inflight_messages`` unacknowledged QoS 1 messages per
+client, so the bridge's memory is bounded by that window, not by the backlog. (amqtt,
+used by the embedded demo, has no such window and drops a QoS 1 message that is not
+acknowledged within 5 s: the demo's broker shows the flow; it is not durable.)
 
 Ordering: records of one device reach Kafka in arrival order. If Kafka refuses a
 record after the producer's own retries, the bridge produces it again; records after
@@ -179,7 +181,10 @@ class Bridge:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._new_session)
         self.stats.connected = False
-        log.warning("MQTT disconnected: %s", reason)
+        if self._stopping.is_set():
+            log.info("MQTT disconnected: %s", reason)
+        else:
+            log.warning("MQTT disconnected: %s", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         assert self._loop is not None

@@ -1,1 +1,1 @@
-"""Rule engine (issue 4): a pure, deterministic core plus a Kafka runner. Not built yet."""
+"""Rule engine: a pure, deterministic core plus a Kafka runner (not built yet)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
@@ -55,7 +56,7 @@ def platform_settings(
             subscription=f"sp/v1/{park}/+/+/telemetry",
         ),
         kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topic_prefix),
-        database=DatabaseSettings(dsn=pg_dsn, schema=db_schema),
+        database=DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema),
         sink=SinkSettings(group_id=f"sink-{park}"),
     )
 

