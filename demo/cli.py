@@ -338,7 +338,7 @@ async def _start_pipeline(
     for config in configs:
         agent = EdgeAgent(config)
         await agent.start()
-        stack.push_async_callback(_stop_agent, agent)
+        stack.push_async_callback(agent.stop)
         run.agents.append(agent)
     print(
         f"  pipeline    {len(park.devices)} Modbus devices, {len(configs)} edge"
@@ -346,30 +346,6 @@ async def _start_pipeline(
         flush=True,
     )
     run.started = time.monotonic()
-
-
-async def _stop_agent(agent: EdgeAgent) -> None:
-    """``agent.stop()``, cancelling again any poll task that survived its cancel.
-
-    On Python 3.11, ``asyncio.wait_for`` (pymodbus awaits every response with it)
-    returns the result and drops a cancel that arrives in the same loop iteration as
-    the response. A poll task then outlives the one cancel ``EdgeAgent.stop()``
-    sends, and ``stop()`` waits for it forever. Polls keep a fixed cadence from the
-    agent's start and the demo stops a whole number of seconds later, so that
-    coincidence is common here.
-    """
-    polls = {f"poll {device.id}" for device in agent.config.devices}
-    stopping = asyncio.create_task(agent.stop())
-    try:
-        while not (await asyncio.wait({stopping}, timeout=1.0))[0]:
-            for task in asyncio.all_tasks():
-                if task.get_name() in polls and task.cancelling():
-                    log.info("cancelling %s again", task.get_name())
-                    task.cancel()
-    except asyncio.CancelledError:
-        stopping.cancel()
-        raise
-    stopping.result()
 
 
 async def _note_published(run: _Run) -> None:

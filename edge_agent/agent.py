@@ -1,0 +1,248 @@
+"""The running edge agent: one poll task per device, the outbox, the publisher.
+
+Usage::
+
+    async with EdgeAgent(load_config("agent.yaml")) as agent:
+        await agent.run_until(stop_event)     # raises if an internal task died
+        print(agent.stats())
+
+Contracts:
+
+- Each device is polled by its own task at ``poll_interval_s`` (fixed cadence:
+  missed ticks are skipped, never bunched). A failed poll backs off exponentially
+  (``interval * 2**(failures-1)``, at most ``max_backoff_s``), so a dead device
+  costs one ``timeout_s`` per attempt and never delays another device.
+- A successful poll is stored in the outbox *before* the publisher is told about
+  it; its sequence number comes from the outbox (one per successful poll).
+- Every device failure is counted in :class:`DeviceStats` and logged with the
+  device id and the reason; a device's retained status goes offline on failure and
+  online again on the next success.
+- ``stop()`` (and leaving the ``async with``) stops polling first, then lets the
+  publisher flush for up to ``flush_timeout_s``; what is not acknowledged stays in
+  the outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from types import TracebackType
+
+from edge_agent.config import AgentConfig, DeviceConfig
+from edge_agent.modbus import ModbusPoller
+from edge_agent.outbox import Outbox, OutboxStats
+from edge_agent.publisher import Publisher, PublisherStats
+from edge_agent.sample import Clock, utc_now
+from smartpark.errors import DeviceError, StorageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    polls_ok: int = 0
+    errors: int = 0
+    consecutive_failures: int = 0
+    last_error: str = ""
+    last_seq: int = 0
+    backoff_s: float = 0.0  # extra wait before the next attempt, 0 when healthy
+    invalid_values: int = 0  # registers left out because they decoded to NaN/inf
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats:
+    devices: dict[str, DeviceStats]
+    outbox: OutboxStats
+    publisher: PublisherStats
+
+    @property
+    def broker_connected(self) -> bool:
+        return self.publisher.connected
+
+
+def backoff_delay(interval_s: float, failures: int, max_backoff_s: float) -> float:
+    """Seconds until the next attempt after ``failures`` consecutive failures."""
+    if failures <= 0:
+        return interval_s
+    # Cap the exponent: 2**failures overflows a float after a long outage.
+    return min(max_backoff_s, interval_s * 2.0 ** min(failures - 1, 60))
+
+
+class EdgeAgent:
+    """See the module contract. Construct cheaply; I/O starts in ``start()``.
+
+    ``clock`` stamps readings (event time) and ages outbox rows; the poll cadence
+    and backoff run on the event loop's monotonic clock, so a wall-clock jump
+    neither stops nor bunches polls.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Clock = utc_now,
+        flush_timeout_s: float = 5.0,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._flush_timeout_s = flush_timeout_s
+        self.outbox = Outbox.from_config(config.outbox, clock=clock)
+        self.publisher = Publisher(config, self.outbox, clock=clock)
+        self._pollers = {d.id: ModbusPoller(d, clock=clock) for d in config.devices}
+        self._stats = {d.id: DeviceStats() for d in config.devices}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_outbox = OutboxStats(0, None, config.outbox.max_rows, 0, 0, 0, 0)
+
+    async def __aenter__(self) -> EdgeAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self.outbox.open()
+        try:
+            for device in self.config.devices:
+                self._stats[device.id].last_seq = self.outbox.last_seq(device.id)
+            await self.publisher.start()
+        except BaseException:
+            self.outbox.close()  # __aexit__ does not run when __aenter__ fails
+            raise
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(d), name=f"poll {d.id}")
+            for d in self.config.devices
+        ]
+        site = self.config.site
+        log.info(
+            "edge agent %s started: %s/%s, %d devices, outbox %s (%d rows pending)",
+            self.config.broker.client_id,
+            site.park,
+            site.enterprise,
+            len(self.config.devices),
+            self.config.outbox.path,
+            self.outbox.stats().rows,
+        )
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        pending = set(tasks)
+        while pending:
+            # On Python 3.11 asyncio.wait_for (pymodbus awaits every response with
+            # it) drops a cancel that lands in the same loop iteration as the
+            # response, so a poll task can survive one cancel: cancel until done.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        for poller in self._pollers.values():
+            poller.close()
+        try:
+            await self.publisher.stop(self._flush_timeout_s)
+        finally:
+            if self.outbox.is_open:
+                self._last_outbox = self.outbox.stats()
+            self.outbox.close()
+            log.info(
+                "edge agent stopped; %d rows stay in the outbox", self._last_outbox.rows
+            )
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    def check(self) -> None:
+        """Raise the exception an internal task died of, if one did."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        self.publisher.check()
+
+    async def run_until(
+        self, stop: asyncio.Event, *, check_every_s: float = 1.0
+    ) -> None:
+        """Run until ``stop`` is set; raise if a task of the agent failed meanwhile."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(check_every_s):
+                    await stop.wait()
+            self.check()
+
+    def stats(self) -> AgentStats:
+        """A snapshot; after ``stop()`` the outbox part is as it was at the stop."""
+        outbox = self.outbox.stats() if self.outbox.is_open else self._last_outbox
+        return AgentStats(
+            devices={k: dataclasses.replace(v) for k, v in self._stats.items()},
+            outbox=outbox,
+            publisher=self.publisher.stats(),
+        )
+
+    async def _poll_loop(self, device: DeviceConfig) -> None:
+        loop = asyncio.get_running_loop()
+        interval = device.poll_interval_s
+        stats = self._stats[device.id]
+        next_at = loop.time()
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if await self._poll_once(device, stats):
+                stats.backoff_s = 0.0
+                # Fixed cadence: skip ticks missed by a slow poll instead of bunching.
+                behind = loop.time() - next_at
+                next_at += interval * max(1, math.ceil(behind / interval))
+            else:
+                wait = backoff_delay(
+                    interval, stats.consecutive_failures, device.max_backoff_s
+                )
+                stats.backoff_s = wait - interval if wait > interval else 0.0
+                next_at = loop.time() + wait
+
+    async def _poll_once(self, device: DeviceConfig, stats: DeviceStats) -> bool:
+        poller = self._pollers[device.id]
+        try:
+            samples = await poller.read()
+            stats.invalid_values = poller.invalid_values
+            appended = self.outbox.append(device.id, samples)
+        except (DeviceError, StorageError) as exc:
+            # StorageError: the poll was read but could not be stored, so it is
+            # lost; counting it as a failed poll makes that visible.
+            reason = exc.reason if isinstance(exc, DeviceError) else f"outbox: {exc}"
+            stats.errors += 1
+            stats.consecutive_failures += 1
+            stats.last_error = reason
+            log.warning(
+                "device %s: poll failed (%d in a row): %s",
+                device.id,
+                stats.consecutive_failures,
+                reason,
+            )
+            self.publisher.set_device_status(device.id, online=False, reason=reason)
+            return False
+        stats.last_seq = appended.seq
+        if appended.stored:
+            stats.polls_ok += 1
+        else:
+            log.warning(
+                "device %s: outbox full (%d rows), poll seq %d refused",
+                device.id,
+                self.outbox.max_rows,
+                appended.seq,
+            )
+        if stats.consecutive_failures:
+            log.info(
+                "device %s: answering again after %d failed polls",
+                device.id,
+                stats.consecutive_failures,
+            )
+        stats.consecutive_failures = 0
+        self.publisher.set_device_status(device.id, online=True)
+        self.publisher.notify()
+        return True

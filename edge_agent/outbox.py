@@ -1,0 +1,338 @@
+"""The durable outbox: every poll is stored here before anything is published.
+
+Storage is one SQLite file in WAL mode with ``synchronous=FULL``. FULL fsyncs the
+WAL on every commit; NORMAL would keep WAL commits safe against a crash of the
+agent but may roll back the last commits on power loss. The row that could roll
+back may already have been published and stored by the platform, and its
+sequence number would then be handed out again for a *different* poll, which the
+platform's de-duplication would silently drop. A plant gateway loses power, so
+durability wins; the cost is one fsync per poll and one per acknowledged batch.
+
+Contracts:
+
+- :meth:`Outbox.append` stores one poll's samples atomically with the device's
+  next sequence number (``last + 1``, starting at 1, persisted, so it continues
+  across restarts). All samples of the poll share it.
+- Bounds: before storing, rows older than ``max_age_s`` are deleted (counted as
+  ``expired_rows``). If the new poll would exceed ``max_rows``: ``drop_oldest``
+  deletes the oldest rows to make room (``dropped_rows``); ``refuse_new`` stores
+  nothing (``refused_polls``, ``refused_rows``). A poll larger than ``max_rows``
+  is refused under both policies. A refused poll still consumes its sequence
+  number, so the loss shows downstream as a gap. Counters are persisted in the
+  same transaction.
+- :meth:`pending` returns rows in insertion order (``id`` grows monotonically and
+  is never reused); :meth:`delete` removes rows by id (unknown ids are ignored,
+  since a row may have been dropped while its message was in flight).
+
+Threading: every public method takes one internal lock, so an :class:`Outbox` may
+be shared by the asyncio thread and paho's network thread. The agent nevertheless
+calls it only from the asyncio thread (acks are handed over to the loop), which
+keeps the publisher's bookkeeping single-threaded.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edge_agent.config import OutboxConfig
+from edge_agent.sample import Clock, Sample, to_ms
+from smartpark.errors import StorageError
+
+SCHEMA_VERSION = 1
+_COUNTERS = ("dropped_rows", "expired_rows", "refused_polls", "refused_rows")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids never reused
+    device    TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    metric    TEXT    NOT NULL,
+    value     REAL    NOT NULL,
+    unit      TEXT    NOT NULL,
+    ts_ms     INTEGER NOT NULL,
+    quality   TEXT    NOT NULL,
+    stored_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_device ON readings (device, id);
+CREATE INDEX IF NOT EXISTS readings_stored ON readings (stored_ms);
+CREATE TABLE IF NOT EXISTS sequences (
+    device   TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    device: str
+    seq: int
+    metric: str
+    value: float
+    unit: str
+    ts_ms: int
+    quality: str
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Outcome of one :meth:`Outbox.append`."""
+
+    seq: int
+    stored: bool  # False: refused by the refuse_new policy or too large
+    evicted: int  # rows deleted to make room or because they were too old
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    rows: int
+    oldest_age_s: float | None
+    max_rows: int
+    dropped_rows: int
+    expired_rows: int
+    refused_polls: int
+    refused_rows: int
+
+
+class Outbox:
+    """SQLite outbox at ``path`` (see the module contract). Open before use."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_rows: int,
+        max_age_s: float,
+        overflow: Literal["drop_oldest", "refuse_new"],
+        clock: Clock,
+    ) -> None:
+        self.path = path
+        self.max_rows = max_rows
+        self.max_age_ms = int(max_age_s * 1000)
+        self.overflow = overflow
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._rows = 0
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+
+    @classmethod
+    def from_config(cls, config: OutboxConfig, *, clock: Clock) -> Outbox:
+        return cls(
+            config.path,
+            max_rows=config.max_rows,
+            max_age_s=config.max_age_s,
+            overflow=config.overflow,
+            clock=clock,
+        )
+
+    def open(self) -> None:
+        """Create or open the file; raises :class:`StorageError` if unusable."""
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version not in (0, SCHEMA_VERSION):
+                    conn.close()
+                    raise StorageError(
+                        f"{self.path}: outbox schema {version}, "
+                        f"this agent reads {SCHEMA_VERSION}"
+                    )
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+                for name, value in conn.execute("SELECT name, value FROM counters"):
+                    self._counters[name] = value
+            except (OSError, sqlite3.Error) as exc:
+                raise StorageError(f"{self.path}: cannot open outbox: {exc}") from exc
+            self._conn = conn
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Outbox:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError(f"{self.path}: outbox is not open")
+        return self._conn
+
+    def append(self, device: str, samples: Sequence[Sample]) -> Appended:
+        """Store one poll under the device's next seq (see the module contract)."""
+        if not samples:
+            raise ValueError("a poll without samples has nothing to store")
+        now_ms = to_ms(self._clock())
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = self._append(db, device, samples, now_ms)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    # The in-memory mirrors of rows and counters may be ahead.
+                    self._reload(db)
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: append failed: {exc}") from exc
+            return result
+
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        device: str,
+        samples: Sequence[Sample],
+        now_ms: int,
+    ) -> Appended:
+        row = db.execute(
+            "SELECT last_seq FROM sequences WHERE device = ?", (device,)
+        ).fetchone()
+        seq = (row[0] if row else 0) + 1
+        db.execute(
+            "INSERT INTO sequences (device, last_seq) VALUES (?, ?) "
+            "ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq",
+            (device, seq),
+        )
+        expired = db.execute(
+            "DELETE FROM readings WHERE stored_ms < ?", (now_ms - self.max_age_ms,)
+        ).rowcount
+        self._rows -= expired
+        self._count(db, "expired_rows", expired)
+        n = len(samples)
+        excess = self._rows + n - self.max_rows
+        if n > self.max_rows or (excess > 0 and self.overflow == "refuse_new"):
+            self._count(db, "refused_polls", 1)
+            self._count(db, "refused_rows", n)
+            return Appended(seq, stored=False, evicted=expired)
+        dropped = 0
+        if excess > 0:
+            dropped = db.execute(
+                "DELETE FROM readings WHERE id IN "
+                "(SELECT id FROM readings ORDER BY id LIMIT ?)",
+                (excess,),
+            ).rowcount
+            self._rows -= dropped
+            self._count(db, "dropped_rows", dropped)
+        db.executemany(
+            "INSERT INTO readings (device, seq, metric, value, unit, ts_ms, quality,"
+            " stored_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (device, seq, s.metric, s.value, s.unit, s.ts_ms, s.quality, now_ms)
+                for s in samples
+            ],
+        )
+        self._rows += n
+        return Appended(seq, stored=True, evicted=expired + dropped)
+
+    def _count(self, db: sqlite3.Connection, name: str, amount: int) -> None:
+        if amount:
+            self._counters[name] += amount
+            db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, self._counters[name]),
+            )
+
+    def _reload(self, db: sqlite3.Connection) -> None:
+        self._rows = db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        for name, value in db.execute("SELECT name, value FROM counters"):
+            self._counters[name] = value
+
+    def pending(
+        self, limit: int, *, device: str | None = None, after_id: int = 0
+    ) -> list[Row]:
+        """Up to ``limit`` rows with ``id > after_id`` (of ``device``), oldest first."""
+        sql = (
+            "SELECT id, device, seq, metric, value, unit, ts_ms, quality FROM readings"
+            " WHERE id > ?"
+        )
+        args: tuple[object, ...] = (after_id,)
+        if device is not None:
+            sql += " AND device = ?"
+            args += (device,)
+        with self._lock:
+            cur = self._db().execute(sql + " ORDER BY id LIMIT ?", (*args, limit))
+            return [Row(*r) for r in cur]
+
+    def devices(self) -> list[str]:
+        """Every device that ever appended here (with or without pending rows)."""
+        with self._lock:
+            cur = self._db().execute("SELECT device FROM sequences ORDER BY device")
+            return [r[0] for r in cur]
+
+    def last_seq(self, device: str) -> int:
+        """The device's last sequence number, 0 if it never polled."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT last_seq FROM sequences WHERE device = ?", (device,))
+                .fetchone()
+            )
+            return int(row[0]) if row else 0
+
+    def delete(self, ids: Iterable[int]) -> int:
+        """Delete rows by id (after their PUBACK); returns how many existed."""
+        batch = [(i,) for i in ids]
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    before = db.total_changes
+                    db.executemany("DELETE FROM readings WHERE id = ?", batch)
+                    deleted = db.total_changes - before
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: delete failed: {exc}") from exc
+            self._rows -= deleted
+            return deleted
+
+    def stats(self) -> OutboxStats:
+        now_ms = to_ms(self._clock())
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT stored_ms FROM readings ORDER BY id LIMIT 1")
+                .fetchone()
+            )
+            age = None if row is None else max(0.0, (now_ms - row[0]) / 1000)
+            c = self._counters
+            return OutboxStats(
+                rows=self._rows,
+                oldest_age_s=age,
+                max_rows=self.max_rows,
+                dropped_rows=c["dropped_rows"],
+                expired_rows=c["expired_rows"],
+                refused_polls=c["refused_polls"],
+                refused_rows=c["refused_rows"],
+            )

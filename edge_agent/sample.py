@@ -1,0 +1,34 @@
+"""What a poll produces, and the clock the agent reads time from.
+
+A :class:`Sample` is one canonical reading before the outbox gives it a sequence
+number: the metric's catalogue unit, a finite value, the event time in UTC ms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from smartpark.wire import Quality
+
+Clock = Callable[[], datetime]
+"""Returns the current time as an aware UTC ``datetime``; injected for tests."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_ms(moment: datetime) -> int:
+    """Integer UTC milliseconds, as on the wire."""
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    metric: str
+    value: float
+    unit: str
+    ts_ms: int
+    quality: str = Quality.NORMAL.value
