@@ -30,6 +30,7 @@ def test_integration_test_fails_when_kafka_is_missing() -> None:
             "-p",
             "no:cacheprovider",
             "-q",
+            "--tb=short",
             "tests/integration/test_bridge.py",
             "-k",
             "order",
@@ -44,4 +45,5 @@ def test_integration_test_fails_when_kafka_is_missing() -> None:
     assert result.returncode == 1, result.stdout
     assert "Mosquitto is not answering" in result.stdout
     assert "deploy/local/services up" in result.stdout
+    assert "1 error" in result.stdout
     assert "skipped" not in result.stdout
