@@ -17,7 +17,7 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_integration_test_fails_when_kafka_is_missing() -> None:
+def test_integration_test_fails_when_a_service_is_missing() -> None:
     env = os.environ | {
         "CI": "true",
         "SMARTPARK_TEST_KAFKA": f"127.0.0.1:{closed_port()}",
@@ -43,7 +43,7 @@ def test_integration_test_fails_when_kafka_is_missing() -> None:
         check=False,
     )
     assert result.returncode == 1, result.stdout
-    assert "Mosquitto is not answering" in result.stdout
+    assert "Kafka is not answering" in result.stdout
     assert "deploy/local/services up" in result.stdout
     assert "1 error" in result.stdout
     assert "skipped" not in result.stdout
