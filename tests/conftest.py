@@ -54,7 +54,8 @@ def pg_dsn() -> str:
 @pytest.fixture(scope="session")
 def timescale_dsn() -> str:
     dsn = os.environ.get(
-        "SMARTPARK_TEST_TIMESCALE_DSN", "postgresql://postgres@127.0.0.1:54330/postgres"
+        "SMARTPARK_TEST_TIMESCALE_DSN",
+        "postgresql://postgres:postgres@127.0.0.1:54330/postgres",
     )
     _require(
         "PGlite TimescaleDB (services up --with-timescale)",

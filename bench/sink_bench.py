@@ -1,0 +1,234 @@
+"""Sink write-path throughput against a raw COPY of the same rows (a script, no test).
+
+    .venv/bin/python -m bench.sink_bench --dsn postgresql://postgres@127.0.0.1:54329/smartpark
+
+Generates telemetry shaped like the city reference (../shared/reference/sizing.md:
+280 enterprises x 40 devices x 5 metrics, one poll every 10 s = 5 600 readings/s),
+encoded as wire batches (one Kafka record per device poll), then measures in one run,
+on the same freshly truncated table:
+
+  (a) the sink's write path through the storage API: decode every wire record
+      (smartpark.wire.decode_batch), stage with COPY, INSERT .. ON CONFLICT DO NOTHING
+      (plus the rollup invalidation log on plain PostgreSQL), upsert the offsets,
+      commit —
+      one transaction per sink batch, as Sink does;
+  (c) the rollup refresh afterwards (plain PostgreSQL: recompute the logged buckets;
+      TimescaleDB: refresh the continuous aggregates), which runs beside the write
+      path, not in it;
+  (b) a raw binary COPY of the same, already-built rows straight into ``telemetry``,
+      with the same batch boundaries and one commit per batch.
+
+It prints the raw numbers, the ratio (a)/(b) and the headroom over the city reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+
+from ingest.storage import KafkaOffset, Storage, TelemetryRow, rows_from_batch
+from ingest.storage import statements as st
+from smartpark.clock import system_ms
+from smartpark.settings import DatabaseSettings, SinkSettings
+from smartpark.wire import Reading, TelemetryBatch, decode_batch, encode_batch
+
+CITY_READINGS_PER_S = 5600
+ENTERPRISES, DEVICES_PER_ENTERPRISE = 280, 40
+METRICS = (
+    ("active_energy", "kWh"),
+    ("active_power", "kW"),
+    ("reactive_energy", "kvarh"),
+    ("power_factor", "1"),
+    ("water_volume", "m3"),
+)
+POLL_MS = 10_000
+
+
+@dataclass
+class Result:
+    name: str
+    rows: int
+    seconds: float
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+def wire_records(n_rows: int, now_ms: int) -> list[bytes]:
+    """Device polls (five readings each), the newest poll ending at ``now_ms``."""
+    devices = [
+        (f"e{e:03d}", f"e{e:03d}-d{d:02d}")
+        for e in range(ENTERPRISES)
+        for d in range(DEVICES_PER_ENTERPRISE)
+    ]
+    polls = -(-n_rows // len(METRICS))
+    rounds = -(-polls // len(devices))
+    records = []
+    for r in range(rounds):
+        ts = now_ms - (rounds - r) * POLL_MS
+        for i, (ent, dev) in enumerate(devices):
+            readings = tuple(
+                Reading(r, m, float((r * 7 + i + k) % 1000) + 0.25, unit, ts + i % 997)
+                for k, (m, unit) in enumerate(METRICS)
+            )
+            records.append(encode_batch(TelemetryBatch("park1", ent, dev, readings)))
+            if len(records) == polls:
+                return records
+    return records
+
+
+async def truncate(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Empty the telemetry, rollup and bookkeeping tables (views are skipped)."""
+    cur = await conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)",
+        (schema, ["telemetry", "telemetry_1m", "telemetry_1h", "telemetry_1d",
+                  "kafka_offsets", "rollup_pending"]),
+    )  # fmt: skip
+    tables = [sql.Identifier(schema, name) for (name,) in await cur.fetchall()]
+    await conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(tables)))
+    await conn.execute(
+        sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(schema, "telemetry"))
+    )
+
+
+async def sink_path(
+    storage: Storage, batches: Sequence[Sequence[bytes]], now_ms: int
+) -> Result:
+    """(a): what Sink._process does per batch, minus Kafka."""
+    offset = 0
+    total = 0
+    decoding = 0.0
+    start = time.perf_counter()
+    for records in batches:
+        t0 = time.perf_counter()
+        rows: list[TelemetryRow] = []
+        for value in records:
+            rows.extend(rows_from_batch(decode_batch(value, now_ms=now_ms)))
+        decoding += time.perf_counter() - t0
+        offset += len(records)
+        result = await storage.write(
+            rows, offsets=[KafkaOffset("bench", "bench.telemetry", 0, offset)]
+        )
+        total += result.inserted
+    elapsed = time.perf_counter() - start
+    note = (
+        f"decode {decoding:.2f} s + storage.write {elapsed - decoding:.2f} s "
+        f"({total / (elapsed - decoding):.0f} rows/s)"
+    )
+    return Result("sink write path (a)", total, elapsed, note)
+
+
+async def refresh(storage: Storage, rows: int) -> Result:
+    """(c): bring the rollups up to date for everything (a) wrote."""
+    start = time.perf_counter()
+    await storage.refresh_rollups()
+    return Result("rollup refresh (c)", rows, time.perf_counter() - start)
+
+
+async def raw_copy(
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    batches: Sequence[Sequence[TelemetryRow]],
+) -> Result:
+    """(b): binary COPY of ready-made rows straight into telemetry."""
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(schema, "telemetry"),
+        sql.SQL(", ").join(sql.Identifier(c) for c in st.COLUMNS),
+    )
+    total = 0
+    start = time.perf_counter()
+    for rows in batches:
+        async with conn.transaction(), conn.cursor() as cur, cur.copy(stmt) as copy:
+            copy.set_types(list(st.COPY_TYPES))
+            for row in rows:
+                await copy.write_row(row)
+        total += len(rows)
+    return Result("raw COPY (b)", total, time.perf_counter() - start)
+
+
+def report(results: list[Result], batch_records: int) -> None:
+    print(f"batches of {batch_records} wire records ({batch_records * 5} rows)")
+    for r in results:
+        print(
+            f"  {r.name:<28} {r.rows:>9} rows in {r.seconds:7.2f} s = "
+            f"{r.rate:>9.0f} rows/s  ({r.rate / CITY_READINGS_PER_S:5.1f}x city)"
+        )
+        if r.note:
+            print(f"      {r.note}")
+    a, c, b = results
+    print(f"  ratio (a)/(b)                {a.rate / b.rate:6.1%}")
+    both = 1 / (1 / a.rate + 1 / c.rate)
+    print(
+        f"  city reference {CITY_READINGS_PER_S} readings/s: sink headroom "
+        f"{a.rate / CITY_READINGS_PER_S:.1f}x, {both / CITY_READINGS_PER_S:.1f}x "
+        "with the rollup refresh on the same core"
+    )
+
+
+async def main(args: argparse.Namespace) -> int:
+    db = DatabaseSettings(
+        dsn=SecretStr(args.dsn), schema=args.schema, dialect=args.dialect
+    )
+    now_ms = system_ms()
+    records = wire_records(args.rows, now_ms)
+    batches = [
+        records[i : i + args.batch_records]
+        for i in range(0, len(records), args.batch_records)
+    ]
+    rows_batches = [
+        [r for v in b for r in rows_from_batch(decode_batch(v, now_ms=now_ms))]
+        for b in batches
+    ]
+    async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(args.schema)
+            )
+        )
+        async with Storage(db) as storage:
+            await storage.migrate()
+            print(
+                f"{storage.dialect.value} at {args.dsn.rsplit('@', 1)[-1]}, "
+                f"{sum(len(b) for b in rows_batches)} rows, {len(records)} wire records"
+            )
+            await truncate(conn, args.schema)
+            results = [await sink_path(storage, batches, now_ms)]
+            results.append(await refresh(storage, results[0].rows))
+        await truncate(conn, args.schema)
+        results.append(await raw_copy(conn, args.schema, rows_batches))
+        if not args.keep:
+            await conn.execute(
+                sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(args.schema))
+            )
+    report(results, args.batch_records)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--dsn", default="postgresql://postgres@127.0.0.1:54329/smartpark"
+    )
+    parser.add_argument("--schema", default="bench_sink")
+    parser.add_argument("--dialect", default="auto")
+    parser.add_argument("--rows", type=int, default=500_000)
+    parser.add_argument(
+        "--batch-records",
+        type=int,
+        default=SinkSettings().batch_max_records,
+        help="wire records per transaction (default: the sink's batch_max_records)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the bench schema")
+    sys.exit(asyncio.run(main(parser.parse_args())))

@@ -1,0 +1,64 @@
+"""``smartpark sink``: run the Kafka → database sink until SIGINT or SIGTERM.
+
+Settings come from the environment (``SMARTPARK_KAFKA__BOOTSTRAP``,
+``SMARTPARK_DATABASE__DSN``, ``SMARTPARK_SINK__GROUP_ID``, ...; see
+:mod:`smartpark.settings`). The sink does not migrate: it refuses to start until
+``smartpark db migrate`` has been run on the configured schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import asdict
+
+from ingest.sink import Sink
+from smartpark import logs
+from smartpark.errors import ConfigError, StorageError
+from smartpark.settings import Settings
+
+log = logging.getLogger("smartpark.sink")
+
+
+def _err(line: str) -> None:
+    # Start-up refusals go to stderr as one line, before logging is useful.
+    sys.stderr.write(line + "\n")
+
+
+async def _run(settings: Settings, stats_every_s: float) -> None:
+    async with Sink(settings) as sink:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, sink.stop)
+        log.info(
+            "sink started: %s -> schema %r (%s), group %s",
+            settings.kafka.telemetry_topic,
+            settings.database.schema_,
+            sink.storage.dialect.value,
+            settings.sink.group_id,
+        )
+        task = asyncio.create_task(sink.run())
+        while not task.done():
+            await asyncio.wait({task}, timeout=stats_every_s)
+            log.info("stats %s", asdict(sink.stats))
+        await task
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="smartpark sink", description=__doc__)
+    parser.add_argument("--stats-every", type=float, default=10.0, metavar="S")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logs.configure(settings.log_level)
+    try:
+        asyncio.run(_run(settings, args.stats_every))
+    except ConfigError as exc:
+        _err(f"smartpark sink: {exc}")
+        return 2
+    except StorageError as exc:
+        _err(f"smartpark sink: database unavailable: {exc}")
+        return 1
+    return 0

@@ -1,0 +1,143 @@
+"""Daily range partitions of ``telemetry`` for the plain PostgreSQL dialect.
+
+A partition covers one UTC day and is named ``telemetry_pYYYYMMDD``. Partitions are
+created ahead of time (:meth:`Partitions.ensure_window`) and on demand for any day a
+batch contains (:meth:`Partitions.ensure_days`), so a late or replayed batch never
+fails for lack of one. Known days are cached per process; the cache is only a
+shortcut, the catalogue is the truth (another sink may create or retention may drop a
+partition at any time, and ``CREATE TABLE IF NOT EXISTS`` tolerates the former).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^telemetry_p(\d{8})$")
+DAYS_BEHIND = 1
+DAYS_AHEAD = 7
+
+
+def partition_name(day: date) -> str:
+    return f"telemetry_p{day:%Y%m%d}"
+
+
+def _day_of(name: str) -> date | None:
+    m = _NAME_RE.match(name)
+    if m is None:
+        return None
+    return datetime.strptime(m[1], "%Y%m%d").replace(tzinfo=UTC).date()
+
+
+def _start(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+class Partitions:
+    """Creates and drops the daily partitions of one schema's ``telemetry``."""
+
+    def __init__(self, schema: str) -> None:
+        self._schema = schema
+        self._known: set[date] = set()
+
+    @contextmanager
+    def unsure(self) -> Iterator[None]:
+        """Forget the cache if the body fails: a partition we believed in may have
+        been dropped (retention in another process), and the retry must not trust
+        the cache again."""
+        try:
+            yield
+        except psycopg.Error:
+            self._known.clear()
+            raise
+
+    async def existing(self, conn: psycopg.AsyncConnection[Any]) -> dict[date, str]:
+        """The daily partitions in the catalogue, by day (refreshes the cache)."""
+        cur = await conn.execute(
+            "SELECT c.relname FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = to_regclass(%s)",
+            (sql.Identifier(self._schema, "telemetry").as_string(conn),),
+        )
+        found: dict[date, str] = {}
+        for (name,) in await cur.fetchall():
+            day = _day_of(name)
+            if day is not None:
+                found[day] = name
+        self._known = set(found)
+        return found
+
+    async def ensure_days(
+        self, conn: psycopg.AsyncConnection[Any], days: Iterable[date]
+    ) -> list[str]:
+        """Make sure a partition exists for each day; return the names created.
+
+        Each CREATE commits on its own (``conn`` is in autocommit mode) so that a
+        batch that fails later does not take its partitions with it.
+        """
+        missing = set(days) - self._known
+        if not missing:
+            return []
+        existing = await self.existing(conn)
+        created = []
+        for day in sorted(missing - existing.keys()):
+            if await self._create(conn, day):
+                created.append(partition_name(day))
+            self._known.add(day)
+        return created
+
+    async def ensure_window(
+        self, conn: psycopg.AsyncConnection[Any], today: date
+    ) -> list[str]:
+        """Partitions for ``today - DAYS_BEHIND`` .. ``today + DAYS_AHEAD``."""
+        days = [today + timedelta(days=d) for d in range(-DAYS_BEHIND, DAYS_AHEAD + 1)]
+        self._known.clear()
+        return await self.ensure_days(conn, days)
+
+    async def drop_before(
+        self, conn: psycopg.AsyncConnection[Any], cutoff: date
+    ) -> list[str]:
+        """Drop the partitions of days before ``cutoff``; return their names.
+
+        Only raw rows go: the rollup tables keep their history.
+        """
+        dropped = []
+        for day, name in sorted((await self.existing(conn)).items()):
+            if day < cutoff:
+                await conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}").format(
+                        sql.Identifier(self._schema, name)
+                    )
+                )
+                self._known.discard(day)
+                dropped.append(name)
+        if dropped:
+            log.info("retention dropped %d partitions: %s", len(dropped), dropped)
+        return dropped
+
+    async def _create(self, conn: psycopg.AsyncConnection[Any], day: date) -> bool:
+        stmt = sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
+        ).format(
+            sql.Identifier(self._schema, partition_name(day)),
+            sql.Identifier(self._schema, "telemetry"),
+            sql.Literal(_start(day)),
+            sql.Literal(_start(day + timedelta(days=1))),
+        )
+        try:
+            await conn.execute(stmt)
+        except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+            # A concurrent sink created it between our catalogue read and the
+            # CREATE (IF NOT EXISTS does not cover that race on pg_type).
+            return False
+        log.info("created partition %s.%s", self._schema, partition_name(day))
+        return True

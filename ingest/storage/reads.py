@@ -1,0 +1,161 @@
+"""Typed read queries over one schema (both dialects: the relation names match).
+
+Functions take a connection and keyword-only filters; ``None`` means "any".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+
+from ingest.storage.model import ReadingKey, RollupLevel, RollupRow, TelemetryRow
+
+Conn = psycopg.AsyncConnection[Any]
+_TABLES = ("telemetry", "telemetry_1m", "telemetry_1h", "telemetry_1d", "kafka_offsets")
+
+
+def _where(
+    equal: dict[str, str | None],
+    column: str = "time",
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> tuple[sql.Composable, list[Any]]:
+    conds: list[sql.Composable] = []
+    params: list[Any] = []
+    for name, value in equal.items():
+        if value is not None:
+            conds.append(sql.SQL("{} = %s").format(sql.Identifier(name)))
+            params.append(value)
+    if start is not None:
+        conds.append(sql.SQL("{} >= %s").format(sql.Identifier(column)))
+        params.append(start)
+    if end is not None:
+        conds.append(sql.SQL("{} < %s").format(sql.Identifier(column)))
+        params.append(end)
+    if not conds:
+        return sql.SQL(""), params
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds), params
+
+
+async def count_rows(
+    conn: Conn,
+    schema: str,
+    *,
+    park: str | None,
+    enterprise: str | None,
+    device: str | None,
+) -> int:
+    where, params = _where({"park": park, "enterprise": enterprise, "device": device})
+    cur = await conn.execute(
+        sql.SQL("SELECT count(*) FROM {}{}").format(
+            sql.Identifier(schema, "telemetry"), where
+        ),
+        params,
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def reading_keys(
+    conn: Conn, schema: str, *, park: str | None, device: str | None
+) -> list[ReadingKey]:
+    where, params = _where({"park": park, "device": device})
+    cur = await conn.execute(
+        sql.SQL("SELECT device, seq, metric FROM {}{} ORDER BY 1, 2, 3").format(
+            sql.Identifier(schema, "telemetry"), where
+        ),
+        params,
+    )
+    return [ReadingKey(*r) for r in await cur.fetchall()]
+
+
+async def readings(
+    conn: Conn,
+    schema: str,
+    *,
+    device: str | None,
+    park: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> list[TelemetryRow]:
+    where, params = _where({"device": device, "park": park}, "time", start, end)
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT time, park, enterprise, device, metric, value, quality, seq"
+            " FROM {}{} ORDER BY time, device, metric"
+        ).format(sql.Identifier(schema, "telemetry"), where),
+        params,
+    )
+    return [TelemetryRow(*r) for r in await cur.fetchall()]
+
+
+async def rollup(
+    conn: Conn,
+    schema: str,
+    level: RollupLevel,
+    *,
+    start: datetime,
+    end: datetime,
+    park: str | None,
+    enterprise: str | None,
+    device: str | None,
+    metric: str | None,
+) -> list[RollupRow]:
+    where, params = _where(
+        {"park": park, "enterprise": enterprise, "device": device, "metric": metric},
+        "bucket",
+        start,
+        end,
+    )
+    async with conn.cursor(row_factory=class_row(RollupRow)) as cur:
+        await cur.execute(
+            sql.SQL(
+                "SELECT bucket, park, enterprise, device, metric, n::bigint AS n,"
+                " sum, min, max FROM {}{} ORDER BY bucket, device, metric, park,"
+                " enterprise"
+            ).format(
+                sql.Identifier(schema, f"telemetry_{RollupLevel(level).value}"), where
+            ),
+            params,
+        )
+        return await cur.fetchall()
+
+
+async def offsets(conn: Conn, schema: str, group: str, topic: str) -> dict[int, int]:
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT partition, next_offset FROM {}"
+            " WHERE consumer_group = %s AND topic = %s"
+        ).format(sql.Identifier(schema, "kafka_offsets")),
+        (group, topic),
+    )
+    return {int(p): int(o) for p, o in await cur.fetchall()}
+
+
+async def table_counts(conn: Conn, schema: str) -> dict[str, int]:
+    """Exact row counts of the platform's relations (a full scan each: for ``info``)."""
+    counts = {}
+    for table in _TABLES:
+        cur = await conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        counts[table] = int(row[0])
+    return counts
+
+
+async def versions(conn: Conn) -> tuple[str, str | None]:
+    """The server version and the installed TimescaleDB version, if any."""
+    cur = await conn.execute(
+        "SELECT current_setting('server_version'),"
+        " (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb')"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0]), row[1]

@@ -1,0 +1,69 @@
+"""The write-path SQL of both dialects, composed once per storage with psycopg.sql.
+
+Every table name is qualified with the configured schema (``sql.Identifier``), so the
+statements do not depend on the session's search_path. The staging table is a
+session-local temporary table (``pg_temp``), one per connection.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+COLUMNS = ("time", "park", "enterprise", "device", "metric", "value", "quality", "seq")
+# Binary COPY needs the types up front; order matches TelemetryRow.
+COPY_TYPES = ("timestamptz", "text", "text", "text", "text", "float8", "text", "int8")
+_ARRAY_CASTS = (
+    "timestamptz[]", "text[]", "text[]", "text[]", "text[]", "float8[]", "text[]",
+    "int8[]",
+)  # fmt: skip
+STAGING = sql.Identifier("pg_temp", "sp_telemetry_staging")
+
+_cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+
+
+def create_staging() -> sql.Composed:
+    """The per-connection staging table; ``ON COMMIT DELETE ROWS`` empties it per batch.
+
+    No constraints: COPY must accept the batch as it is, duplicates included; the
+    INSERT from it decides what is new.
+    """
+    return sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS {} (time timestamptz, park text,"
+        " enterprise text, device text, metric text, value float8, quality text,"
+        " seq int8) ON COMMIT DELETE ROWS"
+    ).format(STAGING)
+
+
+def copy_into_staging() -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(STAGING, _cols)
+
+
+def unnest_source() -> sql.Composed:
+    """A row source from eight array parameters, one per column (the INSERT path)."""
+    arrays = sql.SQL(", ").join(
+        sql.SQL("%s::{}").format(sql.SQL(cast)) for cast in _ARRAY_CASTS
+    )
+    return sql.SQL("unnest({}) AS s ({})").format(arrays, _cols)
+
+
+def insert_rows(schema: str, source: sql.Composable) -> sql.Composed:
+    """Insert the rows of ``source``; the cursor's rowcount is the number inserted.
+
+    Existing (device, metric, time) rows are left untouched (``ON CONFLICT DO
+    NOTHING``), duplicates inside the batch too.
+    """
+    return sql.SQL(
+        "INSERT INTO {table} ({cols}) SELECT {cols} FROM {source}"
+        " ON CONFLICT DO NOTHING"
+    ).format(table=sql.Identifier(schema, "telemetry"), cols=_cols, source=source)
+
+
+def upsert_offsets(schema: str) -> sql.Composed:
+    """Set the next offsets from four arrays: group, topic, partition, next offset."""
+    return sql.SQL(
+        "INSERT INTO {} (consumer_group, topic, partition, next_offset, updated_at)"
+        " SELECT g, t, p, o, now()"
+        " FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int8[]) AS u (g, t, p, o)"
+        " ON CONFLICT (consumer_group, topic, partition) DO UPDATE"
+        " SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at"
+    ).format(sql.Identifier(schema, "kafka_offsets"))

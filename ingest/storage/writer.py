@@ -1,0 +1,87 @@
+"""Moving a batch of rows into ``telemetry``: COPY via staging, or chunked INSERTs.
+
+``copy``: rows are binary-COPY'd into a per-connection temporary staging table, then
+``INSERT … SELECT … ON CONFLICT DO NOTHING`` moves the new ones into ``telemetry``.
+``insert`` (servers without COPY, such as PGlite): the same INSERT reads
+``unnest()`` of one array parameter per column, in chunks that keep every client
+message under 64 KiB.
+
+Both run inside the caller's transaction and return the number of rows inserted;
+neither commits.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+from ingest.storage import statements
+from ingest.storage.model import TelemetryRow
+
+Conn = psycopg.AsyncConnection[Any]
+BULK_METHODS = ("copy", "insert")
+# PGlite refuses client messages of 64 KiB or more; the INSERT path keeps each
+# statement (text + array parameters) under this many bytes.
+MAX_STATEMENT_BYTES = 56 * 1024
+# Per-row parameter size beyond the strings, text array format (worst case): a
+# timestamp, a float, a bigint, one-letter quality, quotes and separators.
+_ROW_OVERHEAD_BYTES = 100
+
+
+class RowWriter:
+    def __init__(self, schema: str, bulk_method: str) -> None:
+        assert bulk_method in BULK_METHODS, bulk_method
+        self._copy = bulk_method == "copy"
+        self._from_staging = statements.insert_rows(schema, statements.STAGING)
+        self._from_arrays = statements.insert_rows(schema, statements.unnest_source())
+        self._staged: weakref.WeakSet[Conn] = weakref.WeakSet()
+
+    async def prepare(self, conn: Conn) -> None:
+        """Call outside the transaction: creates the staging table once per session.
+
+        Inside it, a batch that rolls back would take the table with it.
+        """
+        if self._copy and conn not in self._staged:
+            await conn.execute(statements.create_staging())
+            self._staged.add(conn)
+
+    async def insert(self, conn: Conn, rows: Sequence[TelemetryRow]) -> int:
+        """Insert ``rows`` in the current transaction; return how many were new."""
+        if not rows:
+            return 0
+        async with conn.cursor() as cur:
+            if self._copy:
+                async with cur.copy(statements.copy_into_staging()) as copy:
+                    copy.set_types(list(statements.COPY_TYPES))
+                    for row in rows:
+                        await copy.write_row(row)
+                await cur.execute(self._from_staging)
+                return max(cur.rowcount, 0)
+            inserted = 0
+            budget = MAX_STATEMENT_BYTES - len(self._from_arrays.as_bytes(conn))
+            for chunk in _chunks(rows, budget):
+                columns = [list(col) for col in zip(*chunk, strict=True)]
+                await cur.execute(self._from_arrays, columns)
+                inserted += max(cur.rowcount, 0)
+            return inserted
+
+
+def _chunks(
+    rows: Sequence[TelemetryRow], budget: int
+) -> Iterator[Sequence[TelemetryRow]]:
+    """Consecutive slices whose estimated parameter size stays under ``budget``."""
+    start, size = 0, 0
+    for i, r in enumerate(rows):
+        row_bytes = (
+            _ROW_OVERHEAD_BYTES + len(r.park) + len(r.enterprise) + len(r.device)
+            + len(r.metric)
+        )  # fmt: skip
+        if size + row_bytes > budget and i > start:
+            yield rows[start:i]
+            start, size = i, 0
+        size += row_bytes
+    if start < len(rows):
+        yield rows[start:]

@@ -1,0 +1,332 @@
+"""The Kafka → PostgreSQL sink against the real Kafka and PostgreSQL.
+
+Each test owns a topic prefix, a consumer group and a schema. "Exactly once" is
+checked on (device, seq, metric) of every stored reading, and on the records each
+sink instance processed (a record processed twice would show in the sum).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import psycopg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from psycopg import sql
+from pydantic import SecretStr
+
+from ingest.kafka import DLQ_REASON, DLQ_SOURCE, ensure_topics, make_producer
+from ingest.sink import Sink
+from ingest.storage import ReadingKey, Storage
+from smartpark.clock import system_ms
+from smartpark.errors import ConfigError
+from smartpark.settings import DatabaseSettings, KafkaSettings, Settings, SinkSettings
+from smartpark.wire import Reading, TelemetryBatch, encode_batch
+from tests.support.clients import consume_until
+
+pytestmark = pytest.mark.integration
+
+Record = tuple[bytes | None, bytes | None]  # (key, value)
+
+
+@pytest.fixture
+def settings(
+    pg_dsn: str, db_schema: str, kafka_bootstrap: str, topic_prefix: str, uid: str
+) -> Settings:
+    return Settings(
+        kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topic_prefix),
+        database=DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema),
+        sink=SinkSettings(
+            group_id=f"sink-{uid}", batch_max_records=50, batch_max_wait_ms=100
+        ),
+    )
+
+
+@pytest.fixture
+async def migrated(settings: Settings) -> AsyncIterator[Storage]:
+    """The migrated schema, and a Storage to inspect it with."""
+    async with Storage(settings.database) as storage:
+        await storage.migrate()
+        yield storage
+
+
+def telemetry(
+    park: str, enterprises: int, devices: int, seqs: range
+) -> tuple[list[Record], set[ReadingKey]]:
+    """Wire batches keyed by enterprise (two readings each) and the keys they carry."""
+    now = system_ms()
+    records: list[Record] = []
+    keys: set[ReadingKey] = set()
+    for seq in seqs:
+        for e in range(enterprises):
+            for d in range(devices):
+                device = f"{park}-e{e}-d{d}"
+                ts = now - 1000 * (1000 - seq)
+                batch = TelemetryBatch(park, f"e{e}", device, (
+                    Reading(seq, "active_energy", 100.0 + seq, "kWh", ts),
+                    Reading(seq, "active_power", 5.0, "kW", ts),
+                ))  # fmt: skip
+                records.append((f"e{e}".encode(), encode_batch(batch)))
+                keys |= {
+                    ReadingKey(device, seq, "active_energy"),
+                    ReadingKey(device, seq, "active_power"),
+                }
+    return records, keys
+
+
+async def produce(
+    settings: Settings, records: list[Record], *, pause_every: int = 0
+) -> dict[int, int]:
+    """Produce to the telemetry topic; return the next offset per partition."""
+    await ensure_topics(settings.kafka)
+    producer = make_producer(settings.kafka, client_id="test-producer")
+    await producer.start()
+    ends: dict[int, int] = {}
+    try:
+        for i, (key, value) in enumerate(records):
+            meta = await (
+                await producer.send(settings.kafka.telemetry_topic, value, key=key)
+            )
+            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+            if pause_every and i % pause_every == pause_every - 1:
+                await asyncio.sleep(0.05)
+    finally:
+        await producer.stop()
+    return ends
+
+
+async def until(
+    predicate: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def check(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def wrapped() -> bool:
+        return predicate()
+
+    return wrapped
+
+
+async def run_sink(
+    settings: Settings,
+    done: Callable[[Sink], Awaitable[bool]],
+    *,
+    timeout_s: float = 60,
+) -> Sink:
+    async with Sink(settings) as sink:
+        task = asyncio.create_task(sink.run())
+        try:
+            await until(lambda: done(sink), timeout_s=timeout_s, what="the sink")
+        finally:
+            sink.stop()
+            await asyncio.wait_for(task, 30)
+    return sink
+
+
+async def test_rows_exactly_once_and_invalid_records_dead_lettered(
+    settings: Settings, migrated: Storage, park_id: str
+) -> None:
+    valid, keys = telemetry(park_id, 3, 3, range(1, 21))
+    first = valid[0][1]
+    assert first is not None
+    invalid: list[Record] = [
+        (b"e0", b"not json"),
+        (b"e1", json.dumps({"v": 99, "park": park_id}).encode()),
+        (b"e2", first.replace(b"active_power", b"no_such_metric")),
+        (b"e0", None),  # a tombstone has no value at all
+    ]
+    redelivered = valid[:15]  # the bridge is at-least-once
+    records = valid[:100] + invalid[:2] + valid[100:] + redelivered + invalid[2:]
+    ends = await produce(settings, records)
+
+    async def all_consumed(sink: Sink) -> bool:
+        return sink.stats.records == len(records)
+
+    sink = await run_sink(settings, all_consumed)
+
+    assert set(await migrated.reading_keys(park=park_id)) == keys
+    assert await migrated.count_rows(park=park_id) == len(keys)
+    assert sink.stats.rows_inserted == len(keys)
+    assert sink.stats.duplicates == 2 * len(redelivered)
+    assert sink.stats.dead_letters == len(invalid)
+    assert (
+        await migrated.load_offsets(
+            settings.sink.group_id, settings.kafka.telemetry_topic
+        )
+        == ends
+    )
+
+    letters = await consume_until(
+        settings.kafka.bootstrap,
+        settings.kafka.deadletter_topic,
+        lambda r: len(r) >= len(invalid),
+        timeout_s=20,
+    )
+    assert sorted(r.value or b"" for r in letters) == sorted(
+        v or b"" for _, v in invalid
+    )
+    source = re.compile(rf"kafka:{re.escape(settings.kafka.telemetry_topic)}/\d+/\d+")
+    sources = [dict(r.headers)[DLQ_SOURCE].decode() for r in letters]
+    assert all(source.fullmatch(s) for s in sources), sources
+    assert len(set(sources)) == len(invalid)
+    reasons = sorted(dict(r.headers)[DLQ_REASON].decode() for r in letters)
+    assert any("not JSON" in r for r in reasons)
+    assert any("unsupported schema version" in r for r in reasons)
+    assert any("unknown metric" in r for r in reasons)
+
+
+async def reset_kafka_offsets(settings: Settings, partitions: int) -> None:
+    """Commit offset 0 for the group in Kafka, so only the DB knows the position."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap,
+        group_id=settings.sink.group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(settings.kafka.telemetry_topic, p) for p in range(partitions)
+        ]
+        consumer.assign(tps)
+        await consumer.commit(dict.fromkeys(tps, 0))
+    finally:
+        await consumer.stop()
+
+
+async def test_stop_and_restart_mid_stream_resumes_from_db_offsets(
+    settings: Settings, migrated: Storage, park_id: str
+) -> None:
+    records, keys = telemetry(park_id, 4, 2, range(1, 51))  # 400 records
+    producing = asyncio.create_task(produce(settings, records, pause_every=20))
+
+    async def some_consumed(sink: Sink) -> bool:
+        return sink.stats.records >= 100
+
+    first = await run_sink(settings, some_consumed)
+    assert not producing.done(), "the first sink should stop mid-stream"
+    ends = await producing
+    await reset_kafka_offsets(settings, settings.kafka.partitions)
+
+    async def rest_consumed(sink: Sink) -> bool:
+        return first.stats.records + sink.stats.records >= len(records)
+
+    second = await run_sink(settings, rest_consumed)
+    # Nothing was processed twice: the second sink started where the DB said.
+    assert first.stats.records + second.stats.records == len(records)
+    assert first.stats.duplicates == second.stats.duplicates == 0
+    assert set(await migrated.reading_keys(park=park_id)) == keys
+    assert await migrated.count_rows(park=park_id) == len(keys)
+    assert (
+        await migrated.load_offsets(
+            settings.sink.group_id, settings.kafka.telemetry_topic
+        )
+        == ends
+    )
+
+
+async def test_revocation_waits_for_the_batch_in_flight(
+    settings: Settings, migrated: Storage, park_id: str, pg_dsn: str, db_schema: str
+) -> None:
+    records, keys = telemetry(park_id, 8, 2, range(1, 31))  # 480 records
+    half = len(records) // 2
+    await produce(settings, records[:half])
+    async with Sink(settings) as a:
+        task_a = asyncio.create_task(a.run())
+        await until(check(lambda: a.stats.records == half), timeout_s=60, what="a")
+        with psycopg.connect(pg_dsn) as blocker:
+            # Hold the offsets table: a's next batch stays in flight, mid-transaction.
+            blocker.execute(
+                sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
+                    sql.Identifier(db_schema, "kafka_offsets")
+                )
+            )
+            await produce(settings, records[half:])
+
+            async def a_blocked() -> bool:
+                with psycopg.connect(pg_dsn) as conn:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                    ).fetchone()
+                return row is not None and row[0] > 0
+
+            await until(a_blocked, timeout_s=30, what="a's batch to block")
+
+            async def release_later() -> None:
+                await asyncio.sleep(4)
+                blocker.commit()
+
+            release = asyncio.create_task(release_later())
+            # b joins: the group rebalances while a's batch is in flight, and b's
+            # start waits for a's revocation, which waits for that batch.
+            async with Sink(settings) as b:
+                assert release.done(), "b was assigned before a's batch finished"
+                task_b = asyncio.create_task(b.run())
+
+                async def all_stored() -> bool:
+                    return await migrated.count_rows(park=park_id) == len(keys)
+
+                await until(all_stored, timeout_s=60, what="all rows")
+                b.stop()
+                await task_b
+        a.stop()
+        await task_a
+    assert set(await migrated.reading_keys(park=park_id)) == keys
+    # b started where a's in-flight batch ended: nothing was written twice.
+    assert a.stats.duplicates + b.stats.duplicates == 0
+    assert a.stats.rows_inserted + b.stats.rows_inserted == len(keys)
+    assert a.stats.records + b.stats.records == len(records)
+
+
+async def test_database_failure_is_retried_without_loss(
+    settings: Settings, migrated: Storage, park_id: str, pg_dsn: str, db_schema: str
+) -> None:
+    records, keys = telemetry(park_id, 2, 2, range(1, 31))  # 120 records
+    offsets = sql.Identifier(db_schema, "kafka_offsets")
+    async with Sink(settings) as sink:
+        task = asyncio.create_task(sink.run())
+        await produce(settings, records[:40])
+        await until(
+            check(lambda: sink.stats.records == 40), timeout_s=60, what="first part"
+        )
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO offsets_away").format(offsets)
+            )
+        await produce(settings, records[40:])
+        await until(
+            check(lambda: sink.stats.retries >= 2), timeout_s=60, what="retries"
+        )
+        assert (
+            await migrated.count_rows(park=park_id) == 80
+        )  # nothing of the failing batches
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO kafka_offsets").format(
+                    sql.Identifier(db_schema, "offsets_away")
+                )
+            )
+        await until(
+            check(lambda: sink.stats.records == len(records)),
+            timeout_s=60,
+            what="catch-up",
+        )
+        sink.stop()
+        await task
+    assert set(await migrated.reading_keys(park=park_id)) == keys
+    assert sink.stats.rows_inserted == len(keys)
+    assert sink.stats.duplicates == 0
+
+
+async def test_refuses_to_start_on_an_unmigrated_schema(settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="smartpark db migrate"):
+        async with Sink(settings):
+            pass

@@ -1,0 +1,271 @@
+"""The storage layer on plain PostgreSQL 15 (local services), one schema per test."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg import sql
+from pydantic import SecretStr
+
+from ingest.storage import (
+    Dialect,
+    KafkaOffset,
+    ReadingKey,
+    RollupLevel,
+    Storage,
+    TelemetryRow,
+)
+from smartpark.errors import ConfigError, StorageError
+from smartpark.settings import DatabaseSettings
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TODAY_MS = int(T0.timestamp() * 1000)
+
+
+def settings(dsn: str, schema: str, **kw: str) -> DatabaseSettings:
+    return DatabaseSettings(dsn=SecretStr(dsn), schema=schema, dialect="postgres", **kw)
+
+
+def rows_for(
+    device: str, n: int, *, start: datetime = T0, step_s: int = 10
+) -> list[TelemetryRow]:
+    return [
+        TelemetryRow(start + timedelta(seconds=i * step_s), "p1", "e1", device,
+                     "active_power", float(i), "N", i)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+@pytest.fixture(params=["copy", "insert"])
+async def storage(
+    request: pytest.FixtureRequest, pg_dsn: str, db_schema: str
+) -> AsyncIterator[Storage]:
+    async with Storage(
+        settings(pg_dsn, db_schema, bulk_method=request.param), clock=lambda: TODAY_MS
+    ) as s:
+        await s.migrate()
+        yield s
+
+
+async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -> None:
+    async with Storage(settings(pg_dsn, db_schema)) as s:
+        assert s.dialect is Dialect.POSTGRES
+        assert await s.pending_migrations() == ["0001_telemetry"]
+        with pytest.raises(ConfigError, match="not migrated"):
+            await s.require_migrated()
+        assert await s.migrate() == ["0001_telemetry"]
+        assert await s.migrate() == []
+        await s.require_migrated()
+        applied = await s.applied_migrations()
+        assert [(m.version, m.name, m.dialect) for m in applied] == [
+            (1, "telemetry", Dialect.POSTGRES)
+        ]
+    # A second process (fresh Storage) sees the same state and applies nothing.
+    async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:
+        assert s.dialect is Dialect.POSTGRES
+        assert await s.migrate() == []
+        info = await s.info()
+        assert info.row_counts["telemetry"] == 0
+        assert len(info.partitions) == 9  # today-1 .. today+7
+
+
+async def test_schema_keeps_its_dialect(pg_dsn: str, db_schema: str) -> None:
+    async with Storage(settings(pg_dsn, db_schema)) as s:
+        await s.migrate()
+    wrong = DatabaseSettings(
+        dsn=SecretStr(pg_dsn), schema=db_schema, dialect="timescale"
+    )
+    with pytest.raises(ConfigError, match="migrated as postgres"):
+        async with Storage(wrong):
+            pass
+
+
+async def test_duplicates_are_not_stored_twice(storage: Storage) -> None:
+    first = rows_for("m1", 100)
+    result = await storage.write(first)
+    assert (result.inserted, result.duplicates) == (100, 0)
+    # Overlap plus a duplicate inside the batch itself (redelivered record).
+    second = first[50:] + rows_for("m1", 150)[100:] + [first[120 - 100 + 50]]
+    result = await storage.write(second)
+    assert (result.inserted, result.duplicates) == (50, 51)
+    keys = await storage.reading_keys(device="m1")
+    assert keys == [ReadingKey("m1", i, "active_power") for i in range(150)]
+    assert await storage.count_rows() == 150
+
+
+async def test_offsets_are_committed_with_the_rows(storage: Storage) -> None:
+    await storage.write(rows_for("m1", 10), offsets=[KafkaOffset("g", "t", 0, 10)])
+    await storage.write(
+        rows_for("m1", 20)[10:],
+        offsets=[KafkaOffset("g", "t", 0, 20), KafkaOffset("g", "t", 3, 7)],
+    )
+    assert await storage.load_offsets("g", "t") == {0: 20, 3: 7}
+    assert await storage.load_offsets("other", "t") == {}
+
+
+async def test_failed_write_commits_neither_rows_nor_offsets(storage: Storage) -> None:
+    await storage.write(rows_for("m1", 5), offsets=[KafkaOffset("g", "t", 0, 5)])
+    batch = rows_for("m2", 300, start=T0 - timedelta(days=3))
+    # The rows insert fine; the offsets violate next_offset >= 0 afterwards, so the
+    # transaction fails after the rows were written into it.
+    with pytest.raises(StorageError):
+        await storage.write(
+            batch, offsets=[KafkaOffset("g", "t", 0, 305), KafkaOffset("g", "t", 1, -1)]
+        )
+    assert await storage.count_rows(device="m2") == 0
+    assert await storage.load_offsets("g", "t") == {0: 5}
+    await storage.refresh_rollups()
+    day = await storage.rollup(
+        RollupLevel.DAY, start=T0 - timedelta(days=9), end=T0 + timedelta(days=9)
+    )
+    assert {r.device for r in day} == {"m1"}
+    # The same batch goes through once the cause is gone (retry is safe).
+    result = await storage.write(batch, offsets=[KafkaOffset("g", "t", 0, 305)])
+    assert result.inserted == 300
+    assert await storage.load_offsets("g", "t") == {0: 305}
+
+
+async def test_partition_is_created_on_demand_for_an_old_day(storage: Storage) -> None:
+    old = T0 - timedelta(days=400)
+    before = (await storage.info()).partitions
+    name = f"telemetry_p{old:%Y%m%d}"
+    assert name not in before
+    batch = rows_for("m1", 3, start=old) + rows_for("m1", 3, start=T0)
+    assert (await storage.write(batch)).inserted == 6
+    after = (await storage.info()).partitions
+    assert set(after) - set(before) == {name}
+    assert len(await storage.readings(device="m1", end=T0 - timedelta(days=1))) == 3
+
+
+async def test_a_partition_dropped_elsewhere_is_recreated_on_retry(
+    storage: Storage, pg_dsn: str, db_schema: str
+) -> None:
+    old = T0 - timedelta(days=100)
+    await storage.write(rows_for("m1", 2, start=old))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # e.g. another retention
+        conn.execute(
+            sql.SQL("DROP TABLE {}").format(
+                sql.Identifier(db_schema, f"telemetry_p{old:%Y%m%d}")
+            )
+        )
+    batch = rows_for("m1", 3, start=old)
+    with pytest.raises(StorageError):  # the cached belief fails once, retriably
+        await storage.write(batch)
+    assert (await storage.write(batch)).inserted == 3
+
+
+async def test_retention_drops_old_partitions_and_keeps_rollups(
+    storage: Storage,
+) -> None:
+    await storage.write(rows_for("m1", 4, start=T0 - timedelta(days=40)))
+    await storage.write(rows_for("m1", 4, start=T0))
+    await storage.refresh_rollups()
+    dropped = await storage.apply_retention(keep_days=30)
+    assert dropped == ["telemetry_p20260120"]
+    assert await storage.count_rows() == 4
+    daily = await storage.rollup(
+        RollupLevel.DAY, start=T0 - timedelta(days=50), end=T0 + timedelta(days=1)
+    )
+    assert [r.bucket.date() for r in daily] == [date(2026, 1, 20), date(2026, 3, 1)]
+    assert await storage.ensure_partitions() == []  # the window around today exists
+
+
+async def test_rollups_equal_a_group_by_over_the_raw_rows(
+    storage: Storage, pg_dsn: str, db_schema: str
+) -> None:
+    rng = random.Random(7)
+    universe = [
+        TelemetryRow(
+            T0 + timedelta(seconds=rng.randrange(0, 3 * 86400)),
+            "p1", f"e{d % 2}", f"m{d}", metric, rng.randrange(-1000, 1000) / 4, "N", k,
+        )
+        for k in range(3000)
+        for d in [k % 5]
+        for metric in [("active_power", "cod")[k % 2]]
+    ]  # fmt: skip
+    # Overlapping, shuffled batches: every row is delivered one to three times.
+    for i in range(6):
+        await storage.write(rng.sample(universe, 1200))
+        if i % 2:  # refreshes in between: buckets are recomputed, never added twice
+            await storage.refresh_rollups()
+    await storage.write(universe)
+    assert await storage.refresh_rollups() > 0
+    assert await storage.refresh_rollups() == 0  # the log is empty now
+
+    stored = await storage.readings()
+    expected: dict[RollupLevel, dict[tuple[object, ...], list[float]]] = {}
+    for level, width in ((RollupLevel.MINUTE, 60), (RollupLevel.HOUR, 3600),
+                         (RollupLevel.DAY, 86400)):  # fmt: skip
+        groups: dict[tuple[object, ...], list[float]] = defaultdict(list)
+        for r in stored:
+            epoch = int(r.time.timestamp())
+            bucket = datetime.fromtimestamp(epoch - epoch % width, UTC)
+            groups[(bucket, r.park, r.enterprise, r.device, r.metric)].append(r.value)
+        expected[level] = groups
+    for level, groups in expected.items():
+        got = await storage.rollup(
+            level, start=T0 - timedelta(days=1), end=T0 + timedelta(days=4)
+        )
+        assert len(got) == len(groups)
+        for g in got:
+            values = groups[(g.bucket, g.park, g.enterprise, g.device, g.metric)]
+            # Quarter values: the float sums are exact whatever the order.
+            assert (g.n, g.sum, g.min, g.max) == (
+                len(values),
+                sum(values),
+                min(values),
+                max(values),
+            )
+    # And the same against SQL's own GROUP BY over the raw table.
+    with psycopg.connect(pg_dsn) as conn:
+        raw = conn.execute(
+            sql.SQL(
+                "SELECT date_bin('1 hour', time, 'epoch'), device, metric, count(*),"
+                " sum(value) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            ).format(sql.Identifier(db_schema, "telemetry"))
+        ).fetchall()
+    hourly = await storage.rollup(
+        RollupLevel.HOUR, start=T0 - timedelta(days=1), end=T0 + timedelta(days=4)
+    )
+    assert raw == sorted((r.bucket, r.device, r.metric, r.n, r.sum) for r in hourly)
+
+
+async def test_late_rows_update_an_already_refreshed_bucket(storage: Storage) -> None:
+    await storage.write(rows_for("m1", 6))  # one minute: 0, 10 .. 50 s
+    await storage.refresh_rollups()
+    late = [r._replace(seq=100, time=r.time + timedelta(seconds=5), value=100.0)
+            for r in rows_for("m1", 1)]  # fmt: skip
+    await storage.write(late)
+    await storage.refresh_rollups()
+    [minute] = await storage.rollup(
+        RollupLevel.MINUTE, start=T0, end=T0 + timedelta(minutes=1)
+    )
+    assert (minute.n, minute.sum, minute.min, minute.max) == (7, 115.0, 0.0, 100.0)
+    [day] = await storage.rollup(RollupLevel.DAY, start=T0 - timedelta(days=1), end=T0)
+    assert day.bucket == datetime(2026, 3, 1, tzinfo=UTC)
+    assert day.n == 7
+
+
+async def test_unknown_bulk_method_is_a_config_error(
+    pg_dsn: str, db_schema: str
+) -> None:
+    with pytest.raises(ConfigError, match="bulk_method"):
+        Storage(settings(pg_dsn, db_schema, bulk_method="magic"))
+
+
+async def test_unreachable_database_is_a_storage_error(db_schema: str) -> None:
+    s = Storage(
+        DatabaseSettings(
+            dsn=SecretStr("postgresql://postgres@127.0.0.1:9/none"), schema=db_schema
+        ),
+        connect_timeout_s=1,
+    )
+    with pytest.raises(StorageError, match="cannot connect"):
+        await s.open()

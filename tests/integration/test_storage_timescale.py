@@ -1,0 +1,196 @@
+"""The storage layer on the TimescaleDB build on PGlite (services up --with-timescale).
+
+PGlite serves one connection at a time: each test closes its Storage before it opens
+a plain connection, and the schema fixture's connections are closed around the test.
+There is no COPY there, so the INSERT path (bulk_method="insert") is what runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg import sql
+from pydantic import SecretStr
+
+from ingest.storage import Dialect, KafkaOffset, RollupLevel, Storage, TelemetryRow
+from smartpark.errors import ConfigError
+from smartpark.settings import DatabaseSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timescale]
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def ts_schema(timescale_dsn: str, uid: str) -> Iterator[str]:
+    name = f"t_{uid}"
+    yield name
+    with psycopg.connect(timescale_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
+        )
+
+
+def ts_settings(dsn: str, schema: str, dialect: str = "auto") -> DatabaseSettings:
+    return DatabaseSettings(
+        dsn=SecretStr(dsn), schema=schema, dialect=dialect, bulk_method="insert"
+    )
+
+
+def rows(n: int, device: str = "m1") -> list[TelemetryRow]:
+    return [
+        TelemetryRow(T0 + timedelta(seconds=7 * i), "p1", "e1", device,
+                     ("active_power", "cod")[i % 2], (i % 40) / 4, "N", i // 2)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def test_migrate_is_idempotent_and_creates_timescale_objects(
+    timescale_dsn: str, ts_schema: str
+) -> None:
+    async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
+        assert s.dialect is Dialect.TIMESCALE  # auto detected the extension
+        assert await s.migrate() == ["0001_telemetry"]
+        assert await s.migrate() == []
+        await s.require_migrated()
+    async with Storage(ts_settings(timescale_dsn, ts_schema, "timescale")) as s:
+        assert await s.migrate() == []
+    with psycopg.connect(timescale_dsn) as conn:
+        hypertables = conn.execute(
+            "SELECT hypertable_name, compression_enabled"
+            " FROM timescaledb_information.hypertables WHERE hypertable_schema = %s",
+            (ts_schema,),
+        ).fetchall()
+        caggs = conn.execute(
+            "SELECT view_name, materialized_only FROM"
+            " timescaledb_information.continuous_aggregates WHERE view_schema = %s"
+            " ORDER BY 1",
+            (ts_schema,),
+        ).fetchall()
+        jobs = conn.execute(
+            "SELECT proc_name, count(*) FROM timescaledb_information.jobs j"
+            " LEFT JOIN timescaledb_information.continuous_aggregates c"
+            "   ON c.materialization_hypertable_name = j.hypertable_name"
+            " WHERE j.hypertable_schema = %s OR c.view_schema = %s"
+            " GROUP BY 1 ORDER BY 1",
+            (ts_schema, ts_schema),
+        ).fetchall()
+    assert ("telemetry", True) in hypertables
+    assert caggs == [
+        ("telemetry_1d", False),
+        ("telemetry_1h", False),
+        ("telemetry_1m", False),
+    ]
+    assert dict(jobs) == {
+        "policy_compression": 1,
+        "policy_refresh_continuous_aggregate": 3,
+        "policy_retention": 1,
+    }
+
+
+async def test_a_postgres_schema_is_not_reopened_as_timescale(
+    timescale_dsn: str, ts_schema: str
+) -> None:
+    async with Storage(ts_settings(timescale_dsn, ts_schema, "postgres")) as s:
+        await s.migrate()
+    with pytest.raises(ConfigError, match="migrated as postgres"):
+        async with Storage(ts_settings(timescale_dsn, ts_schema, "timescale")):
+            pass
+
+
+async def test_writes_are_idempotent_and_rollups_match_the_raw_rows(
+    timescale_dsn: str, ts_schema: str
+) -> None:
+    batch = rows(3000)
+    async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
+        await s.migrate()
+        first = await s.write(batch[:2000], offsets=[KafkaOffset("g", "t", 0, 10)])
+        again = await s.write(batch, offsets=[KafkaOffset("g", "t", 0, 20)])
+        assert (first.inserted, first.duplicates) == (2000, 0)
+        assert (again.inserted, again.duplicates) == (1000, 2000)
+        assert await s.count_rows() == 3000
+        assert await s.load_offsets("g", "t") == {0: 20}
+        # Real-time aggregation already shows the rows; the refresh materialises
+        # them, and both must agree with the raw table.
+        before = await s.rollup(RollupLevel.HOUR, start=T0, end=T0 + timedelta(days=1))
+        await s.refresh_rollups()
+        levels = {
+            level: await s.rollup(
+                level, start=T0 - timedelta(days=1), end=T0 + timedelta(days=2)
+            )
+            for level in RollupLevel
+        }
+    assert before == levels[RollupLevel.HOUR]
+    for level, width in ((RollupLevel.MINUTE, 60), (RollupLevel.HOUR, 3600),
+                         (RollupLevel.DAY, 86400)):  # fmt: skip
+        groups: dict[tuple[object, ...], list[float]] = defaultdict(list)
+        for r in batch:
+            epoch = int(r.time.timestamp())
+            bucket = datetime.fromtimestamp(epoch - epoch % width, UTC)
+            groups[(bucket, r.device, r.metric)].append(r.value)
+        got = {
+            (r.bucket, r.device, r.metric): (r.n, r.sum, r.min, r.max)
+            for r in levels[level]
+        }
+        assert got == {
+            k: (len(v), sum(v), min(v), max(v)) for k, v in groups.items()
+        }, level
+
+
+async def test_policies_run_through_run_job(timescale_dsn: str, ts_schema: str) -> None:
+    # Inside one hour bucket that ended over an hour ago: the 1 h policy (end_offset
+    # 1 hour) materialises whole buckets only.
+    base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    base -= timedelta(hours=3)
+    recent = [r._replace(time=base + (r.time - T0)) for r in rows(200)]
+    async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
+        await s.migrate()
+        await s.write(rows(200, device="old"))  # months old: due for compression
+        await s.write(recent)
+    with psycopg.connect(timescale_dsn, autocommit=True) as conn:
+        # Continuous-aggregate policies are listed under the view's name.
+        jobs = conn.execute(
+            "SELECT job_id, proc_name, hypertable_name"
+            " FROM timescaledb_information.jobs"
+            " WHERE hypertable_schema = %s ORDER BY job_id",
+            (ts_schema,),
+        ).fetchall()
+        assert sorted((proc, table) for _, proc, table in jobs) == [
+            ("policy_compression", "telemetry"),
+            ("policy_refresh_continuous_aggregate", "telemetry_1d"),
+            ("policy_refresh_continuous_aggregate", "telemetry_1h"),
+            ("policy_refresh_continuous_aggregate", "telemetry_1m"),
+            ("policy_retention", "telemetry"),
+        ]
+        for job_id, _, _ in jobs:
+            conn.execute("CALL run_job(%s)", (job_id,))
+        materialized = {}
+        for view, mschema, mtable in conn.execute(
+            "SELECT view_name, materialization_hypertable_schema,"
+            " materialization_hypertable_name"
+            " FROM timescaledb_information.continuous_aggregates"
+            " WHERE view_schema = %s",
+            (ts_schema,),
+        ).fetchall():
+            total = conn.execute(
+                sql.SQL("SELECT coalesce(sum(n), 0)::int FROM {}").format(
+                    sql.Identifier(mschema, mtable)
+                )
+            ).fetchone()
+            assert total is not None
+            materialized[view] = total[0]
+        compressed = conn.execute(
+            "SELECT is_compressed, range_start < now() - interval '30 days'"
+            " FROM timescaledb_information.chunks WHERE hypertable_schema = %s",
+            (ts_schema,),
+        ).fetchall()
+    # The refresh policies materialised the recent rows (1 d buckets lag a day).
+    assert materialized == {"telemetry_1m": 200, "telemetry_1h": 200, "telemetry_1d": 0}
+    # The compression policy compressed the old chunk and left the recent ones.
+    assert sorted(compressed) == [(False, False)] * (len(compressed) - 1) + [
+        (True, True)
+    ]
