@@ -201,3 +201,41 @@ def test_batch_encodes_without_nan() -> None:
     batch = TelemetryBatch("p", "e", "d", (Reading(1, "o2", float("nan"), "%", NOW),))
     with pytest.raises(ValueError, match="Out of range float"):
         encode_batch(batch)
+
+
+def test_integer_too_large_for_a_double_is_refused() -> None:
+    doc = _set("readings.0.value", 10**400)
+    with pytest.raises(PayloadError, match="out of range"):
+        decode_batch(json.dumps(doc), now_ms=NOW)
+
+
+near_valid_readings = st.fixed_dictionaries(
+    {
+        "seq": st.sampled_from([0, 1, -1, 2**63, 1.0, True, "1"]),
+        "metric": st.sampled_from(["o2", "active_energy", "so3", 1, ["o2"]]),
+        "value": st.sampled_from([0, 1.5, -2, 10**400, float("nan"), None, "x", False]),
+        "unit": st.sampled_from(["%", "kWh", "MWh", None]),
+        "ts_ms": st.sampled_from([NOW, NOW + 10**9, 5, 1.5]),
+    },
+    optional={"q": st.sampled_from(["N", "D", "X", ["N"], 1]), "x": st.just(1)},
+)
+
+
+@given(st.lists(near_valid_readings, min_size=1, max_size=3))
+def test_fast_path_agrees_with_the_precise_validator(
+    readings: list[dict[str, Any]],
+) -> None:
+    """The hot path accepts exactly what the field-by-field validator accepts."""
+    from smartpark.wire import _reading, _valid_reading
+
+    seen: set[tuple[int, str]] = set()
+    latest = NOW + 300_000
+    for r in readings:
+        fast = _valid_reading(r, latest, seen)
+        try:
+            precise = _reading(r, "r.", latest, seen)
+        except PayloadError:
+            assert fast is None
+            return
+        assert fast == precise
+        seen.add((precise.seq, precise.metric))
