@@ -16,15 +16,17 @@ client, so the bridge's memory is bounded by that window, not by the backlog. (a
 used by the embedded demo, has no such window and drops a QoS 1 message that is not
 acknowledged within 5 s: the demo's broker shows the flow; it is not durable.)
 
-Ordering: records of one device reach Kafka in arrival order. If Kafka refuses a
-record after the producer's own retries, the bridge produces it again; records after
-it may then precede it. Duplicates from redelivery are harmless downstream (the sink
-and the rules de-duplicate by device, metric and time).
+Ordering: records of one device reach Kafka in arrival order. If the producer gives
+up on a record (after a Kafka restart the idempotent producer can be left with
+sequence numbers the broker rejects), the bridge replaces the producer and sends
+every record not yet acknowledged again, in order; some then reach Kafka twice,
+which is harmless downstream (the sink de-duplicates by device, metric and time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
@@ -99,13 +101,14 @@ class Bridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._producer: AIOKafkaProducer | None = None
+        # Held while sending and while the producer is replaced, so records keep
+        # their order across a replacement.
+        self._producer_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Bridge:
         self._loop = asyncio.get_running_loop()
         await ensure_topics(self._settings.kafka)
-        self._producer = make_producer(
-            self._settings.kafka, client_id="smartpark-bridge"
-        )
+        self._producer = self._new_producer()
         await self._producer.start()
         try:
             self._client = self._connect_mqtt()
@@ -195,6 +198,9 @@ class Bridge:
 
     # -- asyncio side -------------------------------------------------------------
 
+    def _new_producer(self) -> AIOKafkaProducer:
+        return make_producer(self._settings.kafka, client_id="smartpark-bridge")
+
     def _new_session(self) -> None:
         self._session += 1
 
@@ -221,9 +227,24 @@ class Bridge:
             acker.cancel()
 
     async def _drain(self) -> None:
-        while self._pending:
-            self._pending_changed.clear()
-            await self._pending_changed.wait()
+        """Wait, within the drain timeout, for Kafka to acknowledge what is pending.
+
+        What is still pending afterwards stays unacknowledged on MQTT, so the broker
+        delivers it again to the next bridge: nothing is lost by giving up here.
+        """
+        timeout = self._settings.bridge.drain_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                while self._pending:
+                    self._pending_changed.clear()
+                    await self._pending_changed.wait()
+        except TimeoutError:
+            log.warning(
+                "stopping with %d messages not yet in Kafka after %.0f s; the broker "
+                "will deliver them again",
+                len(self._pending),
+                timeout,
+            )
 
     def _to_record(
         self, msg: _Inbound
@@ -277,26 +298,56 @@ class Bridge:
 
     async def _forward(self, msg: _Inbound) -> None:
         self.stats.received += 1
-        record = self._to_record(msg)
-        delivery = await self._send(record)
-        self._pending.append(_Pending(msg, record, delivery))
-        self._pending_changed.set()
-
-    async def _send(
-        self, record: tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
-    ) -> asyncio.Future[RecordMetadata]:
-        assert self._producer is not None
-        topic, value, key, headers = record
+        topic, value, key, headers = record = self._to_record(msg)
         attempt = 0
         while True:
             try:
-                fut: asyncio.Future[RecordMetadata] = await self._producer.send(
-                    topic, value, key=key, headers=headers
-                )
+                async with self._producer_lock:
+                    assert self._producer is not None
+                    delivery = await self._producer.send(
+                        topic, value, key=key, headers=headers
+                    )
+                    # Appended under the lock: a producer replacement re-sends the
+                    # whole queue, in order, and must see this record in it.
+                    self._pending.append(_Pending(msg, record, delivery))
             except KafkaError as exc:
                 attempt = await self._backoff(attempt, exc)
             else:
-                return fut
+                break
+        self._pending_changed.set()
+
+    async def _replace_producer(self, exc: KafkaError) -> None:
+        """Start a new producer and send everything not yet acknowledged again.
+
+        A delivery the producer gave up on can leave it unusable: after a broker
+        restart the idempotent producer's sequence numbers no longer match
+        (OutOfOrderSequenceNumber) and every retry fails the same way. A new
+        producer gets a new producer id. Records are re-sent in arrival order; those
+        Kafka already had become duplicates, which the sink ignores.
+        """
+        attempt = await self._backoff(0, exc)
+        async with self._producer_lock:
+            old, self._producer = self._producer, None
+            if old is not None:
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    async with asyncio.timeout(5):
+                        await old.stop()
+            while self._producer is None:
+                producer = self._new_producer()
+                try:
+                    await producer.start()
+                except KafkaError as start_exc:
+                    with contextlib.suppress(KafkaError):
+                        await producer.stop()
+                    attempt = await self._backoff(attempt, start_exc)
+                else:
+                    self._producer = producer
+            for pending in self._pending:
+                topic, value, key, headers = pending.record
+                pending.delivery = await self._producer.send(
+                    topic, value, key=key, headers=headers
+                )
+        log.info("Kafka producer replaced; %d records sent again", len(self._pending))
 
     async def _backoff(self, attempt: int, exc: KafkaError) -> int:
         self.stats.produce_retries += 1
@@ -313,14 +364,11 @@ class Bridge:
                 await self._pending_changed.wait()
                 continue
             head = self._pending[0]
-            attempt = 0
-            while True:
-                try:
-                    await head.delivery
-                    break
-                except KafkaError as exc:
-                    attempt = await self._backoff(attempt, exc)
-                    head.delivery = await self._send(head.record)
+            try:
+                await head.delivery
+            except KafkaError as exc:
+                await self._replace_producer(exc)
+                continue
             self.stats.produced += 1
             self._pending.popleft()
             if head.msg.session == self._session:

@@ -68,9 +68,9 @@ class DatabaseSettings(BaseModel):
 
 class BridgeSettings(BaseModel):
     max_future_ms: int = 5 * 60 * 1000
-    # Produced-but-not-yet-acknowledged MQTT messages; beyond this the bridge stops
-    # reading from the broker (backpressure) rather than buffering without bound.
-    max_in_flight: int = 1000
+    # On stop, how long to wait for Kafka to acknowledge what is in flight; what
+    # is left stays unacknowledged on MQTT and is delivered again.
+    drain_timeout_s: float = 10.0
 
 
 class SinkSettings(BaseModel):

@@ -35,12 +35,18 @@ class ServiceProcess:
         self._proc.send_signal(signal.SIGKILL)
         self._proc.wait(timeout=30)
 
-    def stop(self) -> int:
-        """SIGTERM and wait: the graceful path."""
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait: the graceful path. A process that does not exit in
+        time is killed (never left behind) and reported as ``-SIGKILL``."""
         assert self._proc is not None
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
-        return self._proc.wait(timeout=60)
+        try:
+            return self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=30)
+            return -signal.SIGKILL
 
     def logged(self, text: str) -> Callable[[], bool]:
         """A predicate: has the process written ``text`` to its log yet?"""
