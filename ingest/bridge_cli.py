@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
-from dataclasses import asdict
 
 from ingest.bridge import Bridge
+from ingest.service import run_until_signalled
 from smartpark import logs
 from smartpark.settings import Settings
 
@@ -21,14 +20,7 @@ log = logging.getLogger("smartpark.bridge")
 
 async def _run(settings: Settings, stats_every_s: float) -> None:
     async with Bridge(settings) as bridge:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, bridge.stop)
-        task = asyncio.create_task(bridge.run())
-        while not task.done():
-            await asyncio.wait({task}, timeout=stats_every_s)
-            log.info("stats %s", asdict(bridge.stats))
-        await task
+        await run_until_signalled(bridge, stats_every_s=stats_every_s, log=log)
 
 
 def main(argv: list[str]) -> int:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
-from dataclasses import asdict
 
+from ingest.service import run_until_signalled
 from ingest.sink import Sink
 from smartpark import logs
 from smartpark.errors import ConfigError, StorageError
@@ -30,9 +29,6 @@ def _err(line: str) -> None:
 
 async def _run(settings: Settings, stats_every_s: float) -> None:
     async with Sink(settings) as sink:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, sink.stop)
         log.info(
             "sink started: %s -> schema %r (%s), group %s",
             settings.kafka.telemetry_topic,
@@ -40,11 +36,7 @@ async def _run(settings: Settings, stats_every_s: float) -> None:
             sink.storage.dialect.value,
             settings.sink.group_id,
         )
-        task = asyncio.create_task(sink.run())
-        while not task.done():
-            await asyncio.wait({task}, timeout=stats_every_s)
-            log.info("stats %s", asdict(sink.stats))
-        await task
+        await run_until_signalled(sink, stats_every_s=stats_every_s, log=log)
 
 
 def main(argv: list[str]) -> int:

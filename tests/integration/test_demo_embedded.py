@@ -222,7 +222,6 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux's")
 def test_a_killed_owner_leaves_no_service_running(tmp_path: Path) -> None:
     owner = subprocess.Popen(
         [sys.executable, "-c", _HOLD_KAFKA, str(tmp_path / "tansu.log")],
