@@ -38,6 +38,13 @@ def copy_into_staging() -> sql.Composed:
     return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(STAGING, _cols)
 
 
+def copy_into_telemetry(schema: str) -> sql.Composed:
+    """COPY straight into ``telemetry``: fails on the first row already stored."""
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(schema, "telemetry"), _cols
+    )
+
+
 def unnest_source() -> sql.Composed:
     """A row source from eight array parameters, one per column (the INSERT path)."""
     arrays = sql.SQL(", ").join(
