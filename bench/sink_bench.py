@@ -35,6 +35,7 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
+from ingest.sink import decode_record
 from ingest.storage import KafkaOffset, Storage, TelemetryRow, rows_from_batch
 from ingest.storage import statements as st
 from smartpark.clock import system_ms
@@ -115,7 +116,7 @@ async def sink_path(
         t0 = time.perf_counter()
         rows: list[TelemetryRow] = []
         for value in records:
-            rows.extend(rows_from_batch(decode_batch(value, now_ms=now_ms)))
+            rows.extend(rows_from_batch(decode_record(value, now_ms=now_ms)))
         decoding += time.perf_counter() - t0
         offset += len(records)
         result = await storage.write(

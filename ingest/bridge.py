@@ -33,6 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -274,6 +275,7 @@ class Bridge:
                 msg.payload,
                 now_ms=msg.received_ms,
                 max_future_ms=self._settings.bridge.max_future_ms,
+                loads=orjson.loads,
             )
             if (batch.park, batch.enterprise, batch.device) != (
                 park,

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self, TypeAlias, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -45,7 +46,7 @@ from ingest.storage import (
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import PayloadError, StorageError
 from smartpark.settings import Settings
-from smartpark.wire import decode_batch
+from smartpark.wire import TelemetryBatch, decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,13 @@ REBALANCE_TIMEOUT_MS = 60_000
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 _T = TypeVar("_T")
+
+
+def decode_record(value: bytes, *, now_ms: int) -> TelemetryBatch:
+    """Decode one telemetry record's value as the sink does (PayloadError if bad)."""
+    return decode_batch(
+        value, now_ms=now_ms, max_future_ms=SINK_MAX_FUTURE_MS, loads=orjson.loads
+    )
 
 
 @dataclass
@@ -235,9 +243,7 @@ class Sink:
                     )
                     continue
                 try:
-                    decoded = decode_batch(
-                        rec.value, now_ms=now_ms, max_future_ms=SINK_MAX_FUTURE_MS
-                    )
+                    decoded = decode_record(rec.value, now_ms=now_ms)
                 except PayloadError as exc:
                     letters.append(
                         DeadLetter(rec.value, str(exc), source, now_ms, rec.key)

@@ -239,3 +239,39 @@ def test_fast_path_agrees_with_the_precise_validator(
             return
         assert fast == precise
         seen.add((precise.seq, precise.metric))
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_with_orjson_raise_only_payload_error(data: bytes) -> None:
+    """The platform parses with orjson on its hot paths; errors stay PayloadError."""
+    import orjson
+
+    with contextlib.suppress(PayloadError):
+        decode_batch(data, now_ms=NOW, loads=orjson.loads)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"v": 1, "park": "p", "enterprise": "e", "device": "d", "readings": '
+        b'[{"seq": 1, "metric": "o2", "value": NaN, "unit": "%", "ts_ms": 1}]}',
+        b'{"v": 1, "park": "p", "enterprise": "e", "device": "d", "readings": '
+        b'[{"seq": 1, "metric": "o2", "value": 1e999, "unit": "%", "ts_ms": 1}]}',
+        b'{"v": 1, "park": "p", "enterprise": "e", "device": "d", "readings": '
+        b'[{"seq": 99999999999999999999999, "metric": "o2", "value": 1}]}',
+    ],
+)
+def test_orjson_refusals_are_payload_errors(raw: bytes) -> None:
+    import orjson
+
+    with pytest.raises(PayloadError):
+        decode_batch(raw, now_ms=NOW, loads=orjson.loads)
+
+
+def test_orjson_and_json_decode_alike() -> None:
+    import orjson
+
+    raw = json.dumps(good()).encode()
+    assert decode_batch(raw, now_ms=NOW, loads=orjson.loads) == decode_batch(
+        raw, now_ms=NOW
+    )
