@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.sink_bench --dsn postgresql://postgres@127.0.0.1:54329/smartpark
 
-Generates telemetry shaped like the city reference (../shared/reference/sizing.md:
+Generates telemetry shaped like the city reference load (
 280 enterprises x 40 devices x 5 metrics, one poll every 10 s = 5 600 readings/s),
 encoded as wire batches (one Kafka record per device poll), then measures in one run,
 on the same freshly truncated table:
