@@ -181,8 +181,11 @@ async def test_every_polled_reading_is_stored_exactly_once(
                 sink.stop()
                 await asyncio.gather(*tasks)
             served = park.served_polls()
-    # Every poll the simulators answered became a stored sequence number.
-    assert served == after.last_seq
+    # Every poll the simulators answered became a stored sequence number, except at
+    # most the one a device was answering when its agent was told to stop.
+    assert served.keys() == after.last_seq.keys()
+    for device, seq in after.last_seq.items():
+        assert served[device] - seq in (0, 1), (device, served[device], seq)
     assert min(after.last_seq.values()) >= 10
     assert_exactly_once(stored, expected)
     assert sink.stats.dead_letters == 0
