@@ -1,0 +1,388 @@
+"""An asyncio TCP server that HJ 212 data loggers connect to (the logger is the client).
+
+:class:`Hj212Listener` cuts each connection's byte stream with its own
+:class:`~edge_agent.hj212.stream.FrameBuffer`, turns every accepted packet into
+:class:`~edge_agent.sample.Sample` values and hands them to ``on_samples(device_id,
+samples)``. Contracts:
+
+- No input crashes a connection handler: bad frames, garbage, unknown MNs, unmapped
+  codes and sink failures are counted in :attr:`Hj212Listener.stats` by reason,
+  logged with the peer address, and the frames around them are still delivered.
+  The last :data:`REJECTED_KEPT` rejections are kept in :attr:`Hj212Listener.rejected`
+  with ``raw``: the bytes the stream decoder consumed in the read that produced the
+  rejection (the rejected frame, plus any neighbours cut from the same read; at most
+  ``MAX_DATA_LENGTH + OVERHEAD`` bytes, so memory stays bounded).
+- A connection that sends nothing for ``idle_timeout_s`` is closed; beyond
+  ``max_connections`` open connections, a new one is closed at once and counted.
+- ``on_samples`` is a plain callable run on the event loop. It reports failure by
+  raising :class:`~smartpark.errors.SmartparkError` (e.g. the outbox's
+  ``StorageError``) or :class:`OSError`: the packet is then counted as
+  ``sink_error`` and logged at error level, since the logger already sent it and it
+  is lost unless the logger retransmits. A reply is only sent for a delivered
+  packet, which gives such a logger the chance to. Any other exception is a bug: it
+  propagates and closes that connection only.
+
+Mapping choices (where the standard leaves the platform free):
+
+- Real-time data (CN 2011): ``code-Rtd`` becomes a reading of the code's metric and
+  ``code-ZsRtd`` (corrected to the reference O2) a reading of its *corrected* metric;
+  a value is never corrected twice, the logger's Zs value is taken as is.
+- Interval data (CN 2051 minute, 2061 hourly, 2031 daily) is taken only for the CNs
+  a logger's :class:`LoggerMapping` enables (default: only 2011). Then ``-Avg`` and
+  ``-ZsAvg`` become readings of the *same* metrics, timestamped with DataTime (the
+  interval start, as commonly sent; unverified); ``-Min``/``-Max``/``-Cou`` are dropped.
+  Limitation: metrics come from :mod:`smartpark.catalogue`, which has no per-interval
+  series, so downstream cannot tell a minute average from a real-time value. Enable
+  an interval CN only for a logger that sends no real-time data.
+- Other CNs (status, run time, replies) are rejected with kind ``cn``.
+- ``code-Flag`` becomes the reading's quality; a missing flag means N. An unknown
+  flag rejects the packet (kind ``flag``) in strict mode — the codec itself already
+  refuses it then (kind ``field``); in lenient mode only that code's values are
+  dropped and counted in ``unknown_flags``.
+- DataTime is the logger's local time in the mapping's ``tz`` (default
+  Asia/Shanghai), converted to UTC. A packet without DataTime is rejected.
+- Values are read in the mapping's per-code unit (default: the metric's catalogue
+  unit) and converted with :func:`smartpark.catalogue.to_canonical`.
+- When Flag has bit A (reply required), a delivered packet is answered with a data
+  reply: ``QN`` (same), ``ST=91``, ``CN=9014``, same ``PW``/``MN``, ``Flag`` with
+  bits A and D cleared (version bits kept), ``CP=&&&&``. domain.md names only the
+  CN; this layout is the standard's usual form and is unverified against a real
+  logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from types import TracebackType
+from zoneinfo import ZoneInfo
+
+from edge_agent.hj212.codec import encode, parse_time
+from edge_agent.hj212.model import (
+    FLAG_REPLY,
+    FLAG_SPLIT,
+    MAX_DATA_LENGTH,
+    OVERHEAD,
+    Decoded,
+    Hj212Error,
+    Packet,
+    Pollutant,
+)
+from edge_agent.hj212.stream import FrameBuffer
+from edge_agent.sample import Clock, Sample, to_ms, utc_now
+from smartpark.catalogue import metric as catalogue_metric
+from smartpark.catalogue import to_canonical
+from smartpark.errors import SmartparkError
+from smartpark.wire import Quality
+
+log = logging.getLogger(__name__)
+
+REAL_TIME = "2011"
+INTERVAL_CNS = frozenset({"2051", "2061", "2031"})
+REJECTED_KEPT = 100
+_QUALITIES = frozenset(q.value for q in Quality)
+_READ_SIZE = 65536
+
+OnSamples = Callable[[str, list[Sample]], object]
+"""``on_samples(device_id, samples)``; its return value is ignored."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggerMapping:
+    """How one logger (one MN) maps onto the platform; validated on construction.
+
+    ``metrics``: pollutant code → metric for Rtd/Avg; ``corrected``: code → metric for
+    ZsRtd/ZsAvg; ``units``: code → unit the logger sends (default: catalogue unit);
+    ``commands``: accepted CNs among 2011, 2051, 2061, 2031.
+    """
+
+    device_id: str
+    metrics: Mapping[str, str]
+    corrected: Mapping[str, str] = field(default_factory=dict)
+    units: Mapping[str, str] = field(default_factory=dict)
+    commands: frozenset[str] = frozenset({REAL_TIME})
+    tz: tzinfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
+
+    def __post_init__(self) -> None:
+        if not self.device_id:
+            raise ValueError("device_id must not be empty")
+        unknown = self.commands - INTERVAL_CNS - {REAL_TIME}
+        if unknown or not self.commands:
+            raise ValueError(f"commands must be among 2011/2051/2061/2031: {unknown}")
+        for table in (self.metrics, self.corrected):
+            for code, name in table.items():
+                catalogue_metric(name)  # PayloadError if unknown
+                to_canonical(
+                    name, 0.0, self.units.get(code, catalogue_metric(name).unit)
+                )
+        stray = set(self.units) - set(self.metrics) - set(self.corrected)
+        if stray:
+            raise ValueError(f"units given for unmapped codes: {sorted(stray)}")
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    """Counters. ``frames_rejected`` is by kind: the codec's kinds, ``unknown_mn``,
+    ``cn``, ``flag``, ``datatime``, ``number``, ``sink_error``. ``unmapped_codes`` and
+    ``unknown_flags`` count pollutants dropped from accepted packets."""
+
+    frames_ok: int = 0
+    frames_rejected: Counter[str] = field(default_factory=Counter)
+    unmapped_codes: int = 0
+    unknown_flags: int = 0
+    samples: int = 0
+    replies_sent: int = 0
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_refused: int = 0
+    idle_closed: int = 0
+
+    @property
+    def unknown_mn(self) -> int:
+        return self.frames_rejected["unknown_mn"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """One rejection kept for inspection (see the module doc for ``raw``)."""
+
+    at: datetime
+    peer: str
+    kind: str
+    reason: str
+    raw: bytes
+
+
+class _Reject(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{kind}: {reason}")
+
+
+def packet_samples(
+    packet: Packet, mapping: LoggerMapping, *, strict: bool
+) -> list[Sample]:
+    """The samples of an accepted packet (pure); raises :class:`_Reject` otherwise."""
+    if packet.cn not in mapping.commands:
+        raise _Reject("cn", f"CN={packet.cn} not accepted for MN={packet.mn}")
+    if packet.data_time is None:
+        raise _Reject("datatime", "packet has no DataTime")
+    ts_ms = to_ms(parse_time(packet.data_time, mapping.tz).astimezone(UTC))
+    real_time = packet.cn == REAL_TIME
+    out: list[Sample] = []
+    for p in packet.pollutants:
+        quality = p.flag or Quality.NORMAL.value
+        if quality not in _QUALITIES:
+            if strict:
+                raise _Reject("flag", f"{p.code}-Flag={quality!r} is not a data flag")
+            continue
+        raw, zs = (p.rtd, p.zs_rtd) if real_time else (p.avg, p.zs_avg)
+        for value, table in ((raw, mapping.metrics), (zs, mapping.corrected)):
+            name = table.get(p.code)
+            if value is None or name is None:
+                continue
+            unit = catalogue_metric(name).unit
+            number = to_canonical(name, float(value), mapping.units.get(p.code, unit))
+            if not math.isfinite(number):
+                raise _Reject("number", f"{p.code}: {value} is out of float range")
+            out.append(Sample(name, number, unit, ts_ms, quality))
+    return out
+
+
+def _unmapped(p: Pollutant, mapping: LoggerMapping) -> bool:
+    return p.code not in mapping.metrics and p.code not in mapping.corrected
+
+
+def reply_for(packet: Packet) -> bytes:
+    """The CN=9014 data reply to ``packet`` (layout unverified, see module doc)."""
+    flag = None if packet.flag is None else packet.flag & ~(FLAG_REPLY | FLAG_SPLIT)
+    return encode(
+        Packet(st="91", cn="9014", mn=packet.mn, pw=packet.pw, qn=packet.qn, flag=flag)
+    )
+
+
+class Hj212Listener:
+    """TCP server for HJ 212 loggers; an async context manager (see module doc)."""
+
+    def __init__(
+        self,
+        mapping: Mapping[str, LoggerMapping],
+        on_samples: OnSamples,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        idle_timeout_s: float = 300.0,
+        max_connections: int = 1000,
+        strict: bool = True,
+        clock: Clock = utc_now,
+    ) -> None:
+        if idle_timeout_s <= 0 or max_connections < 1:
+            raise ValueError("idle_timeout_s must be > 0 and max_connections >= 1")
+        self.mapping = dict(mapping)
+        self.on_samples = on_samples
+        self.host = host
+        self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
+        self.strict = strict
+        self.clock = clock
+        self.stats = ListenerStats()
+        self.rejected: deque[Rejected] = deque(maxlen=REJECTED_KEPT)
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warned: set[tuple[str, str]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when constructed with port 0)."""
+        return self._port
+
+    async def __aenter__(self) -> Hj212Listener:
+        self._server = await asyncio.start_server(self._serve, self.host, self._port)
+        self._port = self._server.sockets[0].getsockname()[1]
+        log.info("hj212: listening on %s:%d", self.host, self._port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = _peer(writer)
+        if self.stats.connections_open >= self.max_connections:
+            self.stats.connections_refused += 1
+            log.warning(
+                "hj212 %s: refused, %d connections open", peer, self.max_connections
+            )
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.stats.connections_open += 1
+        self.stats.connections_total += 1
+        try:
+            await self._read_loop(reader, writer, peer)
+        except ConnectionError as exc:
+            log.info("hj212 %s: connection lost: %s", peer, exc)
+        finally:
+            self.stats.connections_open -= 1
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _read_loop(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        frames = FrameBuffer(strict=self.strict)
+        pending = bytearray()  # a mirror of what the FrameBuffer holds
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout_s):
+                    data = await reader.read(_READ_SIZE)
+            except TimeoutError:
+                self.stats.idle_closed += 1
+                log.info("hj212 %s: idle for %ss, closing", peer, self.idle_timeout_s)
+                data = b""
+                events = frames.flush()
+            else:
+                events = frames.feed(data) if data else frames.flush()
+            pending += data
+            consumed = len(pending) - frames.buffered
+            raw = bytes(pending[:consumed][-(MAX_DATA_LENGTH + OVERHEAD) :])
+            del pending[:consumed]
+            for event in events:
+                if isinstance(event, Hj212Error):
+                    self._reject(peer, event.kind, str(event), raw)
+                else:
+                    await self._accept(event, peer, raw, writer)
+            if not data:
+                return
+
+    async def _accept(
+        self, decoded: Decoded, peer: str, raw: bytes, writer: asyncio.StreamWriter
+    ) -> None:
+        packet = decoded.packet
+        mapping = self.mapping.get(packet.mn)
+        if mapping is None:
+            self._reject(peer, "unknown_mn", f"unknown MN={packet.mn!r}", raw)
+            return
+        try:
+            samples = packet_samples(packet, mapping, strict=self.strict)
+        except _Reject as rej:
+            self._reject(peer, rej.kind, f"MN={packet.mn}: {rej.reason}", raw)
+            return
+        self._count_dropped(packet, mapping, peer)
+        if samples:
+            try:
+                self.on_samples(mapping.device_id, samples)
+            except (SmartparkError, OSError) as exc:
+                log.exception(
+                    "hj212 %s: MN=%s QN=%s: %d samples LOST, on_samples raised",
+                    peer,
+                    packet.mn,
+                    packet.qn,
+                    len(samples),
+                )
+                self._reject(peer, "sink_error", f"on_samples raised {exc!r}", raw)
+                return
+        self.stats.frames_ok += 1
+        self.stats.samples += len(samples)
+        if packet.reply_required:
+            writer.write(reply_for(packet))
+            await writer.drain()
+            self.stats.replies_sent += 1
+
+    def _count_dropped(self, packet: Packet, mapping: LoggerMapping, peer: str) -> None:
+        for p in packet.pollutants:
+            if p.flag is not None and p.flag not in _QUALITIES:
+                self.stats.unknown_flags += 1
+                log.warning(
+                    "hj212 %s: MN=%s %s-Flag=%r dropped",
+                    peer,
+                    packet.mn,
+                    p.code,
+                    p.flag,
+                )
+            elif _unmapped(p, mapping):
+                self.stats.unmapped_codes += 1
+                # Loggers repeat the same codes every few seconds: warn once per code.
+                if (packet.mn, p.code) not in self._warned:
+                    self._warned.add((packet.mn, p.code))
+                    log.warning(
+                        "hj212 %s: MN=%s code %s is not mapped, values dropped",
+                        peer,
+                        packet.mn,
+                        p.code,
+                    )
+
+    def _reject(self, peer: str, kind: str, reason: str, raw: bytes) -> None:
+        self.stats.frames_rejected[kind] += 1
+        self.rejected.append(Rejected(self.clock(), peer, kind, reason, raw))
+        log.warning("hj212 %s: frame rejected (%s): %s", peer, kind, reason)
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    info: object = writer.get_extra_info("peername")
+    if isinstance(info, Sequence) and len(info) >= 2:
+        return f"{info[0]}:{info[1]}"
+    return str(info)
