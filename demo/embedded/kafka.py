@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 from pathlib import Path
-from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -18,6 +17,7 @@ from demo.embedded.processes import (
     LOOPBACK,
     START_TIMEOUT_S,
     ChildProcess,
+    ChildService,
     EmbeddedServiceError,
     start_on_free_port,
 )
@@ -60,7 +60,7 @@ def tansu_binary() -> Path:
         raise EmbeddedServiceError(str(exc)) from exc
 
 
-class EmbeddedKafka:
+class EmbeddedKafka(ChildService):
     """Tansu on ``127.0.0.1:port`` with in-memory storage;
     ``async with EmbeddedKafka(log_path=...) as bootstrap``.
 
@@ -86,20 +86,6 @@ class EmbeddedKafka:
         )
         self.bootstrap = f"{LOOPBACK}:{self.port}"
         return self.bootstrap
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._child is not None:
-            await self._child.stop()
-
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs (for checks that nothing is left)."""
-        return None if self._child is None else self._child.pid
 
     def _server(self, binary: Path, port: int) -> ChildProcess:
         url = f"tcp://{LOOPBACK}:{port}"

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 from psycopg import sql
@@ -20,6 +19,7 @@ from demo.embedded.processes import (
     UNPRIVILEGED_ACCOUNT,
     Account,
     ChildProcess,
+    ChildService,
     EmbeddedServiceError,
     run_to_end,
     start_on_free_port,
@@ -61,7 +61,7 @@ def _searchable_by(path: Path, account: Account) -> Path | None:
     return None
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ChildService):
     """A PostgreSQL server on ``127.0.0.1:port`` with its cluster in ``data_dir``.
 
     ``async with EmbeddedPostgres(data_dir) as dsn`` initialises the cluster if
@@ -102,22 +102,6 @@ class EmbeddedPostgres:
         )
         self.dsn = f"postgresql://postgres@{LOOPBACK}:{self.port}/{self.database}"
         return self.dsn
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._child is not None:
-            # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions,
-            # checkpoint, exit. The default SIGTERM would wait for clients to leave.
-            await self._child.stop()
-
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs (for checks that nothing is left)."""
-        return None if self._child is None else self._child.pid
 
     def _account(self) -> Account | None:
         if os.geteuid() != 0:
@@ -183,6 +167,8 @@ class EmbeddedPostgres:
                 "synchronous_commit=off",
             ],
             log_path=self.log_path,
+            # PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint,
+            # exit. The default SIGTERM would wait for clients to leave.
             stop_signal=signal.SIGINT,
             account=account,
         )

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from smartpark.errors import SmartparkError
@@ -180,6 +181,30 @@ class ChildProcess:
         return EmbeddedServiceError(
             f"{self.name} {what} (log: {self.log_path})" + (f"\n{tail}" if tail else "")
         )
+
+
+class ChildService:
+    """Base of the embedded services that run as a child process we own.
+
+    Subclasses start the child in ``__aenter__`` and keep it in ``_child``; leaving
+    the context stops it (with the child's own stop signal, then a kill).
+    """
+
+    _child: ChildProcess | None = None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._child is not None:
+            await self._child.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (for checks that nothing is left)."""
+        return None if self._child is None else self._child.pid
 
 
 async def run_to_end(child: ChildProcess, timeout_s: float) -> None:

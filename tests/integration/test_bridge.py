@@ -10,25 +10,11 @@ import pytest
 from ingest.bridge import Bridge
 from ingest.kafka import DLQ_REASON, DLQ_SOURCE
 from smartpark.clock import system_ms
-from smartpark.settings import KafkaSettings, MqttSettings, Settings
 from smartpark.wire import Reading, TelemetryBatch, encode_batch, telemetry_topic
 from tests.support.clients import consume_until, publish_all, wait_for
+from tests.support.settings import platform_settings
 
 pytestmark = pytest.mark.integration
-
-
-def bridge_settings(
-    mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park: str
-) -> Settings:
-    return Settings(
-        mqtt=MqttSettings(
-            host=mqtt_addr[0],
-            port=mqtt_addr[1],
-            client_id=f"bridge-{park}",
-            subscription=f"sp/v1/{park}/+/+/telemetry",
-        ),
-        kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topic_prefix),
-    )
 
 
 def batch(park: str, ent: str, dev: str, seq: int) -> TelemetryBatch:
@@ -47,7 +33,7 @@ def batch(park: str, ent: str, dev: str, seq: int) -> TelemetryBatch:
 async def test_valid_batches_reach_kafka_keyed_by_enterprise_in_order(
     mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park_id: str
 ) -> None:
-    settings = bridge_settings(mqtt_addr, kafka_bootstrap, topic_prefix, park_id)
+    settings = platform_settings(mqtt_addr, kafka_bootstrap, topic_prefix, park_id)
     devices = [("ent-a", "m1"), ("ent-a", "m2"), ("ent-b", "m1")]
     sent = [
         (telemetry_topic(park_id, e, d), encode_batch(batch(park_id, e, d, seq)))
@@ -85,7 +71,7 @@ async def test_valid_batches_reach_kafka_keyed_by_enterprise_in_order(
 async def test_invalid_payloads_go_to_dead_letters_and_do_not_block(
     mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park_id: str
 ) -> None:
-    settings = bridge_settings(mqtt_addr, kafka_bootstrap, topic_prefix, park_id)
+    settings = platform_settings(mqtt_addr, kafka_bootstrap, topic_prefix, park_id)
     topic = telemetry_topic(park_id, "ent-a", "m1")
     good1 = encode_batch(batch(park_id, "ent-a", "m1", 1))
     good2 = encode_batch(batch(park_id, "ent-a", "m1", 2))

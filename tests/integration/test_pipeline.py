@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
@@ -26,39 +25,15 @@ from ingest.sink import Sink
 from ingest.storage import Storage
 from simulators.park import SimulatedPark
 from smartpark.settings import (
-    DatabaseSettings,
-    KafkaSettings,
-    MqttSettings,
     Settings,
-    SinkSettings,
 )
 from tests.support.clients import Subscriber, wait_for
 from tests.support.procs import ServiceProcess, services_script
+from tests.support.settings import platform_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 POLL_S = 0.25
-
-
-def platform_settings(
-    mqtt_addr: tuple[str, int],
-    kafka_bootstrap: str,
-    pg_dsn: str,
-    db_schema: str,
-    topic_prefix: str,
-    park: str,
-) -> Settings:
-    return Settings(
-        mqtt=MqttSettings(
-            host=mqtt_addr[0],
-            port=mqtt_addr[1],
-            client_id=f"bridge-{park}",
-            subscription=f"sp/v1/{park}/+/+/telemetry",
-        ),
-        kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topic_prefix),
-        database=DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema),
-        sink=SinkSettings(group_id=f"sink-{park}"),
-    )
 
 
 def settings_env(s: Settings) -> dict[str, str]:
@@ -158,7 +133,12 @@ async def test_every_polled_reading_is_stored_exactly_once(
     tmp_path: Path,
 ) -> None:
     settings = platform_settings(
-        mqtt_addr, kafka_bootstrap, pg_dsn, db_schema, topic_prefix, park_id
+        mqtt_addr,
+        kafka_bootstrap,
+        topic_prefix,
+        park_id,
+        pg_dsn=pg_dsn,
+        db_schema=db_schema,
     )
     async with Storage(settings.database) as storage:
         await storage.migrate()
@@ -203,7 +183,12 @@ async def test_nothing_lost_or_duplicated_through_kills_and_restarts(
 ) -> None:
     """SIGKILL the bridge and the sink mid-stream, restart Mosquitto and Kafka."""
     settings = platform_settings(
-        mqtt_addr, kafka_bootstrap, pg_dsn, db_schema, topic_prefix, park_id
+        mqtt_addr,
+        kafka_bootstrap,
+        topic_prefix,
+        park_id,
+        pg_dsn=pg_dsn,
+        db_schema=db_schema,
     )
     env = settings_env(settings)
     bridge = ServiceProcess(
