@@ -13,6 +13,17 @@ grows by one per poll, and all readings of one poll share it, so a gap or a
 duplicate is visible end to end by (device, seq, metric). ``q`` is the HJ 212 data
 flag. ``ts_ms`` is the event time in UTC milliseconds.
 
+``reset`` (optional, counter metrics only) marks a discontinuity of a cumulative
+counter: this reading does not continue from the device's previous reading of the
+metric, so the step across it is *not* ``value - previous``. ``"rollover"``: the
+register wrapped past its range (or the meter's display limit); ``"replacement"``:
+the counter went backwards for another reason (a new or reset meter). Absent means
+the reading continues the series. The edge agent sets it
+(:mod:`edge_agent.counters`); a gauge carrying it, or any other value, is refused.
+The key was added within schema version 1: a payload without it is unchanged, and a
+platform older than the key dead-letters a batch that carries it, so the bridge and
+sink are upgraded before the agents.
+
 :func:`decode_batch` is strict: every way a payload can be wrong raises
 :class:`PayloadError` naming the field path and the reason. It imports nothing but
 the standard library, so it is cheap on the hot path.
@@ -28,7 +39,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from smartpark.catalogue import METRICS
+from smartpark.catalogue import METRICS, Kind
 from smartpark.errors import PayloadError, UnsupportedVersion
 
 SCHEMA_VERSION = 1
@@ -63,6 +74,16 @@ class Quality(StrEnum):
 _QUALITIES = frozenset(q.value for q in Quality)
 
 
+class Reset(StrEnum):
+    """Why a counter reading does not continue from the previous one (``reset``)."""
+
+    ROLLOVER = "rollover"
+    REPLACEMENT = "replacement"
+
+
+_RESETS = frozenset(r.value for r in Reset)
+
+
 class Reading(NamedTuple):
     """One reading; a named tuple because the bridge and the sink make millions."""
 
@@ -72,6 +93,7 @@ class Reading(NamedTuple):
     unit: str
     ts_ms: int
     quality: str = Quality.NORMAL.value
+    reset: str | None = None  # a Reset value; only on counter metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +109,22 @@ class TelemetryBatch:
             "park": self.park,
             "enterprise": self.enterprise,
             "device": self.device,
-            "readings": [
-                {
-                    "seq": r.seq,
-                    "metric": r.metric,
-                    "value": r.value,
-                    "unit": r.unit,
-                    "ts_ms": r.ts_ms,
-                    "q": r.quality,
-                }
-                for r in self.readings
-            ],
+            "readings": [_reading_json(r) for r in self.readings],
         }
+
+
+def _reading_json(r: Reading) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "seq": r.seq,
+        "metric": r.metric,
+        "value": r.value,
+        "unit": r.unit,
+        "ts_ms": r.ts_ms,
+        "q": r.quality,
+    }
+    if r.reset is not None:
+        out["reset"] = r.reset
+    return out
 
 
 def encode_batch(batch: TelemetryBatch) -> bytes:
@@ -193,6 +219,8 @@ def decode_batch(
 
 
 _UNIT_OF = {name: m.unit for name, m in METRICS.items()}
+_COUNTERS = frozenset(name for name, m in METRICS.items() if m.kind is Kind.COUNTER)
+_READING_KEYS = frozenset({"seq", "metric", "value", "unit", "ts_ms", "q", "reset"})
 
 
 def _valid_reading(
@@ -203,8 +231,16 @@ def _valid_reading(
     The hot path of the bridge and the sink: one pass of cheap checks, no error
     messages built.
     """
-    if type(r) is not dict or len(r) != (6 if "q" in r else 5):
+    if type(r) is not dict:
         return None
+    # Beyond the five required keys only "q" and a non-null "reset" may be present;
+    # the common case (six keys, "q" among them) costs one lookup, as before "reset".
+    size = len(r)
+    reset = None
+    if size != 5 and (size != 6 or "q" not in r):
+        reset = r.get("reset")
+        if reset is None or size != (7 if "q" in r else 6):
+            return None
     try:
         seq, name, value, unit, ts_ms = (
             r["seq"],
@@ -221,12 +257,17 @@ def _valid_reading(
         type(seq) is not int
         or not 0 <= seq <= _MAX_SEQ
         or type(name) is not str
-        or _UNIT_OF.get(name) != unit
+        # An unknown metric's unit is (), equal to no JSON value (None is null).
+        or _UNIT_OF.get(name, ()) != unit
         or type(ts_ms) is not int
         or not MIN_TS_MS <= ts_ms <= latest_ms
         or type(quality) is not str
         or quality not in _QUALITIES
         or (seq, name) in seen
+    ):
+        return None
+    if reset is not None and (
+        type(reset) is not str or reset not in _RESETS or name not in _COUNTERS
     ):
         return None
     if value_type is int:
@@ -235,7 +276,7 @@ def _valid_reading(
         value = float(value)
     elif value_type is not float or not math.isfinite(value):
         return None
-    return Reading(seq, name, value, unit, ts_ms, quality)
+    return Reading(seq, name, value, unit, ts_ms, quality, reset)
 
 
 def _reading(r: Any, path: str, latest_ms: int, seen: set[tuple[int, str]]) -> Reading:
@@ -275,12 +316,23 @@ def _reading(r: Any, path: str, latest_ms: int, seen: set[tuple[int, str]]) -> R
     quality = r.get("q", "N")
     if not isinstance(quality, str) or quality not in _QUALITIES:
         raise PayloadError(f"{path}q", f"unknown quality flag {quality!r}")
-    if len(r) > 6 or (len(r) == 6 and "q" not in r):
-        extra = sorted(r.keys() - {"seq", "metric", "value", "unit", "ts_ms", "q"})
-        raise PayloadError(f"{path}{extra[0]}", "unknown field")
+    reset = r.get("reset")
+    if "reset" in r:
+        if not isinstance(reset, str) or reset not in _RESETS:
+            raise PayloadError(
+                f"{path}reset",
+                f"expected 'rollover' or 'replacement' (or no key), got {reset!r}",
+            )
+        if m.kind is not Kind.COUNTER:
+            raise PayloadError(
+                f"{path}reset", f"{name} is a {m.kind.value}: only counters reset"
+            )
+    extra = r.keys() - _READING_KEYS
+    if extra:
+        raise PayloadError(f"{path}{sorted(extra)[0]}", "unknown field")
     if (seq, name) in seen:
         raise PayloadError(f"{path}seq", f"duplicate reading seq={seq} metric={name}")
-    return Reading(seq, name, value, unit, ts_ms, quality)
+    return Reading(seq, name, value, unit, ts_ms, quality, reset)
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,10 +126,11 @@ async def _search_path(conn: Conn, schema: str, dialect: Dialect) -> sql.Composa
 
 
 async def apply_migrations(
-    conn: Conn, schema: str, dialect: Dialect
+    conn: Conn, schema: str, dialect: Dialect, *, up_to: int | None = None
 ) -> list[Migration]:
     """Apply the missing migrations of ``dialect`` to ``schema``; return those applied.
 
+    ``up_to`` stops after that version (None: all), to upgrade a schema step by step.
     ``conn`` must be in autocommit mode (each migration opens its own transaction).
     Raises :class:`ConfigError` if the schema was migrated with another dialect, and
     :class:`StorageError` if a migration fails (that migration is rolled back).
@@ -150,6 +151,8 @@ async def apply_migrations(
         )
     newly: list[Migration] = []
     for mig in available(dialect):
+        if up_to is not None and mig.version > up_to:
+            break
         async with conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_key,)

@@ -42,6 +42,8 @@ class TelemetryRow(NamedTuple):
     value: float
     quality: str
     seq: int
+    # Counter discontinuity from the wire (smartpark.wire.Reset value), else None.
+    reset: str | None = None
 
 
 def rows_from_batch(batch: TelemetryBatch) -> list[TelemetryRow]:
@@ -56,7 +58,15 @@ def rows_from_batch(batch: TelemetryBatch) -> list[TelemetryRow]:
             t = times[r.ts_ms] = _EPOCH + timedelta(milliseconds=r.ts_ms)
         rows.append(
             TelemetryRow(
-                t, park, enterprise, device, r.metric, r.value, r.quality, r.seq
+                t,
+                park,
+                enterprise,
+                device,
+                r.metric,
+                r.value,
+                r.quality,
+                r.seq,
+                r.reset,
             )
         )
     return rows

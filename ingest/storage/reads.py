@@ -86,8 +86,8 @@ async def readings(
     where, params = _where({"device": device, "park": park}, "time", start, end)
     cur = await conn.execute(
         sql.SQL(
-            "SELECT time, park, enterprise, device, metric, value, quality, seq"
-            " FROM {}{} ORDER BY time, device, metric"
+            "SELECT time, park, enterprise, device, metric, value, quality, seq,"
+            " reset FROM {}{} ORDER BY time, device, metric"
         ).format(sql.Identifier(schema, "telemetry"), where),
         params,
     )

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from psycopg import sql
 
-COLUMNS = ("time", "park", "enterprise", "device", "metric", "value", "quality", "seq")
+COLUMNS = (
+    "time", "park", "enterprise", "device", "metric", "value", "quality", "seq",
+    "reset",
+)  # fmt: skip
 # Binary COPY needs the types up front; order matches TelemetryRow.
-COPY_TYPES = ("timestamptz", "text", "text", "text", "text", "float8", "text", "int8")
+COPY_TYPES = (
+    "timestamptz", "text", "text", "text", "text", "float8", "text", "int8", "text",
+)  # fmt: skip
 _ARRAY_CASTS = (
     "timestamptz[]", "text[]", "text[]", "text[]", "text[]", "float8[]", "text[]",
-    "int8[]",
+    "int8[]", "text[]",
 )  # fmt: skip
 STAGING = sql.Identifier("pg_temp", "sp_telemetry_staging")
 
@@ -30,7 +35,7 @@ def create_staging() -> sql.Composed:
     return sql.SQL(
         "CREATE TEMP TABLE IF NOT EXISTS {} (time timestamptz, park text,"
         " enterprise text, device text, metric text, value float8, quality text,"
-        " seq int8) ON COMMIT DELETE ROWS"
+        " seq int8, reset text) ON COMMIT DELETE ROWS"
     ).format(STAGING)
 
 
@@ -46,7 +51,7 @@ def copy_into_telemetry(schema: str) -> sql.Composed:
 
 
 def unnest_source() -> sql.Composed:
-    """A row source from eight array parameters, one per column (the INSERT path)."""
+    """A row source from one array parameter per column (the INSERT path)."""
     arrays = sql.SQL(", ").join(
         sql.SQL("%s::{}").format(sql.SQL(cast)) for cast in _ARRAY_CASTS
     )

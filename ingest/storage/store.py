@@ -147,14 +147,17 @@ class Storage:
 
     # -- migrations ---------------------------------------------------------------
 
-    async def migrate(self) -> list[str]:
+    async def migrate(self, *, up_to: int | None = None) -> list[str]:
         """Apply missing migrations (idempotent); return ``NNNN_name`` of those applied.
 
-        For plain PostgreSQL it also creates the partitions around today.
+        ``up_to`` stops after that version (None: every shipped migration). For plain
+        PostgreSQL it also creates the partitions around today.
         """
         with _storage_errors("migrate"):
             async with self._conn() as conn:
-                done = await migrate.apply_migrations(conn, self.schema, self.dialect)
+                done = await migrate.apply_migrations(
+                    conn, self.schema, self.dialect, up_to=up_to
+                )
                 if self.dialect is Dialect.POSTGRES:
                     await self._partitions.ensure_window(conn, self._today())
         return [f"{m.version:04d}_{m.name}" for m in done]

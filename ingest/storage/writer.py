@@ -33,8 +33,9 @@ BULK_METHODS = ("copy", "insert")
 # statement (text + array parameters) under this many bytes.
 MAX_STATEMENT_BYTES = 56 * 1024
 # Per-row parameter size beyond the strings, text array format (worst case): a
-# timestamp, a float, a bigint, one-letter quality, quotes and separators.
-_ROW_OVERHEAD_BYTES = 100
+# timestamp, a float, a bigint, one-letter quality, a reset ("replacement"), quotes
+# and separators.
+_ROW_OVERHEAD_BYTES = 120
 
 
 class RowWriter:

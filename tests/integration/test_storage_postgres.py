@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TODAY_MS = int(T0.timestamp() * 1000)
+MIGRATIONS = ["0001_telemetry", "0002_counter_reset"]
 
 
 def settings(dsn: str, schema: str, **kw: str) -> DatabaseSettings:
@@ -57,15 +58,16 @@ async def storage(
 async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -> None:
     async with Storage(settings(pg_dsn, db_schema)) as s:
         assert s.dialect is Dialect.POSTGRES
-        assert await s.pending_migrations() == ["0001_telemetry"]
+        assert await s.pending_migrations() == MIGRATIONS
         with pytest.raises(ConfigError, match="not migrated"):
             await s.require_migrated()
-        assert await s.migrate() == ["0001_telemetry"]
+        assert await s.migrate() == MIGRATIONS
         assert await s.migrate() == []
         await s.require_migrated()
         applied = await s.applied_migrations()
         assert [(m.version, m.name, m.dialect) for m in applied] == [
-            (1, "telemetry", Dialect.POSTGRES)
+            (1, "telemetry", Dialect.POSTGRES),
+            (2, "counter_reset", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:
@@ -98,6 +100,56 @@ async def test_duplicates_are_not_stored_twice(storage: Storage) -> None:
     keys = await storage.reading_keys(device="m1")
     assert keys == [ReadingKey("m1", i, "active_power") for i in range(150)]
     assert await storage.count_rows() == 150
+
+
+def energy_rows(device: str, resets: dict[int, str], n: int) -> list[TelemetryRow]:
+    """A counter series of ``n`` readings, ``resets`` flagging some by index."""
+    return [
+        TelemetryRow(T0 + timedelta(seconds=10 * i), "p1", "e1", device,
+                     "active_energy", float(i), "N", i, resets.get(i))
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def test_counter_resets_are_stored_and_read_back(storage: Storage) -> None:
+    """Both write paths, and COPY's staging fallback (a batch with a duplicate)."""
+    resets = {3: "rollover", 7: "replacement"}
+    rows = energy_rows("m1", resets, 10)
+    assert (await storage.write(rows[:5])).inserted == 5
+    # rows[4] again: COPY into telemetry fails, the staging table takes the batch.
+    assert (await storage.write(rows[4:])).inserted == 5
+    stored = await storage.readings(device="m1")
+    assert stored == rows
+    assert {r.seq: r.reset for r in stored if r.reset} == resets
+
+
+async def test_the_database_refuses_an_unknown_reset(storage: Storage) -> None:
+    with pytest.raises(StorageError, match="telemetry_reset_kind"):
+        await storage.write(energy_rows("m1", {0: "wrapped"}, 1))
+    assert await storage.count_rows() == 0
+
+
+async def test_upgrade_keeps_old_rows_without_a_reset(
+    pg_dsn: str, db_schema: str
+) -> None:
+    async with Storage(settings(pg_dsn, db_schema), clock=lambda: TODAY_MS) as s:
+        assert await s.migrate(up_to=1) == ["0001_telemetry"]
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (time, park, enterprise, device, metric, value,"
+                    " seq) VALUES (%s, 'p1', 'e1', 'm1', 'active_energy', 5, 1)"
+                ).format(sql.Identifier(db_schema, "telemetry")),
+                (T0,),
+            )
+        assert await s.pending_migrations() == ["0002_counter_reset"]
+        assert await s.migrate() == ["0002_counter_reset"]
+        await s.write(energy_rows("m1", {2: "replacement"}, 3)[2:])
+        stored = await s.readings(device="m1")
+    assert [(r.seq, r.value, r.reset) for r in stored] == [
+        (1, 5.0, None),
+        (2, 2.0, "replacement"),
+    ]
 
 
 async def test_offsets_are_committed_with_the_rows(storage: Storage) -> None:

@@ -105,7 +105,7 @@ async def test_insert_path_messages_stay_under_64_kib(
     rows = [
         TelemetryRow(t0 + timedelta(milliseconds=i), longest, longest,
                      f"{i % 7}{longest[1:]}", "particulate_corrected", i * 1.0000001,
-                     "N", 2**62 + i)
+                     "N", 2**62 + i, "replacement")
         for i in range(20_000)
     ]  # fmt: skip
     async with Storage(settings) as storage:

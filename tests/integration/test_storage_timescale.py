@@ -54,7 +54,7 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
 ) -> None:
     async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
         assert s.dialect is Dialect.TIMESCALE  # auto detected the extension
-        assert await s.migrate() == ["0001_telemetry"]
+        assert await s.migrate() == ["0001_telemetry", "0002_counter_reset"]
         assert await s.migrate() == []
         await s.require_migrated()
     async with Storage(ts_settings(timescale_dsn, ts_schema, "timescale")) as s:
@@ -139,6 +139,51 @@ async def test_writes_are_idempotent_and_rollups_match_the_raw_rows(
         assert got == {
             k: (len(v), sum(v), min(v), max(v)) for k, v in groups.items()
         }, level
+
+
+async def test_reset_column_is_added_over_a_compressed_chunk(
+    timescale_dsn: str, ts_schema: str
+) -> None:
+    """0002 on a hypertable holding a compressed chunk; resets round-trip after it."""
+    async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
+        assert await s.migrate(up_to=1) == ["0001_telemetry"]
+    table = sql.Identifier(ts_schema, "telemetry")
+    with psycopg.connect(timescale_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (time, park, enterprise, device, metric, value, seq)"
+                " SELECT %s + i * interval '10 seconds', 'p1', 'e1', 'm1',"
+                " 'active_energy', i, i FROM generate_series(0, 99) AS i"
+            ).format(table),
+            (T0,),
+        )
+        conn.execute(
+            sql.SQL("SELECT compress_chunk(c) FROM show_chunks({}) AS c").format(
+                sql.Literal(table.as_string(conn))
+            )
+        )
+        compressed = conn.execute(
+            "SELECT bool_and(is_compressed) FROM timescaledb_information.chunks"
+            " WHERE hypertable_schema = %s",
+            (ts_schema,),
+        ).fetchone()
+    assert compressed == (True,)
+    later = [
+        TelemetryRow(T0 + timedelta(seconds=10 * i + 5), "p1", "e1", "m1",
+                     "active_energy", float(i), "N", 100 + i, reset)
+        for i, reset in enumerate(["rollover", None, "replacement"])
+    ]  # fmt: skip
+    async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
+        assert await s.migrate() == ["0002_counter_reset"]
+        first = await s.write(later)
+        again = await s.write(later)  # ON CONFLICT into the compressed chunk
+        stored = await s.readings(device="m1")
+    assert (first.inserted, again.duplicates) == (3, 3)
+    assert len(stored) == 103
+    assert {r.seq: r.reset for r in stored if r.reset is not None} == {
+        100: "rollover",
+        102: "replacement",
+    }
 
 
 async def test_policies_run_through_run_job(timescale_dsn: str, ts_schema: str) -> None:

@@ -35,6 +35,7 @@ def test_rows_carry_the_batch_identity_and_every_reading() -> None:
         Reading(7, "active_energy", 10.0, "kWh", 1_767_225_600_000, "N"),
         Reading(7, "active_power", 1.5, "kW", 1_767_225_600_000, "M"),
         Reading(8, "active_power", 1.0, "kW", 1_767_225_610_000, "D"),
+        Reading(8, "active_energy", 0.5, "kWh", 1_767_225_610_000, "N", "rollover"),
     )
     rows = rows_from_batch(TelemetryBatch("p1", "e1", "d1", readings))
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -44,7 +45,19 @@ def test_rows_carry_the_batch_identity_and_every_reading() -> None:
         TelemetryRow(
             t0.replace(second=10), "p1", "e1", "d1", "active_power", 1.0, "D", 8
         ),
+        TelemetryRow(
+            t0.replace(second=10),
+            "p1",
+            "e1",
+            "d1",
+            "active_energy",
+            0.5,
+            "N",
+            8,
+            "rollover",
+        ),
     ]
+    assert [r.reset for r in rows] == [None, None, None, "rollover"]
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))

@@ -10,9 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from smartpark.catalogue import METRICS, Kind
 from smartpark.errors import PayloadError, UnsupportedVersion
 from smartpark.wire import (
+    Quality,
     Reading,
+    Reset,
     TelemetryBatch,
     decode_batch,
     decode_status,
@@ -52,6 +55,18 @@ def good() -> dict[str, Any]:
 def test_round_trip() -> None:
     batch = decode_batch(json.dumps(good()), now_ms=NOW)
     assert batch.readings[1] == Reading(3, "active_power", 2.0, "kW", NOW, "N")
+    assert decode_batch(encode_batch(batch), now_ms=NOW) == batch
+
+
+@pytest.mark.parametrize("reset", ["rollover", "replacement"])
+def test_a_counter_reset_round_trips_and_is_sent_only_when_set(reset: str) -> None:
+    doc = _set("readings.0.reset", reset)
+    batch = decode_batch(json.dumps(doc), now_ms=NOW)
+    assert batch.readings[0].reset == reset
+    assert batch.readings[1].reset is None
+    readings = batch.to_json()["readings"]
+    assert readings[0]["reset"] == reset
+    assert "reset" not in readings[1]
     assert decode_batch(encode_batch(batch), now_ms=NOW) == batch
 
 
@@ -96,6 +111,16 @@ _DELETE = object()
         ("readings.1.metric", "active_energy", "readings[1].seq", "duplicate"),
         ("readings.1.colour", "red", "readings[1].colour", "unknown field"),
         ("readings.0.ts_ms", _DELETE, "readings[0].ts_ms", "missing"),
+        ("readings.0.reset", "wrapped", "readings[0].reset", "got 'wrapped'"),
+        ("readings.0.reset", None, "readings[0].reset", "got None"),
+        ("readings.0.reset", ["rollover"], "readings[0].reset", "'rollover' or"),
+        ("readings.0.reset", "Rollover", "readings[0].reset", "or 'replacement'"),
+        (
+            "readings.1.reset",
+            "rollover",
+            "readings[1].reset",
+            "active_power is a gauge",
+        ),
     ],
 )
 def test_each_mistake_is_named(path: str, value: Any, where: str, why: str) -> None:
@@ -158,7 +183,7 @@ json_values = st.recursive(
 
 @given(
     st.dictionaries(
-        st.sampled_from(["seq", "metric", "value", "unit", "ts_ms", "q", "x"]),
+        st.sampled_from(["seq", "metric", "value", "unit", "ts_ms", "q", "reset", "x"]),
         json_values,
     )
 )
@@ -203,6 +228,16 @@ def test_batch_encodes_without_nan() -> None:
         encode_batch(batch)
 
 
+def test_an_unknown_metric_with_a_null_unit_is_refused() -> None:
+    # The hot path once compared the catalogue's "no such metric" (None) with the
+    # payload's null unit, found them equal and accepted the reading.
+    doc = _set("readings.0.metric", "so3")
+    doc["readings"][0]["unit"] = None
+    with pytest.raises(PayloadError) as err:
+        decode_batch(json.dumps(doc), now_ms=NOW)
+    assert err.value.path == "readings[0].metric"
+
+
 def test_integer_too_large_for_a_double_is_refused() -> None:
     doc = _set("readings.0.value", 10**400)
     with pytest.raises(PayloadError, match="out of range"):
@@ -217,7 +252,13 @@ near_valid_readings = st.fixed_dictionaries(
         "unit": st.sampled_from(["%", "kWh", "MWh", None]),
         "ts_ms": st.sampled_from([NOW, NOW + 10**9, 5, 1.5]),
     },
-    optional={"q": st.sampled_from(["N", "D", "X", ["N"], 1]), "x": st.just(1)},
+    optional={
+        "q": st.sampled_from(["N", "D", "X", ["N"], 1]),
+        "reset": st.sampled_from(
+            ["rollover", "replacement", "reset", "", None, ["rollover"], 1]
+        ),
+        "x": st.just(1),
+    },
 )
 
 
@@ -275,3 +316,48 @@ def test_orjson_and_json_decode_alike() -> None:
     assert decode_batch(raw, now_ms=NOW, loads=orjson.loads) == decode_batch(
         raw, now_ms=NOW
     )
+
+
+_COUNTER_NAMES = sorted(n for n, m in METRICS.items() if m.kind is Kind.COUNTER)
+_GAUGE_NAMES = sorted(n for n, m in METRICS.items() if m.kind is Kind.GAUGE)
+_finite = st.floats(allow_nan=False, allow_infinity=False) | st.integers(
+    -(2**53), 2**53
+).map(float)
+
+
+@st.composite
+def valid_readings(draw: st.DrawFn, seq: int) -> Reading:
+    """A reading decode_batch must accept: resets on counters only."""
+    counter = draw(st.booleans())
+    name = draw(st.sampled_from(_COUNTER_NAMES if counter else _GAUGE_NAMES))
+    reset = draw(st.sampled_from([None, *Reset])) if counter else None
+    return Reading(
+        seq,
+        name,
+        draw(_finite),
+        METRICS[name].unit,
+        draw(st.integers(946_684_800_000, NOW + 300_000)),
+        draw(st.sampled_from(list(Quality))).value,
+        None if reset is None else reset.value,
+    )
+
+
+@st.composite
+def valid_batches(draw: st.DrawFn) -> TelemetryBatch:
+    readings: dict[tuple[int, str], Reading] = {}
+    for _ in range(draw(st.integers(1, 12))):
+        r = draw(valid_readings(draw(st.integers(0, 3))))
+        readings.setdefault((r.seq, r.metric), r)  # (seq, metric) is unique
+    return TelemetryBatch("p1", "e1", "d1", tuple(readings.values()))
+
+
+@given(valid_batches())
+def test_any_valid_batch_round_trips(batch: TelemetryBatch) -> None:
+    """encode then decode is the identity, with json and with orjson, both paths."""
+    import orjson
+
+    raw = encode_batch(batch)
+    assert decode_batch(raw, now_ms=NOW) == batch
+    assert decode_batch(raw, now_ms=NOW, loads=orjson.loads) == batch
+    sent = [r for r in json.loads(raw)["readings"] if "reset" in r]
+    assert len(sent) == sum(r.reset is not None for r in batch.readings)
