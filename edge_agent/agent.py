@@ -17,9 +17,16 @@ Contracts:
 - Every device failure is counted in :class:`DeviceStats` and logged with the
   device id and the reason; a device's retained status goes offline on failure and
   online again on the next success.
-- ``stop()`` (and leaving the ``async with``) stops polling first, then lets the
-  publisher flush for up to ``flush_timeout_s``; what is not acknowledged stays in
-  the outbox for the next start.
+- With an ``hj212`` section, an :class:`~edge_agent.hj212.listener.Hj212Listener`
+  takes packets from data loggers; each accepted packet is stored in the same outbox
+  under its series' device id (one sequence number per packet). If the outbox cannot
+  store it (full under ``refuse_new``, or a disk error) the packet is counted as
+  ``sink_error`` and not answered, so a logger that asked for a reply can resend it.
+- With a ``status`` section, a :class:`~edge_agent.status.StatusServer` serves
+  :meth:`EdgeAgent.stats` as Prometheus text on ``/metrics`` (and ``/healthz``).
+- ``stop()`` (and leaving the ``async with``) stops the listener and polling first,
+  then lets the publisher flush for up to ``flush_timeout_s``; what is not
+  acknowledged stays in the outbox for the next start.
 """
 
 from __future__ import annotations
@@ -29,39 +36,20 @@ import contextlib
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
 from types import TracebackType
 
 from edge_agent.config import AgentConfig, DeviceConfig
-from edge_agent.modbus import ModbusPoller
-from edge_agent.outbox import Outbox, OutboxStats
-from edge_agent.publisher import Publisher, PublisherStats
-from edge_agent.sample import Clock, utc_now
+from edge_agent.counters import CounterGuard
+from edge_agent.hj212.listener import Hj212Listener
+from edge_agent.outbox import Appended, Outbox, OutboxStats
+from edge_agent.pollers import make_pollers
+from edge_agent.publisher import Publisher
+from edge_agent.sample import Clock, Sample, utc_now
+from edge_agent.stats import AgentStats, DeviceStats
+from edge_agent.status import StatusServer
 from smartpark.errors import DeviceError, StorageError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class DeviceStats:
-    polls_ok: int = 0
-    errors: int = 0
-    consecutive_failures: int = 0
-    last_error: str = ""
-    last_seq: int = 0
-    backoff_s: float = 0.0  # extra wait before the next attempt, 0 when healthy
-    invalid_values: int = 0  # registers left out because they decoded to NaN/inf
-
-
-@dataclass(frozen=True, slots=True)
-class AgentStats:
-    devices: dict[str, DeviceStats]
-    outbox: OutboxStats
-    publisher: PublisherStats
-
-    @property
-    def broker_connected(self) -> bool:
-        return self.publisher.connected
 
 
 def backoff_delay(interval_s: float, failures: int, max_backoff_s: float) -> float:
@@ -92,8 +80,34 @@ class EdgeAgent:
         self._flush_timeout_s = flush_timeout_s
         self.outbox = Outbox.from_config(config.outbox, clock=clock)
         self.publisher = Publisher(config, self.outbox, clock=clock)
-        self._pollers = {d.id: ModbusPoller(d, clock=clock) for d in config.devices}
+        self._pollers = make_pollers(config, clock=clock)
         self._stats = {d.id: DeviceStats() for d in config.devices}
+        self._guard = CounterGuard.from_config(config)
+        self._listener: Hj212Listener | None = None
+        if config.hj212 is not None:
+            h = config.hj212
+            self._listener = Hj212Listener(
+                h.mappings(),
+                self._on_hj212,
+                host=h.host,
+                port=h.port,
+                idle_timeout_s=h.idle_timeout_s,
+                max_connections=h.max_connections,
+                strict=h.strict,
+                clock=clock,
+            )
+            for logger in h.loggers:
+                self._stats.update((d, DeviceStats()) for d in logger.series.values())
+        self._status: StatusServer | None = None
+        if config.status is not None:
+            self._status = StatusServer(
+                self.stats,
+                host=config.status.host,
+                port=config.status.port,
+                agent_id=config.agent_id,
+                unhealthy_after_s=config.status.unhealthy_after_s,
+                clock=clock,
+            )
         self._tasks: list[asyncio.Task[None]] = []
         self._last_outbox = OutboxStats(0, None, config.outbox.max_rows, 0, 0, 0, 0)
 
@@ -112,9 +126,20 @@ class EdgeAgent:
     async def start(self) -> None:
         self.outbox.open()
         try:
-            for device in self.config.devices:
-                self._stats[device.id].last_seq = self.outbox.last_seq(device.id)
+            self._guard.restore(self.outbox.counter_values())
+            for device_id, stats in self._stats.items():
+                stats.last_seq = self.outbox.last_seq(device_id)
             await self.publisher.start()
+            try:
+                if self._listener is not None:
+                    await self._listener.__aenter__()
+                if self._status is not None:
+                    await self._status.start()
+            except BaseException:
+                if self._listener is not None:
+                    await self._listener.__aexit__(None, None, None)
+                await self.publisher.stop(0)
+                raise
         except BaseException:
             self.outbox.close()  # __aexit__ does not run when __aenter__ fails
             raise
@@ -124,16 +149,23 @@ class EdgeAgent:
         ]
         site = self.config.site
         log.info(
-            "edge agent %s started: %s/%s, %d devices, outbox %s (%d rows pending)",
+            "edge agent %s started: %s/%s, %d devices, %s, outbox %s (%d rows pending)",
             self.config.broker.client_id,
             site.park,
             site.enterprise,
             len(self.config.devices),
+            "no HJ 212 listener"
+            if self._listener is None
+            else f"HJ 212 on port {self._listener.port}",
             self.config.outbox.path,
             self.outbox.stats().rows,
         )
 
     async def stop(self) -> None:
+        if self._status is not None:
+            await self._status.close()
+        if self._listener is not None:
+            await self._listener.__aexit__(None, None, None)
         tasks, self._tasks = self._tasks, []
         pending = set(tasks)
         while pending:
@@ -182,7 +214,23 @@ class EdgeAgent:
             devices={k: dataclasses.replace(v) for k, v in self._stats.items()},
             outbox=outbox,
             publisher=self.publisher.stats(),
+            hj212=None
+            if self._listener is None
+            else dataclasses.replace(
+                self._listener.stats,
+                frames_rejected=self._listener.stats.frames_rejected.copy(),
+            ),
         )
+
+    @property
+    def status_port(self) -> int | None:
+        """The status endpoint's bound port (the real one when configured as 0)."""
+        return None if self._status is None else self._status.port
+
+    @property
+    def hj212_port(self) -> int | None:
+        """The HJ 212 listener's bound port (the real one when configured as 0)."""
+        return None if self._listener is None else self._listener.port
 
     async def _poll_loop(self, device: DeviceConfig) -> None:
         loop = asyncio.get_running_loop()
@@ -210,7 +258,7 @@ class EdgeAgent:
         try:
             samples = await poller.read()
             stats.invalid_values = poller.invalid_values
-            appended = self.outbox.append(device.id, samples)
+            self._store(device.id, samples)
         except (DeviceError, StorageError) as exc:
             # StorageError: the poll was read but could not be stored, so it is
             # lost; counting it as a failed poll makes that visible.
@@ -226,16 +274,6 @@ class EdgeAgent:
             )
             self.publisher.set_device_status(device.id, online=False, reason=reason)
             return False
-        stats.last_seq = appended.seq
-        if appended.stored:
-            stats.polls_ok += 1
-        else:
-            log.warning(
-                "device %s: outbox full (%d rows), poll seq %d refused",
-                device.id,
-                self.outbox.max_rows,
-                appended.seq,
-            )
         if stats.consecutive_failures:
             log.info(
                 "device %s: answering again after %d failed polls",
@@ -244,5 +282,49 @@ class EdgeAgent:
             )
         stats.consecutive_failures = 0
         self.publisher.set_device_status(device.id, online=True)
-        self.publisher.notify()
         return True
+
+    def _store(self, device_id: str, samples: list[Sample]) -> Appended:
+        """Append one poll or packet to the outbox and account for it."""
+        # Counters that went backwards are flagged; their state is stored with the
+        # poll and advances only if the poll is stored (edge_agent.counters).
+        checked = self._guard.check(device_id, samples)
+        appended = self.outbox.append(
+            device_id, checked.samples, last_counters=checked.last
+        )
+        stats = self._stats[device_id]
+        stats.last_seq = appended.seq
+        if appended.stored:
+            self._guard.commit(checked)
+            stats.rollovers += checked.rollovers
+            stats.replacements += checked.replacements
+            for r in checked.resets:
+                log.warning(
+                    "device %s: counter %s went back from %r to %r, flagged %s",
+                    device_id,
+                    r.metric,
+                    r.previous,
+                    r.value,
+                    r.kind.value,
+                )
+            stats.polls_ok += 1
+            stats.samples += len(samples)
+            stats.last_reading_ms = max(s.ts_ms for s in samples)
+            self.publisher.notify()
+        else:
+            log.warning(
+                "device %s: outbox full (%d rows), seq %d refused",
+                device_id,
+                self.outbox.max_rows,
+                appended.seq,
+            )
+        return appended
+
+    def _on_hj212(self, device_id: str, samples: list[Sample]) -> None:
+        """The listener's sink; raising makes it count the packet as lost."""
+        if not self._store(device_id, samples).stored:
+            raise StorageError(
+                f"outbox full ({self.outbox.max_rows} rows, refuse_new): "
+                f"packet for {device_id} refused"
+            )
+        self.publisher.set_device_status(device_id, online=True)

@@ -1,4 +1,4 @@
-"""Modbus TCP: a pure register codec, read planning, and an async device poller.
+"""Modbus: a pure register codec, read planning, and the Modbus TCP device poller.
 
 Register layout names (``word_order``/``byte_order``) for a 32-bit value whose
 big-endian bytes are ``A B C D``:
@@ -14,7 +14,10 @@ little      little      DC BA        DCBA, "little endian"
 
 :func:`decode_value` and :func:`encode_value` are inverse pure functions (the
 simulators use the encoder); :func:`plan_reads` groups a device's registers into
-as few requests as possible. :class:`ModbusPoller` is the only part doing I/O.
+as few requests as possible. :func:`read_block` (one request, its answer checked)
+and :func:`block_samples` (its words decoded) are shared by every poller;
+:class:`ModbusPoller` polls a Modbus TCP device over its own connection, the RTU
+pollers (:mod:`edge_agent.rtu`) poll devices sharing a serial line or gateway.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from edge_agent.config import MAX_READ_REGISTERS, DeviceConfig, RegisterConfig
@@ -181,7 +184,10 @@ class ModbusPoller:
     """
 
     def __init__(self, device: DeviceConfig, *, clock: Clock) -> None:
+        if device.protocol != "modbus_tcp" or device.host is None:
+            raise ValueError(f"{device.id}: not a modbus_tcp device")
         self.device = device
+        self._host = device.host
         self._clock = clock
         self._plan = plan_reads(device.registers)
         self._client: AsyncModbusTcpClient | None = None
@@ -201,8 +207,10 @@ class ModbusPoller:
                 client = await self._connected()
                 samples: list[Sample] = []
                 for block in self._plan:
-                    words = await self._read_block(client, block)
-                    samples.extend(self._samples(block, words, ts_ms))
+                    words = await read_block(client, dev, block)
+                    got, invalid = block_samples(dev, block, words, ts_ms)
+                    samples.extend(got)
+                    self.invalid_values += invalid
         except TimeoutError:
             self.close()
             raise DeviceTimeout(dev.id, f"no answer within {ceiling:.1f} s") from None
@@ -221,7 +229,7 @@ class ModbusPoller:
         # retries=0 and reconnect_delay=0: the agent owns retry and backoff, so a
         # dead device costs one timeout per attempt, never pymodbus's own loops.
         client = AsyncModbusTcpClient(
-            dev.host,
+            self._host,
             port=dev.port,
             timeout=dev.timeout_s,
             retries=0,
@@ -230,68 +238,97 @@ class ModbusPoller:
         )
         if not await client.connect():
             client.close()
-            raise DeviceError(dev.id, f"cannot connect to {dev.host}:{dev.port}")
+            raise DeviceError(dev.id, f"cannot connect to {self._host}:{dev.port}")
         self._client = client
         return client
-
-    async def _read_block(
-        self, client: AsyncModbusTcpClient, block: ReadBlock
-    ) -> Sequence[int]:
-        dev = self.device
-        read = (
-            client.read_holding_registers
-            if block.table == "holding"
-            else client.read_input_registers
-        )
-        try:
-            response = await read(
-                block.address, count=block.count, device_id=dev.unit_id
-            )
-        except ModbusIOException:
-            # pymodbus reports "no response received" as an I/O error.
-            raise DeviceTimeout(dev.id, f"no answer within {dev.timeout_s} s") from None
-        except ModbusException as exc:  # connection lost or refused mid-read
-            raise DeviceError(dev.id, f"Modbus failure: {exc}") from None
-        if response.isError():
-            raise ModbusExceptionResponse(
-                dev.id,
-                int(getattr(response, "exception_code", 0)),
-                table=block.table,
-                address=block.address,
-            )
-        words: list[int] = list(response.registers)
-        if len(words) != block.count:
-            raise DeviceError(
-                dev.id, f"asked for {block.count} registers, got {len(words)}"
-            )
-        return words
-
-    def _samples(
-        self, block: ReadBlock, words: Sequence[int], ts_ms: int
-    ) -> list[Sample]:
-        out: list[Sample] = []
-        for spec in block.registers:
-            value = tidy(
-                to_canonical(
-                    spec.metric, decode_value(block.words(words, spec), spec), spec.unit
-                )
-            )
-            if not math.isfinite(value):
-                self.invalid_values += 1
-                log.warning(
-                    "device %s: %s at %s %d reads %r, left out",
-                    self.device.id,
-                    spec.metric,
-                    spec.table,
-                    spec.address,
-                    value,
-                )
-                continue
-            unit = catalogue_metric(spec.metric).unit
-            out.append(Sample(spec.metric, value, unit, ts_ms))
-        return out
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+async def read_block(
+    client: ModbusBaseClient, device: DeviceConfig, block: ReadBlock
+) -> list[int]:
+    """Send one read request for ``block`` to ``device`` and check its answer.
+
+    Returns exactly ``block.count`` words, or raises :class:`DeviceTimeout` (pymodbus
+    got no answer within its own timeout), :class:`ModbusExceptionResponse` (the
+    device answered with an exception code) or :class:`DeviceError` (connection
+    failure, or an answer that is not to this request: another unit id, function
+    code or register count). No timeout of its own: the caller bounds the wait.
+    """
+    read = (
+        client.read_holding_registers
+        if block.table == "holding"
+        else client.read_input_registers
+    )
+    try:
+        response = await read(
+            block.address, count=block.count, device_id=device.unit_id
+        )
+    except ModbusIOException:
+        # pymodbus reports "no response received" as an I/O error.
+        raise DeviceTimeout(
+            device.id, f"no answer within {device.timeout_s} s"
+        ) from None
+    except ModbusException as exc:  # connection lost or refused mid-read
+        raise DeviceError(device.id, f"Modbus failure: {exc}") from None
+    if response.isError():
+        raise ModbusExceptionResponse(
+            device.id,
+            int(getattr(response, "exception_code", 0)),
+            table=block.table,
+            address=block.address,
+        )
+    # pymodbus already drops frames of another unit id (unless asked for unit 0,
+    # which a TCP server may answer as any id); a wrong function code or count
+    # would be a stale or foreign answer that happens to pass the CRC.
+    function_code = 3 if block.table == "holding" else 4
+    if (
+        device.unit_id and response.dev_id != device.unit_id
+    ) or response.function_code != function_code:
+        raise DeviceError(
+            device.id,
+            f"answer from unit {response.dev_id} function {response.function_code}"
+            f" to a request to unit {device.unit_id} function {function_code}",
+        )
+    words: list[int] = list(response.registers)
+    if len(words) != block.count:
+        raise DeviceError(
+            device.id, f"asked for {block.count} registers, got {len(words)}"
+        )
+    return words
+
+
+def block_samples(
+    device: DeviceConfig, block: ReadBlock, words: Sequence[int], ts_ms: int
+) -> tuple[list[Sample], int]:
+    """The canonical samples of ``block``'s registers, and how many were left out.
+
+    A register that decodes to NaN/infinity is left out (and logged): a float meter
+    register reads NaN while it has no value.
+    """
+    out: list[Sample] = []
+    invalid = 0
+    for spec in block.registers:
+        value = tidy(
+            to_canonical(
+                spec.metric, decode_value(block.words(words, spec), spec), spec.unit
+            )
+        )
+        if not math.isfinite(value):
+            invalid += 1
+            log.warning(
+                "device %s: %s at %s %d reads %r, left out",
+                device.id,
+                spec.metric,
+                spec.table,
+                spec.address,
+                value,
+            )
+            continue
+        unit = catalogue_metric(spec.metric).unit
+        out.append(Sample(spec.metric, value, unit, ts_ms))
+    return out, invalid

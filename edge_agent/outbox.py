@@ -23,6 +23,13 @@ Contracts:
 - :meth:`pending` returns rows in insertion order (``id`` grows monotonically and
   is never reused); :meth:`delete` removes rows by id (unknown ids are ignored,
   since a row may have been dropped while its message was in flight).
+- Counter state: ``append(..., last_counters=...)`` stores the last value of each
+  counter series of the device (:class:`edge_agent.counters.CounterGuard`'s state)
+  in the same transaction as the poll, and only if the poll is stored; a refused or
+  failed poll leaves it as it was. :meth:`counter_values` reads it back.
+- Schema version 2 (``PRAGMA user_version``): a version-1 file (no ``reset``
+  column, no ``counter_values`` table) is upgraded in place, in one transaction, by
+  :meth:`open`; a file newer than this agent is refused.
 
 Threading: every public method takes one internal lock, so an :class:`Outbox` may
 be shared by the asyncio thread and paho's network thread. The agent nevertheless
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,9 +50,17 @@ from edge_agent.config import OutboxConfig
 from edge_agent.sample import Clock, Sample, to_ms
 from smartpark.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _COUNTERS = ("dropped_rows", "expired_rows", "refused_polls", "refused_rows")
-_SCHEMA = """
+_COUNTER_VALUES = """
+CREATE TABLE IF NOT EXISTS counter_values (
+    device TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value  REAL NOT NULL,  -- the series' last stored value (CounterGuard state)
+    PRIMARY KEY (device, metric)
+)"""
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS readings (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids never reused
     device    TEXT    NOT NULL,
@@ -55,7 +70,8 @@ CREATE TABLE IF NOT EXISTS readings (
     unit      TEXT    NOT NULL,
     ts_ms     INTEGER NOT NULL,
     quality   TEXT    NOT NULL,
-    stored_ms INTEGER NOT NULL
+    stored_ms INTEGER NOT NULL,
+    reset     TEXT                -- smartpark.wire.Reset value; NULL: continues
 );
 CREATE INDEX IF NOT EXISTS readings_device ON readings (device, id);
 CREATE INDEX IF NOT EXISTS readings_stored ON readings (stored_ms);
@@ -68,6 +84,11 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 """
+    + _COUNTER_VALUES
+    + ";\n"
+)
+# Version 1 -> 2, run in one transaction by open().
+_UPGRADE_FROM_1 = ("ALTER TABLE readings ADD COLUMN reset TEXT", _COUNTER_VALUES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +101,7 @@ class Row:
     unit: str
     ts_ms: int
     quality: str
+    reset: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +167,14 @@ class Outbox:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
+                if version not in (0, 1, SCHEMA_VERSION):
                     conn.close()
                     raise StorageError(
                         f"{self.path}: outbox schema {version}, "
                         f"this agent reads {SCHEMA_VERSION}"
                     )
+                if version == 1:
+                    self._upgrade_from_1(conn)
                 conn.executescript(_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
@@ -159,6 +183,21 @@ class Outbox:
             except (OSError, sqlite3.Error) as exc:
                 raise StorageError(f"{self.path}: cannot open outbox: {exc}") from exc
             self._conn = conn
+
+    @staticmethod
+    def _upgrade_from_1(conn: sqlite3.Connection) -> None:
+        # DDL and user_version are transactional in SQLite: a crash mid-upgrade
+        # leaves a version-1 file, upgraded again at the next open.
+        # (execute, not executescript: that would COMMIT before running.)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _UPGRADE_FROM_1:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     @property
     def is_open(self) -> bool:
@@ -182,8 +221,18 @@ class Outbox:
             raise StorageError(f"{self.path}: outbox is not open")
         return self._conn
 
-    def append(self, device: str, samples: Sequence[Sample]) -> Appended:
-        """Store one poll under the device's next seq (see the module contract)."""
+    def append(
+        self,
+        device: str,
+        samples: Sequence[Sample],
+        *,
+        last_counters: Mapping[str, float] | None = None,
+    ) -> Appended:
+        """Store one poll under the device's next seq (see the module contract).
+
+        ``last_counters`` (metric → value) is stored as the device's counter state in
+        the same transaction, if and only if the poll is stored.
+        """
         if not samples:
             raise ValueError("a poll without samples has nothing to store")
         now_ms = to_ms(self._clock())
@@ -193,6 +242,13 @@ class Outbox:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     result = self._append(db, device, samples, now_ms)
+                    if result.stored and last_counters:
+                        db.executemany(
+                            "INSERT INTO counter_values (device, metric, value)"
+                            " VALUES (?, ?, ?) ON CONFLICT (device, metric)"
+                            " DO UPDATE SET value = excluded.value",
+                            [(device, m, v) for m, v in last_counters.items()],
+                        )
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
@@ -241,9 +297,19 @@ class Outbox:
             self._count(db, "dropped_rows", dropped)
         db.executemany(
             "INSERT INTO readings (device, seq, metric, value, unit, ts_ms, quality,"
-            " stored_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " stored_ms, reset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (device, seq, s.metric, s.value, s.unit, s.ts_ms, s.quality, now_ms)
+                (
+                    device,
+                    seq,
+                    s.metric,
+                    s.value,
+                    s.unit,
+                    s.ts_ms,
+                    s.quality,
+                    now_ms,
+                    s.reset,
+                )
                 for s in samples
             ],
         )
@@ -270,8 +336,8 @@ class Outbox:
     ) -> list[Row]:
         """Up to ``limit`` rows with ``id > after_id`` (of ``device``), oldest first."""
         sql = (
-            "SELECT id, device, seq, metric, value, unit, ts_ms, quality FROM readings"
-            " WHERE id > ?"
+            "SELECT id, device, seq, metric, value, unit, ts_ms, quality, reset"
+            " FROM readings WHERE id > ?"
         )
         args: tuple[object, ...] = (after_id,)
         if device is not None:
@@ -286,6 +352,12 @@ class Outbox:
         with self._lock:
             cur = self._db().execute("SELECT device FROM sequences ORDER BY device")
             return [r[0] for r in cur]
+
+    def counter_values(self) -> dict[tuple[str, str], float]:
+        """The stored counter state: last value per (device, metric) series."""
+        with self._lock:
+            cur = self._db().execute("SELECT device, metric, value FROM counter_values")
+            return {(d, m): float(v) for d, m, v in cur}
 
     def last_seq(self, device: str) -> int:
         """The device's last sequence number, 0 if it never polled."""

@@ -22,6 +22,12 @@ Contracts:
   offline as the last will (``reason="connection lost"``, its ``ts_ms`` is the
   agent's start) or on a graceful stop — and each device's status on its own
   status topic, published when it changes and again after every reconnect.
+- TLS: with ``broker.tls`` the connection uses the context the config built at load
+  (``TlsConfig.ssl_context()``, broker certificate and hostname always verified).
+- A failed connection attempt (TCP or TLS error, CONNACK refusal, or the broker
+  closing the connection before its CONNACK) is logged with its reason (never a
+  credential) and counted in :class:`PublisherStats`: ``connect_failures`` and
+  ``last_connect_error``, which is cleared once a connection is accepted.
 
 Threading: paho calls back on its network thread; every callback only hands its
 event to the asyncio loop (``call_soon_threadsafe``). All bookkeeping and every
@@ -33,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +74,18 @@ class PublisherStats:
     acked_messages: int
     published_readings: int
     acked_readings: int
+    connect_failures: int = 0
+    last_connect_error: str = ""  # why the last attempt failed; "" once connected
+    disconnected_since_ms: int | None = None  # None while connected
+
+
+def connect_error(exc: OSError) -> str:
+    """One line saying why opening the connection failed; TLS failures say so."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.strerror or exc}"
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 class Publisher:
@@ -95,6 +115,11 @@ class Publisher:
         self._last_disconnect = ""
         self._published = self._acked = 0
         self._published_readings = self._acked_readings = 0
+        self._connect_failures = 0
+        self._last_connect_error = ""
+        self._refused = False  # a CONNACK refusal was counted; its disconnect is not
+        self._paho_error = ""  # paho's last error-level log line (network thread)
+        self._disconnected_since_ms: int | None = None
 
     @property
     def agent_status_topic(self) -> str:
@@ -103,6 +128,7 @@ class Publisher:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._disconnected_since_ms = to_ms(self._clock())
         broker = self._cfg.broker
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -116,6 +142,8 @@ class Publisher:
             self._cfg.publish.max_in_flight + len(self._cfg.devices) + 2
         )
         client.reconnect_delay_set(broker.reconnect_min_s, broker.reconnect_max_s)
+        if broker.tls is not None:
+            client.tls_set_context(broker.tls.ssl_context())
         if broker.username is not None:
             password = broker.password
             client.username_pw_set(
@@ -128,6 +156,7 @@ class Publisher:
         client.on_disconnect = self._cb_disconnect
         client.on_publish = self._cb_publish
         client.on_connect_fail = self._cb_connect_fail
+        client.on_log = self._cb_log
         client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
         self._client = client
         client.loop_start()
@@ -148,6 +177,7 @@ class Publisher:
             self._publish_status(device, status)
 
     def stats(self) -> PublisherStats:
+        since = None if self._connected else self._disconnected_since_ms
         return PublisherStats(
             connected=self._connected,
             connects=self._connects,
@@ -158,6 +188,9 @@ class Publisher:
             acked_messages=self._acked,
             published_readings=self._published_readings,
             acked_readings=self._acked_readings,
+            connect_failures=self._connect_failures,
+            last_connect_error=self._last_connect_error,
+            disconnected_since_ms=since,
         )
 
     async def stop(self, flush_timeout_s: float = 5.0) -> None:
@@ -229,6 +262,7 @@ class Publisher:
         properties: object,
     ) -> None:
         assert self._loop is not None
+        self._paho_error = ""
         self._loop.call_soon_threadsafe(
             self._on_connect, reason.is_failure, str(reason), flags.session_present
         )
@@ -242,7 +276,8 @@ class Publisher:
         properties: object,
     ) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._on_disconnect, str(reason))
+        error, self._paho_error = self._paho_error, ""
+        self._loop.call_soon_threadsafe(self._on_disconnect, str(reason), error)
 
     def _cb_publish(
         self,
@@ -256,8 +291,21 @@ class Publisher:
         self._loop.call_soon_threadsafe(self._on_ack, mid)
 
     def _cb_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        b = self._cfg.broker
-        log.warning("broker %s:%d: connection attempt failed, retrying", b.host, b.port)
+        # paho calls this inside its `except OSError:` around the attempt (and
+        # passes no exception), so the exception being handled is the reason.
+        exc = sys.exception()
+        reason = connect_error(exc) if isinstance(exc, OSError) else "unknown reason"
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._on_connect_failed, reason)
+
+    def _cb_log(
+        self, client: mqtt.Client, userdata: object, level: int, buf: str
+    ) -> None:
+        # The only place paho tells why a read failed (e.g. a TLS alert, or EOF
+        # from a broker that wants a client certificate). paho never puts the
+        # password into a log line.
+        if level == mqtt.MQTT_LOG_ERR:
+            self._paho_error = buf
 
     # --- loop thread ----------------------------------------------------------
 
@@ -265,10 +313,14 @@ class Publisher:
         self._changed.set()
         b = self._cfg.broker
         if failed:
-            log.error("broker %s:%d refused the connection: %s", b.host, b.port, reason)
+            self._refused = True
+            # Bad credentials or a banned client id: retrying will not fix it.
+            self._on_connect_failed(f"refused: {reason}", level=logging.ERROR)
             return
         self._connected = True
         self._connects += 1
+        self._last_connect_error = ""
+        self._disconnected_since_ms = None
         self._draining = bool(self._in_flight)
         log.info(
             "connected to broker %s:%d (session present: %s, %d messages to resend)",
@@ -281,8 +333,25 @@ class Publisher:
             self._announce()
         self._wake.set()
 
-    def _on_disconnect(self, reason: str) -> None:
+    def _on_connect_failed(self, reason: str, *, level: int = logging.WARNING) -> None:
+        self._connect_failures += 1
+        self._last_connect_error = reason
+        b = self._cfg.broker
+        log.log(level, "broker %s:%d: cannot connect: %s", b.host, b.port, reason)
+
+    def _on_disconnect(self, reason: str, error: str = "") -> None:
         self._changed.set()
+        if not self._connected and not self._stopping:
+            if self._refused:  # the refusal was counted; this is its aftermath
+                self._refused = False
+            else:
+                why = error or reason
+                self._on_connect_failed(
+                    f"the broker closed the connection before accepting it ({why})"
+                )
+            return
+        if self._connected:
+            self._disconnected_since_ms = to_ms(self._clock())
         if self._stopping:
             log.info("disconnected from broker (%s)", reason)
         elif self._connected:
@@ -382,7 +451,13 @@ class Publisher:
                     device,
                     tuple(
                         wire.Reading(
-                            r.seq, r.metric, r.value, r.unit, r.ts_ms, r.quality
+                            r.seq,
+                            r.metric,
+                            r.value,
+                            r.unit,
+                            r.ts_ms,
+                            r.quality,
+                            r.reset,
                         )
                         for r in rows
                     ),

@@ -1,7 +1,9 @@
 """What a poll produces, and the clock the agent reads time from.
 
 A :class:`Sample` is one canonical reading before the outbox gives it a sequence
-number: the metric's catalogue unit, a finite value, the event time in UTC ms.
+number: the metric's catalogue unit, a finite value, the event time in UTC ms, and
+for a counter that does not continue from its previous reading the reason
+(``reset``, set by :class:`edge_agent.counters.CounterGuard`).
 """
 
 from __future__ import annotations
@@ -32,3 +34,4 @@ class Sample:
     unit: str
     ts_ms: int
     quality: str = Quality.NORMAL.value
+    reset: str | None = None  # a smartpark.wire.Reset value, counters only

@@ -14,6 +14,9 @@ Contracts:
   device read the request and never answer (the connection stays open, as with a
   meter that hangs); ``Fault.exception(code)`` answers with that Modbus exception
   code. ``set_fault(None)`` heals the device.
+- Counter discontinuities (:meth:`SimulatedDevice.set_counter`): a counter jumps
+  to a chosen value at once and grows on from there: a meter replaced, or one
+  set close to (or past) its register's wrap so that it rolls over.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from edge_agent.config import RegisterConfig
 from edge_agent.modbus import encode_value
 from edge_agent.sample import Clock
-from simulators.meters import Meter
+from simulators.meters import Meter, with_counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,18 @@ class Fault:
     def exception(cls, code: int = ExcCodes.DEVICE_FAILURE) -> Fault:
         """Answer with Modbus exception ``code`` (1-11, as pymodbus defines them)."""
         return cls("exception", int(ExcCodes(code)))
+
+
+def meter_words(meter: Meter, t: float, table: str | None = None) -> dict[int, int]:
+    """Register address → word of ``meter`` ``t`` seconds after start; only the
+    registers of ``table`` (``holding`` or ``input``) if given."""
+    out: dict[int, int] = {}
+    for channel in meter:
+        reg = channel.register
+        if table is None or reg.table == table:
+            for i, word in enumerate(encode_value(channel.value(t), reg)):
+                out[reg.address + i] = word
+    return out
 
 
 class SimulatedDevice:
@@ -81,18 +96,24 @@ class SimulatedDevice:
     def set_fault(self, fault: Fault | None) -> None:
         self.fault = fault
 
+    def set_counter(self, metric: str, value: float) -> None:
+        """From now on counter ``metric`` reads ``value`` (device unit) and grows on.
+
+        A small value simulates a replaced meter; a value just below
+        :func:`simulators.meters.wrap_at` one about to roll over, and a value past
+        it one that has (integer registers wrap as they would). Call after start.
+        """
+        assert self._started_at is not None, "start the device first"
+        t = (self._clock() - self._started_at).total_seconds()
+        self.meter = with_counter(self.meter, metric, at_t=t, value=value)
+
     def values_at(self, t: float) -> dict[str, float]:
         """Device-unit value of every metric ``t`` seconds after start (for tests)."""
         return {c.register.metric: c.value(t) for c in self.meter}
 
     def register_words(self, t: float) -> dict[int, int]:
         """Register address → word, ``t`` seconds after start."""
-        out: dict[int, int] = {}
-        for channel in self.meter:
-            reg = channel.register
-            for i, word in enumerate(encode_value(channel.value(t), reg)):
-                out[reg.address + i] = word
-        return out
+        return meter_words(self.meter, t)
 
     async def start(self) -> None:
         if self._started_at is None:

@@ -10,10 +10,18 @@ the same seed, device id and clock give the same values on every run.
 
 Register layouts differ on purpose (word/byte orders, scales, units needing
 conversion, holding vs input tables), as they do across real vendors.
+
+Counter discontinuities, for tests of rollover and replacement handling:
+:func:`with_counter` gives a meter whose counter reads a chosen value from a chosen
+moment on (a replaced meter starting near 0, or one set just below
+:func:`wrap_at` so that it rolls over soon); an integer register then wraps as a
+real one does (:func:`edge_agent.modbus.encode_value`), and a counter whose
+register config has ``rollover_at`` wraps at that display limit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -161,6 +169,50 @@ def production_counter(rng: random.Random, rated_th: float) -> Meter:
             p.rate,
         ),
     )
+
+
+def wrap_at(reg: RegisterConfig) -> float | None:
+    """The device-unit value at which ``reg`` reads its lowest value again.
+
+    ``rollover_at`` if configured; else, for an integer register, where the raw
+    count leaves its range: ``offset + 2**bits * scale`` unsigned, ``offset +
+    2**(bits-1) * scale`` signed (it turns negative there); None for a float.
+    """
+    if reg.rollover_at is not None:
+        return reg.rollover_at
+    if reg.type.startswith("f"):
+        return None
+    bits = 16 * reg.width - (1 if reg.type.startswith("i") else 0)
+    return reg.offset + float(2**bits) * reg.scale
+
+
+def with_counter(meter: Meter, metric: str, *, at_t: float, value: float) -> Meter:
+    """``meter``, its ``metric`` counter reading ``value`` at ``at_t`` s and after.
+
+    The counter keeps growing at the meter's rate from there (the rest of the meter
+    is unchanged). With ``rollover_at`` on the register the value wraps there.
+    Raises ``KeyError`` if the meter has no such metric.
+    """
+    if all(ch.register.metric != metric for ch in meter):
+        raise KeyError(metric)
+    return tuple(
+        dataclasses.replace(ch, value=_shifted(ch, at_t, value))
+        if ch.register.metric == metric
+        else ch
+        for ch in meter
+    )
+
+
+def _shifted(ch: Channel, at_t: float, value: float) -> Callable[[float], float]:
+    base = ch.value
+    shift = value - base(at_t)
+    limit = ch.register.rollover_at
+
+    def shifted(t: float) -> float:
+        v = base(t) + shift
+        return v % limit if limit is not None else v
+
+    return shifted
 
 
 MeterFactory = Callable[[random.Random, float], Meter]

@@ -13,9 +13,12 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.support.mosquitto import TestBroker
 
 # The suite shares two cores with Kafka and PostgreSQL: timing-based health checks
 # would fail on load, not on bugs.
@@ -119,3 +122,10 @@ async def kafka_admin(kafka_bootstrap: str) -> AsyncIterator[object]:
         yield admin
     finally:
         await admin.close()
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[TestBroker]:
+    """A Mosquitto of this test's own, with persistence: stop it, freeze it."""
+    with TestBroker(tmp_path / "broker", persistence=True) as broker:
+        yield broker

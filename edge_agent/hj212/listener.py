@@ -27,13 +27,16 @@ Mapping choices (where the standard leaves the platform free):
 - Real-time data (CN 2011): ``code-Rtd`` becomes a reading of the code's metric and
   ``code-ZsRtd`` (corrected to the reference O2) a reading of its *corrected* metric;
   a value is never corrected twice, the logger's Zs value is taken as is.
-- Interval data (CN 2051 minute, 2061 hourly, 2031 daily) is taken only for the CNs
-  a logger's :class:`LoggerMapping` enables (default: only 2011). Then ``-Avg`` and
-  ``-ZsAvg`` become readings of the *same* metrics, timestamped with DataTime (the
-  interval start, as commonly sent; unverified); ``-Min``/``-Max``/``-Cou`` are dropped.
-  Limitation: metrics come from :mod:`smartpark.catalogue`, which has no per-interval
-  series, so downstream cannot tell a minute average from a real-time value. Enable
-  an interval CN only for a logger that sends no real-time data.
+- Interval data (CN 2051 minute, 2061 hourly, 2031 daily) is a series of its own:
+  it is taken only for the CNs the logger's :class:`LoggerMapping` lists in
+  ``intervals``, each CN onto its own platform device id (e.g. ``stack-1.hour``),
+  so a logger's hourly average never collides with, or is mistaken for, a
+  real-time value of the same metric. ``-Avg``/``-ZsAvg`` become readings of the
+  code's metrics, timestamped with DataTime (the interval start, as commonly sent;
+  unverified); ``-Min``/``-Max``/``-Cou`` are dropped.
+- When the mapping has a ``password``, a packet whose PW differs is rejected (kind
+  ``password``): any host that can reach the port could otherwise write data for a
+  monitoring point.
 - Other CNs (status, run time, replies) are rejected with kind ``cn``.
 - ``code-Flag`` becomes the reading's quality; a missing flag means N. An unknown
   flag rejects the packet (kind ``flag``) in strict mode — the codec itself already
@@ -96,24 +99,31 @@ OnSamples = Callable[[str, list[Sample]], object]
 class LoggerMapping:
     """How one logger (one MN) maps onto the platform; validated on construction.
 
-    ``metrics``: pollutant code → metric for Rtd/Avg; ``corrected``: code → metric for
-    ZsRtd/ZsAvg; ``units``: code → unit the logger sends (default: catalogue unit);
-    ``commands``: accepted CNs among 2011, 2051, 2061, 2031.
+    ``device_id``: the platform device of the real-time data (CN 2011);
+    ``intervals``: CN among 2051/2061/2031 → the device of that interval series
+    (CNs not listed are rejected); ``metrics``: pollutant code → metric for
+    Rtd/Avg; ``corrected``: code → metric for ZsRtd/ZsAvg; ``units``: code → unit the
+    logger sends (default: catalogue unit); ``password``: the PW packets must carry
+    (None: not checked); ``tz``: the zone of DataTime.
     """
 
     device_id: str
     metrics: Mapping[str, str]
     corrected: Mapping[str, str] = field(default_factory=dict)
     units: Mapping[str, str] = field(default_factory=dict)
-    commands: frozenset[str] = frozenset({REAL_TIME})
+    intervals: Mapping[str, str] = field(default_factory=dict)
+    password: str | None = field(default=None, repr=False)
     tz: tzinfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
 
     def __post_init__(self) -> None:
         if not self.device_id:
             raise ValueError("device_id must not be empty")
-        unknown = self.commands - INTERVAL_CNS - {REAL_TIME}
-        if unknown or not self.commands:
-            raise ValueError(f"commands must be among 2011/2051/2061/2031: {unknown}")
+        unknown = set(self.intervals) - INTERVAL_CNS
+        if unknown:
+            raise ValueError(f"intervals must be among 2051/2061/2031: {unknown}")
+        devices = [self.device_id, *self.intervals.values()]
+        if len(set(devices)) != len(devices) or not all(devices):
+            raise ValueError(f"each series needs its own device id: {devices}")
         for table in (self.metrics, self.corrected):
             for code, name in table.items():
                 catalogue_metric(name)  # PayloadError if unknown
@@ -124,12 +134,17 @@ class LoggerMapping:
         if stray:
             raise ValueError(f"units given for unmapped codes: {sorted(stray)}")
 
+    def series_device(self, cn: str) -> str:
+        """The platform device id of the series CN ``cn`` feeds."""
+        return self.device_id if cn == REAL_TIME else self.intervals[cn]
+
 
 @dataclass(slots=True)
 class ListenerStats:
     """Counters. ``frames_rejected`` is by kind: the codec's kinds, ``unknown_mn``,
-    ``cn``, ``flag``, ``datatime``, ``number``, ``sink_error``. ``unmapped_codes`` and
-    ``unknown_flags`` count pollutants dropped from accepted packets."""
+    ``cn``, ``password``, ``flag``, ``datatime``, ``number``, ``sink_error``.
+    ``unmapped_codes`` and ``unknown_flags`` count pollutants dropped from accepted
+    packets."""
 
     frames_ok: int = 0
     frames_rejected: Counter[str] = field(default_factory=Counter)
@@ -169,7 +184,9 @@ def packet_samples(
     packet: Packet, mapping: LoggerMapping, *, strict: bool
 ) -> list[Sample]:
     """The samples of an accepted packet (pure); raises :class:`_Reject` otherwise."""
-    if packet.cn not in mapping.commands:
+    if mapping.password is not None and packet.pw != mapping.password:
+        raise _Reject("password", "PW does not match the configured password")
+    if packet.cn != REAL_TIME and packet.cn not in mapping.intervals:
         raise _Reject("cn", f"CN={packet.cn} not accepted for MN={packet.mn}")
     if packet.data_time is None:
         raise _Reject("datatime", "packet has no DataTime")
@@ -237,6 +254,7 @@ class Hj212Listener:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: set[tuple[str, str]] = set()
+        self._closing = False
 
     @property
     def port(self) -> int:
@@ -255,6 +273,7 @@ class Hj212Listener:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         tasks = list(self._tasks)
@@ -283,6 +302,12 @@ class Hj212Listener:
         self.stats.connections_total += 1
         try:
             await self._read_loop(reader, writer, peer)
+        except asyncio.CancelledError:
+            # Our own shutdown: end normally, because on Python 3.11 asyncio's
+            # stream callback calls task.exception() on a cancelled handler task,
+            # which raises and is logged as an error for every open connection.
+            if not self._closing:
+                raise
         except ConnectionError as exc:
             log.info("hj212 %s: connection lost: %s", peer, exc)
         finally:
@@ -334,7 +359,7 @@ class Hj212Listener:
         self._count_dropped(packet, mapping, peer)
         if samples:
             try:
-                self.on_samples(mapping.device_id, samples)
+                self.on_samples(mapping.series_device(packet.cn), samples)
             except (SmartparkError, OSError) as exc:
                 log.exception(
                     "hj212 %s: MN=%s QN=%s: %d samples LOST, on_samples raised",

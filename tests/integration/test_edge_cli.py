@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from edge_agent.config import load_config
+from edge_agent.hj212 import Packet, Pollutant, encode
+from tests.support.mosquitto import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +119,82 @@ async def test_simulated_park_configs_pass_edge_check_and_run(
     fails = [line for line in out.splitlines() if line.startswith("FAIL")]
     assert len(fails) == 2
     assert "cannot connect to 127.0.0.1:" in fails[0]
+
+
+HJ212_CONFIG = """\
+site: {{park: {park}, enterprise: coal-power}}
+broker: {{host: {host}, port: {port}, client_id: edge-check-{park}}}
+outbox: {{path: outbox.db}}
+hj212:
+  host: 127.0.0.1
+  port: {hj_port}
+  loggers:
+    - mn: "88888880000001"
+      device: stack-1
+      pollutants:
+        a21026: {{metric: so2, corrected: so2_corrected}}
+    - mn: "88888880000002"
+      device: stack-2
+      pollutants:
+        a21026: {{metric: so2}}
+"""
+
+
+async def test_edge_check_listens_for_each_hj212_logger(
+    mqtt_addr: tuple[str, int], park_id: str, tmp_path: Path
+) -> None:
+    host, port = mqtt_addr
+    hj_port = free_port()
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        HJ212_CONFIG.format(park=park_id, host=host, port=port, hj_port=hj_port)
+    )
+    so2 = Pollutant("a21026", rtd=Decimal("21.5"), zs_rtd=Decimal("25.3"), flag="C")
+    frame = encode(
+        Packet(
+            st="31",
+            cn="2011",
+            mn="88888880000001",
+            data_time="20260101080000",
+            pollutants=(so2,),
+        )
+    )
+    check = await smartpark(
+        "edge", "check", "--config", str(path), "--hj212-wait-s", "3"
+    )
+    # the logger connects once check listens, and sends one packet
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", hj_port)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+    writer.write(frame)
+    await writer.drain()
+    code, out, _ = await finish(check)
+    writer.close()
+    lines = out.splitlines()
+    assert code == 1, out  # the second logger sent nothing
+    assert lines[0] == (
+        f"ok   hj212 listener 127.0.0.1:{hj_port}: port bound, 2 loggers mapped"
+    )
+    assert lines[1] == (
+        "ok   stack-1 (MN=88888880000001): so2=21.5 mg/m3 [C],"
+        " so2_corrected=25.3 mg/m3 [C]"
+    )
+    assert lines[2] == "FAIL stack-2 (MN=88888880000002): no valid packet within 3 s"
+    assert lines[-1] == f"ok   broker {host}:{port}"
+
+    # a port another process holds is reported, not a traceback
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", hj_port))
+        holder.listen()
+        code, out, _ = await finish(
+            await smartpark("edge", "check", "--config", str(path))
+        )
+    assert code == 1
+    first = out.splitlines()[0]
+    assert first.startswith(f"FAIL hj212 listener 127.0.0.1:{hj_port}: cannot listen:")
+    assert first.lower().endswith("address already in use")

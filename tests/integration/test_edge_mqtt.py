@@ -9,154 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import threading
 import time
-import uuid
-from collections import defaultdict
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.config import AgentConfig
 from simulators.device import Fault
 from simulators.park import SimulatedPark
-from smartpark import wire
+from tests.support.mosquitto import TestBroker
+from tests.support.recorder import (
+    Recorder,
+    assert_complete_and_ordered,
+    delivered_through,
+    fast_reconnect,
+    metrics_of,
+    until,
+)
 
 pytestmark = pytest.mark.integration
 
 POLL_S = 0.2
-
-
-class Recorder:
-    """A real MQTT subscriber that records every message it receives, in order.
-
-    ``persistent`` uses a persistent session, so the broker queues messages for it
-    while it reconnects after an outage.
-    """
-
-    def __init__(self, host: str, port: int, topic: str, *, persistent: bool) -> None:
-        self.topic = topic
-        self._lock = threading.Lock()
-        self._messages: list[tuple[str, bytes]] = []
-        self._subscribed = threading.Event()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"recorder-{uuid.uuid4().hex[:8]}",
-            clean_session=not persistent,
-            protocol=mqtt.MQTTv311,
-        )
-        self._client.reconnect_delay_set(1, 1)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        self._host, self._port = host, port
-
-    def __enter__(self) -> Recorder:
-        self._client.connect(self._host, self._port, keepalive=10)
-        self._client.loop_start()
-        assert self._subscribed.wait(5), "no SUBACK"
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def _on_connect(
-        self, c: mqtt.Client, u: object, f: object, rc: object, p: object
-    ) -> None:
-        c.subscribe(self.topic, qos=1)
-
-    def _on_subscribe(
-        self, c: mqtt.Client, u: object, mid: int, rc: object, p: object
-    ) -> None:
-        self._subscribed.set()
-
-    def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self._messages.append((msg.topic, bytes(msg.payload)))
-
-    def messages(self) -> list[tuple[str, bytes]]:
-        with self._lock:
-            return list(self._messages)
-
-    def batches(self) -> list[wire.TelemetryBatch]:
-        now_ms = int(time.time() * 1000)
-        return [
-            wire.decode_batch(payload, now_ms=now_ms)  # the platform's own validation
-            for topic, payload in self.messages()
-            if topic.endswith("/telemetry")
-        ]
-
-    def statuses(self, device: str) -> list[wire.DeviceStatus]:
-        out = []
-        for topic, payload in self.messages():
-            if topic.endswith(f"/{device}/status"):
-                doc = json.loads(payload)
-                out.append(
-                    wire.DeviceStatus(doc["online"], doc["ts_ms"], doc["reason"])
-                )
-        return out
-
-
-async def until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def first_seen_seqs(batches: list[wire.TelemetryBatch]) -> dict[str, list[int]]:
-    """Per device, each seq in the order it first arrived (re-deliveries ignored)."""
-    seen: dict[str, list[int]] = defaultdict(list)
-    done: set[tuple[str, int]] = set()
-    for b in batches:
-        for r in b.readings:
-            if (b.device, r.seq) not in done:
-                done.add((b.device, r.seq))
-                seen[b.device].append(r.seq)
-    return seen
-
-
-def delivered_through(rec: Recorder, last: dict[str, int]) -> bool:
-    seen = first_seen_seqs(rec.batches())
-    return all(len(seen.get(d, [])) >= n for d, n in last.items())
-
-
-def assert_complete_and_ordered(
-    batches: list[wire.TelemetryBatch],
-    last: dict[str, int],
-    metrics: dict[str, set[str]],
-) -> None:
-    seen = first_seen_seqs(batches)
-    for device, n in last.items():
-        assert seen[device] == list(range(1, n + 1)), f"{device}: gap or reorder"
-    per_poll: dict[tuple[str, int], set[str]] = defaultdict(set)
-    for b in batches:
-        for r in b.readings:
-            per_poll[(b.device, r.seq)].add(r.metric)
-    for (device, seq), got in per_poll.items():
-        assert got == metrics[device], f"{device} seq {seq} is incomplete"
-
-
-def metrics_of(cfg: AgentConfig) -> dict[str, set[str]]:
-    return {d.id: {r.metric for r in d.registers} for d in cfg.devices}
 
 
 async def test_every_poll_arrives_in_order_while_faulty_devices_fail(
@@ -242,86 +115,9 @@ async def test_every_poll_arrives_in_order_while_faulty_devices_fail(
     assert rec.statuses(live_a)[-1].reason == "agent stopped"
 
 
-# --- a private broker we can stop -------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Mosquitto:
-    """A private mosquitto process with persistence, stoppable and restartable."""
-
-    def __init__(self, workdir: Path, port: int, exe: str) -> None:
-        self.port = port
-        self.exe = exe
-        workdir.mkdir()
-        self.log = workdir / "mosquitto.log"
-        self.conf = workdir / "mosquitto.conf"
-        lines = [
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence true",
-            f"persistence_location {workdir}/",
-            "log_dest stderr",
-        ]
-        if os.geteuid() == 0:
-            # As root mosquitto drops to user "mosquitto", which cannot write here.
-            lines.append("user root")
-        self.conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    pytest.fail(f"mosquitto did not start: {self.log.read_text()}")
-                time.sleep(0.05)
-
-    def pause(self) -> None:
-        """Freeze the broker: connections stay open, nothing is acknowledged."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its sessions
-            self.proc.send_signal(signal.SIGCONT)  # in case it was paused
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto")
-    broker = Mosquitto(tmp_path / "broker", free_port(), exe)
-    broker.start()
-    yield broker
-    broker.stop()
-
-
-def fast_reconnect(cfg: AgentConfig) -> AgentConfig:
-    broker = cfg.broker.model_copy(update={"reconnect_min_s": 1, "reconnect_max_s": 1})
-    return cfg.model_copy(update={"broker": broker})
-
-
 @pytest.mark.slow
 async def test_broker_outage_loses_nothing_and_keeps_order(
-    private_broker: Mosquitto, tmp_path: Path
+    private_broker: TestBroker, tmp_path: Path
 ) -> None:
     port = private_broker.port
     async with SimulatedPark(
@@ -373,7 +169,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
 
 @pytest.mark.slow
 async def test_backlog_survives_an_agent_restart_and_seq_continues(
-    private_broker: Mosquitto, tmp_path: Path
+    private_broker: TestBroker, tmp_path: Path
 ) -> None:
     port = private_broker.port
     async with SimulatedPark(

@@ -11,23 +11,25 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
-from edge_agent.outbox import Outbox
-from edge_agent.sample import utc_now
-from ingest.bridge import Bridge
-from ingest.sink import Sink
 from ingest.storage import Storage
 from simulators.park import SimulatedPark
 from smartpark.settings import (
     Settings,
 )
 from tests.support.clients import Subscriber, wait_for
+from tests.support.pipeline import (
+    assert_exactly_once,
+    expected_keys,
+    read_outboxes,
+    running_platform,
+    wait_stored,
+)
 from tests.support.procs import ServiceProcess, services_script
 from tests.support.settings import platform_settings
 
@@ -58,71 +60,6 @@ async def running_agents(configs: list[AgentConfig]) -> AsyncIterator[list[EdgeA
         yield agents
 
 
-@dataclass(frozen=True)
-class AfterStop:
-    """What the agents' outboxes hold once the agents stopped (read from disk)."""
-
-    last_seq: dict[str, int]
-    pending_rows: int
-
-
-def read_outboxes(configs: list[AgentConfig]) -> AfterStop:
-    last_seq: dict[str, int] = {}
-    pending = 0
-    for config in configs:
-        outbox = Outbox.from_config(config.outbox, clock=utc_now)
-        outbox.open()
-        try:
-            pending += outbox.stats().rows
-            for device in config.devices:
-                last_seq[device.id] = outbox.last_seq(device.id)
-        finally:
-            outbox.close()
-    return AfterStop(last_seq, pending)
-
-
-def expected_keys(
-    configs: list[AgentConfig], after: AfterStop
-) -> list[tuple[str, int, str]]:
-    """(device, seq, metric) of every reading the agents polled."""
-    return sorted(
-        (device.id, seq, r.metric)
-        for config in configs
-        for device in config.devices
-        for seq in range(1, after.last_seq[device.id] + 1)
-        for r in device.registers
-    )
-
-
-async def stored_keys(storage: Storage, park: str) -> list[tuple[str, int, str]]:
-    return [(k.device, k.seq, k.metric) for k in await storage.reading_keys(park=park)]
-
-
-async def wait_stored(
-    storage: Storage, park: str, expected: list[tuple[str, int, str]], timeout_s: float
-) -> list[tuple[str, int, str]]:
-    stored: list[tuple[str, int, str]] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        stored = await stored_keys(storage, park)
-        if len(stored) >= len(expected):
-            break
-        await asyncio.sleep(0.5)
-    return stored
-
-
-def assert_exactly_once(
-    stored: list[tuple[str, int, str]], expected: list[tuple[str, int, str]]
-) -> None:
-    missing = sorted(set(expected) - set(stored))
-    extra = sorted(set(stored) - set(expected))
-    dupes = len(stored) - len(set(stored))
-    assert not missing, f"{len(missing)} readings missing, first {missing[:5]}"
-    assert not extra, f"{len(extra)} readings nobody polled, first {extra[:5]}"
-    assert dupes == 0, f"{dupes} duplicated readings"
-
-
 async def test_every_polled_reading_is_stored_exactly_once(
     mqtt_addr: tuple[str, int],
     kafka_bootstrap: str,
@@ -140,27 +77,20 @@ async def test_every_polled_reading_is_stored_exactly_once(
         pg_dsn=pg_dsn,
         db_schema=db_schema,
     )
-    async with Storage(settings.database) as storage:
-        await storage.migrate()
-        async with SimulatedPark(
+    async with (
+        running_platform(settings) as (storage, bridge, sink),
+        SimulatedPark(
             seed=7, park=park_id, enterprises=3, devices_per_enterprise=3, port_base=0
-        ) as park:
-            configs = park.agent_configs(*mqtt_addr, tmp_path, poll_interval_s=POLL_S)
-            async with Bridge(settings) as bridge, Sink(settings) as sink:
-                tasks = [
-                    asyncio.create_task(bridge.run()),
-                    asyncio.create_task(sink.run()),
-                ]
-                async with running_agents(configs):
-                    await asyncio.sleep(8)
-                after = read_outboxes(configs)
-                assert after.pending_rows == 0
-                expected = expected_keys(configs, after)
-                stored = await wait_stored(storage, park_id, expected, timeout_s=60)
-                bridge.stop()
-                sink.stop()
-                await asyncio.gather(*tasks)
-            served = park.served_polls()
+        ) as park,
+    ):
+        configs = park.agent_configs(*mqtt_addr, tmp_path, poll_interval_s=POLL_S)
+        async with running_agents(configs):
+            await asyncio.sleep(8)
+        after = read_outboxes(configs)
+        assert after.pending_rows == 0
+        expected = expected_keys(configs, after)
+        stored = await wait_stored(storage, park_id, expected, timeout_s=60)
+        served = park.served_polls()
     # Every poll the simulators answered became a stored sequence number, except at
     # most the one a device was answering when its agent was told to stop.
     assert served.keys() == after.last_seq.keys()

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from edge_agent import cli
-from edge_agent.agent import AgentStats, DeviceStats, backoff_delay
+from edge_agent.agent import backoff_delay
+from edge_agent.hj212.listener import ListenerStats
 from edge_agent.outbox import OutboxStats
 from edge_agent.publisher import PublisherStats
+from edge_agent.stats import AgentStats, DeviceStats
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,24 @@ def test_stats_line_names_failing_devices() -> None:
     assert "outbox 12/1000 rows (oldest 3 s" in line
     assert "meter-1: ok 5 errors 0 seq 5;" in line
     assert "meter-2: ok 0 errors 3 seq 0 FAILING x3 (no answer) backoff 30 s" in line
+    assert "hj212" not in line
+
+
+def test_stats_line_shows_the_hj212_listener_and_counter_resets() -> None:
+    hj = ListenerStats(frames_ok=7, unmapped_codes=2, connections_open=1)
+    hj.frames_rejected.update({"crc": 2, "unknown_mn": 1})
+    stats = AgentStats(
+        devices={"meter-1": DeviceStats(polls_ok=5, rollovers=1, replacements=2)},
+        outbox=OutboxStats(0, None, 1000, 0, 0, 0, 0),
+        publisher=PublisherStats(True, 1, 0, "", 0, 10, 10, 40, 40),
+        hj212=hj,
+    )
+    line = cli.format_stats(stats)
+    assert (
+        "hj212 1 loggers connected, packets ok 7 rejected 3 (crc 2, unknown_mn 1),"
+        " unmapped codes 2;" in line
+    )
+    assert "meter-1: ok 5 errors 0 seq 0 counter rollovers 1 replacements 2" in line
 
 
 def test_cli_bad_config_exits_2_with_the_place(
@@ -91,6 +111,7 @@ def test_edge_agent_imports_only_its_small_dependency_set() -> None:
     allowed = {
         "edge_agent", "smartpark", "paho", "pymodbus", "pydantic", "pydantic_core",
         "yaml", "annotated_types", "typing_extensions", "typing_inspection",
+        "serial",  # pyserial: pymodbus opens RS-485 ports with it (modbus_rtu)
     }  # fmt: skip
     assert third_party - {"cython_runtime"} <= allowed
     assert "simulators" not in out

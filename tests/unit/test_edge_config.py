@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -230,8 +231,7 @@ def test_unreadable_password_file(tmp_path: Path) -> None:
         "keepalive_s: 30}", "keepalive_s: 30, password_file: none.pass}"
     )
     assert str(error_of(tmp_path, text)) == (
-        "agent.yaml:2: broker.password_file: cannot read password file: "
-        "No such file or directory"
+        "agent.yaml:2: broker.password_file: cannot read: No such file or directory"
     )
 
 
@@ -250,7 +250,253 @@ def test_models_are_frozen(tmp_path: Path) -> None:
 
 def test_the_shipped_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMARTPARK_MQTT_PASSWORD", "x")
+    monkeypatch.setenv("SMARTPARK_HJ212_PW", "y")
     example = Path(__file__).resolve().parents[2] / "edge_agent" / "agent.example.yaml"
     cfg = load_config(example)
     assert [d.id for d in cfg.devices] == ["pot-line-1-meter", "fresh-water-in"]
     assert cfg.devices[0].registers[1].unit == "MW"
+    assert cfg.hj212 is not None
+    assert [logger.device for logger in cfg.hj212.loggers] == [
+        "stack-1-cems",
+        "outfall-1",
+    ]
+
+
+# --- TLS to the broker ------------------------------------------------------
+
+# Line numbers matter below: tls starts on line 5, its fields on lines 6-8.
+TLS_GOOD = """\
+site: {park: park1, enterprise: alu-smelter}
+broker:
+  host: 127.0.0.1
+  client_id: edge-alu-smelter
+  tls:
+    ca_file: pki/ca.pem
+    cert_file: pki/edge.pem
+    key_file: pki/edge.key
+outbox: {path: outbox.db}
+devices:
+  - {id: m1, protocol: modbus_tcp, host: 10.0.0.21, poll_interval_s: 10,
+     registers: [{address: 0, type: u16, metric: active_power, unit: kW}]}
+"""
+KEY_PASSWORD = "k3y-pass-5d1e"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """tmp_path/pki: ca.pem, edge.pem + edge.key (a client certificate of that CA),
+    enc.key (edge.key encrypted with KEY_PASSWORD), other.key, junk.pem."""
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    d = tmp_path / "pki"
+    d.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    client = ca.issue_cert("edge-client")
+    client.cert_chain_pems[0].write_to_path(str(d / "edge.pem"))
+    client.private_key_pem.write_to_path(str(d / "edge.key"))
+    key = serialization.load_pem_private_key(client.private_key_pem.bytes(), None)
+    (d / "enc.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(KEY_PASSWORD.encode()),
+        )
+    )
+    ca.issue_cert("someone-else").private_key_pem.write_to_path(str(d / "other.key"))
+    (d / "junk.pem").write_text("not a certificate\n", encoding="utf-8")
+    return d
+
+
+def test_tls_context_is_built_once_at_load(tmp_path: Path, pki: Path) -> None:
+    cfg = load_config(write(tmp_path, TLS_GOOD))
+    tls = cfg.broker.tls
+    assert tls is not None
+    # paths are relative to the config file; the port defaults to MQTT over TLS's
+    assert tls.ca_file == tmp_path.resolve() / "pki" / "ca.pem"
+    assert cfg.broker.port == 8883
+    ctx = tls.ssl_context()
+    assert ctx is tls.ssl_context()
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert ctx.check_hostname
+    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert len(ctx.get_ca_certs()) == 1  # the given CA
+    # an explicit port stays; no tls section: plain TCP on 1883
+    explicit = load_config(
+        write(tmp_path, TLS_GOOD.replace("  tls:", "  port: 1883\n  tls:"))
+    )
+    assert explicit.broker.port == 1883
+    plain = load_config(write(tmp_path, GOOD))
+    assert (plain.broker.tls, plain.broker.port) == (None, 1883)
+
+
+def test_bare_tls_means_tls_with_the_system_cas(tmp_path: Path) -> None:
+    text = (
+        TLS_GOOD.split("    ca_file:", maxsplit=1)[0]
+        + "outbox:"
+        + TLS_GOOD.split("outbox:", maxsplit=1)[1]
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.broker.tls is not None
+    assert cfg.broker.tls.ca_file is None
+    assert cfg.broker.tls.ssl_context().verify_mode == ssl.CERT_REQUIRED
+    assert cfg.broker.port == 8883
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "ca_file: pki/ca.pem",
+            "ca_file: pki/none.pem",
+            "agent.yaml:6: broker.tls.ca_file: cannot read: No such file or directory",
+        ),
+        (
+            "ca_file: pki/ca.pem",
+            "ca_file: pki",
+            "agent.yaml:6: broker.tls.ca_file: cannot read: Is a directory",
+        ),
+        (
+            "ca_file: pki/ca.pem",
+            "ca_file: pki/junk.pem",
+            "agent.yaml:6: broker.tls.ca_file: no PEM certificate in the file",
+        ),
+        (
+            "cert_file: pki/edge.pem",
+            "cert_file: pki/edge.key",
+            "agent.yaml:7: broker.tls.cert_file: no PEM certificate in the file",
+        ),
+        (
+            "key_file: pki/edge.key",
+            "key_file: pki/junk.pem",
+            "agent.yaml:8: broker.tls.key_file: no PEM private key in the file",
+        ),
+        (
+            "key_file: pki/edge.key",
+            "key_file: pki/other.key",
+            "agent.yaml:8: broker.tls.key_file: the key does not belong to the "
+            "certificate in cert_file",
+        ),
+        (
+            "key_file: pki/edge.key",
+            "key_file: pki/enc.key",
+            "agent.yaml:8: broker.tls.key_file: the key is encrypted: give "
+            "key_password_file or key_password_env",
+        ),
+        (
+            "    key_file: pki/edge.key\n",
+            "",
+            "agent.yaml:6: broker.tls.key_file: required with cert_file (the "
+            "certificate's key)",
+        ),
+        (
+            "    cert_file: pki/edge.pem\n",
+            "",
+            "agent.yaml:6: broker.tls.cert_file: required with key_file (the client "
+            "certificate)",
+        ),
+        (
+            "    cert_file: pki/edge.pem\n    key_file: pki/edge.key\n",
+            "    key_password_env: SP_TEST_KEY_PW\n",
+            "agent.yaml:7: broker.tls.key_password_env: only with key_file (a client "
+            "key)",
+        ),
+        (
+            "key_file: pki/edge.key",
+            "key_file: pki/enc.key\n    key_password_file: pki/kp\n"
+            "    key_password_env: SP_TEST_KEY_PW",
+            "agent.yaml:10: broker.tls.key_password_env: give key_password_file or "
+            "key_password_env, not both",
+        ),
+        (
+            "key_file: pki/edge.key",
+            "key_file: pki/enc.key\n    key_password_file: pki/none",
+            "agent.yaml:9: broker.tls.key_password_file: cannot read: No such file or "
+            "directory",
+        ),
+        # there is no switch to turn verification off
+        (
+            "ca_file: pki/ca.pem",
+            "ca_file: pki/ca.pem\n    insecure: true",
+            "agent.yaml:7: broker.tls.insecure: unknown field (a typo?)",
+        ),
+        (
+            "ca_file: pki/ca.pem",
+            "ca_file: pki/ca.pem\n    server_name: ''",
+            "agent.yaml:7: broker.tls.server_name: String should have at least 1 "
+            "character (got '')",
+        ),
+    ],
+)
+def test_tls_mistakes_name_the_field(
+    tmp_path: Path, pki: Path, old: str, new: str, expected: str
+) -> None:
+    assert old in TLS_GOOD
+    assert str(error_of(tmp_path, TLS_GOOD.replace(old, new, 1))) == expected
+
+
+def test_key_password_loads_the_key_and_no_secret_shows_anywhere(
+    tmp_path: Path, pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker_pw = "mqtt-pw-0a9b8c"
+    monkeypatch.setenv("SP_TEST_MQTT_PW", broker_pw)
+    (pki / "key.pass").write_text(KEY_PASSWORD + "\n", encoding="utf-8")
+    text = TLS_GOOD.replace(
+        "key_file: pki/edge.key",
+        "key_file: pki/enc.key\n    key_password_file: pki/key.pass",
+    ).replace("  tls:", "  username: edge\n  password_env: SP_TEST_MQTT_PW\n  tls:")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.broker.tls is not None
+    assert cfg.broker.tls.ssl_context().verify_mode == ssl.CERT_REQUIRED
+    shown = [repr(cfg), str(cfg), cfg.model_dump_json(), str(cfg.model_dump())]
+    # a wrong key password is reported without the password
+    monkeypatch.setenv("SP_TEST_KEY_PW", "wrong-" + KEY_PASSWORD)
+    err = error_of(
+        tmp_path,
+        text.replace(
+            "key_password_file: pki/key.pass", "key_password_env: SP_TEST_KEY_PW"
+        ),
+    )
+    assert str(err) == (
+        "agent.yaml:11: broker.tls.key_password_env: cannot decrypt key_file with "
+        "this password"
+    )
+    shown += [str(err), repr(err), str(err.__cause__), str(err.__context__)]
+    for text_shown in shown:
+        assert KEY_PASSWORD not in text_shown
+        assert broker_pw not in text_shown
+
+
+# --- the status endpoint ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("", None),  # off unless asked for
+        ("status: {}\n", ("127.0.0.1", 9108, 300.0)),
+        ("status:\n", ("127.0.0.1", 9108, 300.0)),  # a bare key asks for it too
+        (
+            "status: {host: 0.0.0.0, port: 0, unhealthy_after_s: 60}\n",
+            ("0.0.0.0", 0, 60.0),
+        ),
+    ],
+)
+def test_status_section(
+    tmp_path: Path, section: str, expected: tuple[str, int, float] | None
+) -> None:
+    cfg = load_config(write(tmp_path, GOOD + section))
+    status = cfg.status
+    got = (
+        None if status is None else (status.host, status.port, status.unhealthy_after_s)
+    )
+    assert got == expected
+
+
+def test_status_port_out_of_range(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD + "status: {port: 70000}\n")
+    assert str(err) == (
+        "agent.yaml:27: status.port: Input should be less than or equal to 65535 "
+        "(got 70000)"
+    )

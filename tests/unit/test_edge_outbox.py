@@ -7,6 +7,7 @@ plain list after every step.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sqlite3
 import tempfile
@@ -172,6 +173,100 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         make(path, FakeClock())
 
 
+# The schema of version 1 exactly as agents before the counter reset wrote it.
+V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids never reused
+    device    TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    metric    TEXT    NOT NULL,
+    value     REAL    NOT NULL,
+    unit      TEXT    NOT NULL,
+    ts_ms     INTEGER NOT NULL,
+    quality   TEXT    NOT NULL,
+    stored_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_device ON readings (device, id);
+CREATE INDEX IF NOT EXISTS readings_stored ON readings (stored_ms);
+CREATE TABLE IF NOT EXISTS sequences (
+    device   TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+PRAGMA user_version=1;
+"""
+
+
+def v1_file(path: Path) -> None:
+    """An outbox file as a version-1 agent leaves it: two pending rows, seq 5."""
+    ts = 1_767_225_600_000
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+        conn.executemany(
+            "INSERT INTO readings (device, seq, metric, value, unit, ts_ms, quality,"
+            " stored_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                ("a", 5, "active_energy", 10.0, "kWh", ts, "N", ts),
+                ("a", 5, "active_power", 2.0, "kW", ts, "N", ts),
+            ],
+        )
+        conn.execute("INSERT INTO sequences VALUES ('a', 5)")
+        conn.execute("INSERT INTO counters VALUES ('dropped_rows', 3)")
+    conn.close()
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    v1_file(path)
+    box = make(path, FakeClock())
+    # Nothing of the old file is lost: rows (reset NULL), sequences, counters.
+    assert [(r.seq, r.metric, r.value, r.reset) for r in box.pending(10)] == [
+        (5, "active_energy", 10.0, None),
+        (5, "active_power", 2.0, None),
+    ]
+    assert box.last_seq("a") == 5
+    assert box.stats().dropped_rows == 3
+    assert box.counter_values() == {}
+    # ... and the new schema works on it.
+    reset = Sample("active_energy", 1.0, "kWh", 1_767_225_610_000, reset="rollover")
+    assert box.append("a", [reset], last_counters={"active_energy": 1.0}).seq == 6
+    assert box.pending(10)[-1].reset == "rollover"
+    assert box.counter_values() == {("a", "active_energy"): 1.0}
+    box.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+    # Opening the upgraded file again changes nothing.
+    box = make(path, FakeClock())
+    assert len(box.pending(10)) == 3
+    assert box.counter_values() == {("a", "active_energy"): 1.0}
+    box.close()
+
+
+def test_reset_and_counter_state_round_trip(tmp_path: Path) -> None:
+    box = make(tmp_path / "o.db", FakeClock())
+    poll = [
+        Sample("active_energy", 3.0, "kWh", 1_767_225_600_000, reset="replacement"),
+        Sample("water_volume", 9.0, "m3", 1_767_225_600_000),
+    ]
+    box.append("a", poll, last_counters={"active_energy": 3.0, "water_volume": 9.0})
+    box.append("b", samples(1), last_counters={"m0": 1.0})
+    assert [(r.metric, r.reset) for r in box.pending(10, device="a")] == [
+        ("active_energy", "replacement"),
+        ("water_volume", None),
+    ]
+    box.append("a", samples(1), last_counters={"active_energy": 4.0})
+    assert box.counter_values() == {
+        ("a", "active_energy"): 4.0,
+        ("a", "water_volume"): 9.0,
+        ("b", "m0"): 1.0,
+    }
+    box.close()
+
+
 # --- the model-based property test ------------------------------------------
 
 
@@ -182,6 +277,7 @@ class ModelRow:
     metric: str
     value: float
     stored_ms: int
+    reset: str | None = None
 
 
 class OutboxMachine(RuleBasedStateMachine):
@@ -203,6 +299,7 @@ class OutboxMachine(RuleBasedStateMachine):
             "refused_rows": 0,
         }
         self.value = 0.0
+        self.counter_values: dict[tuple[str, str], float] = {}
 
     @initialize(
         max_rows=st.integers(1, 12),
@@ -225,8 +322,12 @@ class OutboxMachine(RuleBasedStateMachine):
     def now_ms(self) -> int:
         return int(self.clock().timestamp() * 1000)
 
-    @rule(device=st.sampled_from(["a", "b", "c"]), n=st.integers(1, 5))
-    def append(self, device: str, n: int) -> None:
+    @rule(
+        device=st.sampled_from(["a", "b", "c"]),
+        n=st.integers(1, 5),
+        reset=st.sampled_from([None, "rollover", "replacement"]),
+    )
+    def append(self, device: str, n: int, reset: str | None) -> None:
         assert self.box is not None
         now = self.now_ms()
         max_rows = self.max_rows
@@ -237,7 +338,9 @@ class OutboxMachine(RuleBasedStateMachine):
         self.seqs[device] = seq
         self.value += 10
         polled = samples(n, self.value)
-        result = self.box.append(device, polled)
+        polled[0] = dataclasses.replace(polled[0], reset=reset)
+        last = {s.metric: s.value for s in polled}
+        result = self.box.append(device, polled, last_counters=last)
         assert result.seq == seq
         excess = len(self.rows) + n - max_rows
         if n > max_rows or (excess > 0 and self.overflow == "refuse_new"):
@@ -246,10 +349,13 @@ class OutboxMachine(RuleBasedStateMachine):
             self.counters["refused_rows"] += n
             return
         assert result.stored
+        self.counter_values.update(((device, m), v) for m, v in last.items())
         if excess > 0:
             self.counters["dropped"] += excess
             self.rows = self.rows[excess:]
-        self.rows += [ModelRow(device, seq, s.metric, s.value, now) for s in polled]
+        self.rows += [
+            ModelRow(device, seq, s.metric, s.value, now, s.reset) for s in polled
+        ]
 
     @precondition(lambda self: bool(self.rows))
     @rule(data=st.data())
@@ -282,8 +388,10 @@ class OutboxMachine(RuleBasedStateMachine):
         if self.box is None:
             return
         pending = self.box.pending(10_000)
-        got = [(r.device, r.seq, r.metric, r.value) for r in pending]
-        assert got == [(r.device, r.seq, r.metric, r.value) for r in self.rows]
+        got = [(r.device, r.seq, r.metric, r.value, r.reset) for r in pending]
+        assert got == [(r.device, r.seq, r.metric, r.value, r.reset) for r in self.rows]
+        # Counter state changes with stored polls only (refused ones leave it).
+        assert self.box.counter_values() == self.counter_values
         ids = [r.id for r in pending]
         assert ids == sorted(set(ids))
         for device in ("a", "b", "c"):

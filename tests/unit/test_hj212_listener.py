@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -149,19 +150,43 @@ async def test_unknown_mn_and_disabled_cn_are_counted() -> None:
         assert lst.stats.frames_rejected == {"unknown_mn": 1, "cn": 1}
 
 
-async def test_interval_cn_takes_avg_when_enabled() -> None:
+async def test_interval_cn_is_its_own_series_when_enabled() -> None:
     got: Got = []
     mapping = {
         MN: LoggerMapping(
-            device_id="cems-1", metrics={"a21026": "so2"}, commands=frozenset({"2061"})
+            device_id="cems-1",
+            metrics={"a21026": "so2"},
+            intervals={"2061": "cems-1.hour"},
         )
     }
     async with Hj212Listener(mapping, lambda d, s: got.append((d, s))) as lst:
-        await send(lst.port, frame(cn="2061", so2="9.5"), frame())
-        await until(
-            lambda: lst.stats.frames_ok + lst.stats.frames_rejected.total() == 2
+        # 2051 is not enabled for this logger: rejected, the others delivered
+        await send(
+            lst.port, frame(cn="2061", so2="9.5"), frame(cn="2051"), frame(so2="3.5")
         )
-    assert got == [("cems-1", [Sample("so2", 9.5, "mg/m3", TS_MS, "N")])]
+        await until(
+            lambda: lst.stats.frames_ok + lst.stats.frames_rejected.total() == 3
+        )
+    assert got == [
+        ("cems-1.hour", [Sample("so2", 9.5, "mg/m3", TS_MS, "N")]),
+        ("cems-1", [Sample("so2", 3.5, "mg/m3", TS_MS, "N")]),
+    ]
+    assert lst.stats.frames_rejected == {"cn": 1}
+
+
+async def test_wrong_password_is_rejected() -> None:
+    got: Got = []
+    base = MAPPING[MN]
+    mapping = {
+        MN: LoggerMapping(device_id="cems-1", metrics=base.metrics, password="654321")
+    }
+    async with Hj212Listener(mapping, lambda d, s: got.append((d, s))) as lst:
+        await send(lst.port, frame())  # frame() carries PW=123456
+        await until(lambda: lst.stats.frames_rejected.total() == 1)
+    assert got == []
+    assert lst.stats.frames_rejected == {"password": 1}
+    assert "654321" not in repr(mapping[MN])
+    assert "654321" not in lst.rejected[0].reason
 
 
 async def test_reply_sent_when_flag_bit_a_set() -> None:
@@ -244,5 +269,47 @@ def test_unknown_flag_rejects_in_strict_and_drops_code_when_lenient() -> None:
 def test_mapping_refuses_unknown_metric_and_cn() -> None:
     with pytest.raises(Exception, match="unknown metric"):
         LoggerMapping(device_id="d", metrics={"a21026": "nope"})
-    with pytest.raises(ValueError, match="commands"):
-        LoggerMapping(device_id="d", metrics={}, commands=frozenset({"2021"}))
+    with pytest.raises(ValueError, match="intervals"):
+        LoggerMapping(device_id="d", metrics={}, intervals={"2021": "d.status"})
+    with pytest.raises(ValueError, match="its own device"):
+        LoggerMapping(device_id="d", metrics={}, intervals={"2061": "d"})
+
+
+async def test_thousands_of_silent_connections_do_not_block_a_logger() -> None:
+    # Loggers that connect and never send hold a connection each; a real logger
+    # beside 3000 of them is still served at once, and beyond max_connections new
+    # connections are refused and counted, never queued.
+    got: Got = []
+    silent = 3000
+    async with listener(got, max_connections=silent + 1) as lst:
+        writers = []
+        for _ in range(silent):
+            _, w = await asyncio.open_connection("127.0.0.1", lst.port)
+            writers.append(w)
+        await until(lambda: lst.stats.connections_open == silent, 30)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await send(lst.port, frame())
+        await until(lambda: len(got) == 1)
+        assert loop.time() - started < 2.0
+        _, extra = await asyncio.open_connection("127.0.0.1", lst.port)
+        _, extra2 = await asyncio.open_connection("127.0.0.1", lst.port)
+        await until(lambda: lst.stats.connections_refused >= 1, 10)
+        for w in [*writers, extra, extra2]:
+            w.close()
+        await until(lambda: lst.stats.connections_open == 0, 30)
+    assert lst.stats.connections_total == silent + 2
+    assert lst.stats.connections_refused == 1
+
+
+async def test_closing_with_open_connections_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    got: Got = []
+    async with listener(got) as lst:
+        _, writer = await asyncio.open_connection("127.0.0.1", lst.port)
+        await until(lambda: lst.stats.connections_open == 1)
+    await asyncio.sleep(0.05)  # asyncio reports a handler's end in a callback
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert lst.stats.connections_open == 0
+    writer.close()

@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from edge_agent.config import DeviceConfig
+from edge_agent.counters import CounterGuard, register_modulus
 from edge_agent.modbus import ModbusExceptionResponse, ModbusPoller
+from edge_agent.sample import Sample
 from simulators.device import Fault, SimulatedDevice
-from simulators.meters import build_meter
-from smartpark.catalogue import to_canonical
+from simulators.meters import build_meter, wrap_at
+from smartpark.catalogue import METRICS, Kind, to_canonical
 from smartpark.errors import DeviceError, DeviceTimeout
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -178,5 +180,60 @@ async def test_counter_continues_across_a_device_restart(clock: FakeClock) -> No
     await sim.start()  # same port, same start time: the meter kept counting
     after = {s.metric: s.value for s in await poller.read()}
     assert after["active_energy"] > before["active_energy"]
+    poller.close()
+    await sim.stop()
+
+
+@pytest.mark.parametrize("kind", ["energy", "water", "steam"])
+async def test_a_meter_rolls_over_and_is_replaced(kind: str, clock: FakeClock) -> None:
+    """set_counter drives the register past its wrap and back to 0; the poller reads
+    what a real meter would serve and the agent's guard flags both."""
+    sim = SimulatedDevice(
+        f"e1.{kind}-1",
+        kind,
+        build_meter(kind, seed=5, device_id=f"e1.{kind}-1"),
+        port=0,
+        clock=clock,
+    )
+    await sim.start()
+    poller = ModbusPoller(device_config(sim), clock=clock)
+    # The u32 counters (u64 ones would take millennia to wrap).
+    counters = [
+        r
+        for r in sim.registers
+        if METRICS[r.metric].kind is Kind.COUNTER and r.type == "u32"
+    ]
+    assert counters
+    moduli = {(sim.device_id, r.metric): register_modulus(r) for r in counters}
+    guard = CounterGuard({k: m for k, m in moduli.items() if m is not None})
+
+    async def poll() -> dict[str, Sample]:
+        checked = guard.check(sim.device_id, await poller.read())
+        guard.commit(checked)
+        return {s.metric: s for s in checked.samples}
+
+    await poll()
+    for r in counters:
+        wrap = wrap_at(r)
+        assert wrap is not None
+        sim.set_counter(r.metric, wrap - 5 * r.scale)
+    assert all(s.reset is None for s in (await poll()).values())
+    clock.now += timedelta(minutes=1)  # every counter grows past its wrap
+    wrapped = await poll()
+    for r in counters:
+        modulus = moduli[(sim.device_id, r.metric)]
+        assert modulus is not None
+        assert wrapped[r.metric].reset == "rollover", r.metric
+        assert 0 <= wrapped[r.metric].value < 0.1 * modulus
+    for r in counters:
+        sim.set_counter(r.metric, 0.0)
+    replaced = await poll()
+    for r in counters:
+        assert (replaced[r.metric].value, replaced[r.metric].reset) == (
+            0.0,
+            "replacement",
+        )
+    counter_metrics = {r.metric for r in counters}
+    assert all(s.reset is None for m, s in replaced.items() if m not in counter_metrics)
     poller.close()
     await sim.stop()

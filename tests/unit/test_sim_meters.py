@@ -8,8 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge_agent.config import RegisterConfig
 from edge_agent.modbus import decode_value, encode_value, plan_reads
-from simulators.meters import KINDS, Profile, build_meter
+from simulators.meters import (
+    KINDS,
+    Channel,
+    Profile,
+    build_meter,
+    with_counter,
+    wrap_at,
+)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -74,3 +82,46 @@ def test_registers_hold_the_values_the_agent_will_decode(kind: str) -> None:
             assert decoded == pytest.approx(value, rel=1e-7)
         else:  # integers are rounded to the register's resolution
             assert abs(decoded - value) <= reg.scale / 2 + 1e-9
+
+
+def _register(type_: str, **kw: object) -> RegisterConfig:
+    return RegisterConfig.model_validate(
+        {"address": 0, "type": type_, "metric": "active_energy", "unit": "kWh", **kw}
+    )
+
+
+@pytest.mark.parametrize(
+    ("register", "expected"),
+    [
+        (_register("u32", scale=0.1), 429_496_729.6),
+        (_register("u16", offset=10.0), 65_546.0),
+        (_register("i16", scale=0.001), 32.768),  # where it turns negative
+        (_register("u32", rollover_at=99_999_999), 99_999_999.0),
+        (_register("f32"), None),
+    ],
+)
+def test_wrap_at(register: RegisterConfig, expected: float | None) -> None:
+    assert wrap_at(register) == (
+        None if expected is None else pytest.approx(expected, rel=1e-15)
+    )
+
+
+def test_with_counter_jumps_then_grows_and_wraps_at_the_display_limit() -> None:
+    # 1 kWh per second, on a meter whose display wraps at 1000 kWh.
+    meter = (
+        Channel(_register("u32", rollover_at=1000), lambda t: 100.0 + t),
+        Channel(_register("f32", metric="active_power", unit="kW"), lambda t: 3600.0),
+    )
+    near = with_counter(meter, "active_energy", at_t=50.0, value=990.0)
+    assert [near[0].value(t) for t in (50.0, 59.0, 60.0, 65.0)] == [
+        990.0,
+        999.0,
+        0.0,
+        5.0,
+    ]
+    assert near[1] is meter[1]  # the rest of the meter is untouched
+    assert meter[0].value(50.0) == 150.0  # and so is the original
+    replaced = with_counter(near, "active_energy", at_t=70.0, value=0.0)
+    assert [replaced[0].value(t) for t in (70.0, 72.5)] == [0.0, 2.5]
+    with pytest.raises(KeyError):
+        with_counter(meter, "water_volume", at_t=0.0, value=0.0)

@@ -1,0 +1,174 @@
+"""The whole agent config (:class:`AgentConfig`) and its small sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from edge_agent.config.base import StrictModel, check_id, located, resolve_path
+from edge_agent.config.broker import BrokerConfig
+from edge_agent.config.devices import DeviceConfig, SerialLineConfig
+from edge_agent.config.hj212 import Hj212Config
+from smartpark import wire
+
+
+class SiteConfig(StrictModel):
+    park: str
+    enterprise: str
+
+    @field_validator("park", "enterprise")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        return check_id(value)
+
+
+class OutboxConfig(StrictModel):
+    path: Path
+    max_rows: int = Field(default=1_000_000, ge=1)
+    max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
+    overflow: Literal["drop_oldest", "refuse_new"] = "drop_oldest"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: Path, info: ValidationInfo) -> Path:
+        resolved = resolve_path(value, info)
+        assert resolved is not None
+        return resolved
+
+
+class PublishConfig(StrictModel):
+    max_readings_per_message: int = Field(default=500, ge=1, le=wire.MAX_READINGS)
+    max_in_flight: int = Field(default=20, ge=1, le=1000)
+
+
+class StatusConfig(StrictModel):
+    """The local status endpoint (:mod:`edge_agent.status`): ``GET /metrics`` in
+    Prometheus text format and ``GET /healthz``, which answers 503 once the broker
+    has been unreachable for ``unhealthy_after_s``. Off unless the section is
+    given: several agents may share one gateway, and a fixed default port would
+    make the second fail to start. No authentication, hence loopback by default."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)  # 0: any free port
+    unhealthy_after_s: float = Field(default=300.0, gt=0)
+
+
+class AgentConfig(StrictModel):
+    site: SiteConfig
+    broker: BrokerConfig
+    outbox: OutboxConfig
+    publish: PublishConfig = PublishConfig()
+    serial_lines: tuple[SerialLineConfig, ...] = ()
+    devices: tuple[DeviceConfig, ...] = ()
+    hj212: Hj212Config | None = None
+    status: StatusConfig | None = None  # None: no status endpoint
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _bare_status(cls, value: Any) -> Any:
+        # A bare "status:" in YAML is null; whoever wrote it wants the endpoint.
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _something_to_read(self) -> AgentConfig:
+        if not self.devices and self.hj212 is None:
+            raise located("give at least one device or an hj212 listener", "devices")
+        ids = {d.id: f"devices[{i}]" for i, d in enumerate(self.devices)}
+        for i, logger in enumerate(self.hj212.loggers if self.hj212 else ()):
+            for key, name in logger.series.items():
+                at = "device" if key == "real_time" else key
+                if name in ids:
+                    raise located(
+                        f"device id {name!r} is already used by {ids[name]}",
+                        "hj212",
+                        "loggers",
+                        i,
+                        at,
+                    )
+                ids[name] = f"hj212.loggers[{i}].{at}"
+        return self
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_ids(cls, value: tuple[DeviceConfig, ...]) -> tuple[DeviceConfig, ...]:
+        seen: set[str] = set()
+        for i, dev in enumerate(value):
+            if dev.id in seen:
+                raise located(f"duplicate device id {dev.id!r}", i, "id")
+            seen.add(dev.id)
+        return value
+
+    @field_validator("serial_lines")
+    @classmethod
+    def _unique_lines(
+        cls, value: tuple[SerialLineConfig, ...]
+    ) -> tuple[SerialLineConfig, ...]:
+        ids: set[str] = set()
+        ports: dict[str, str] = {}
+        for i, line in enumerate(value):
+            if line.id in ids:
+                raise located(f"duplicate serial line id {line.id!r}", i, "id")
+            if line.port in ports:
+                raise located(
+                    f"port {line.port!r} is already line {ports[line.port]!r}",
+                    i,
+                    "port",
+                )
+            ids.add(line.id)
+            ports[line.port] = line.id
+        return value
+
+    @model_validator(mode="after")
+    def _buses(self) -> AgentConfig:
+        # Devices sharing one bus (a serial line, or an RTU gateway's host:port)
+        # are told apart by unit id alone; an RTU gateway cannot also speak MBAP.
+        lines = {line.id for line in self.serial_lines}
+        declared = ", ".join(line.id for line in self.serial_lines) or "none"
+        units: dict[tuple[str, int], str] = {}
+        framing: dict[str, tuple[str, str]] = {}
+        for i, dev in enumerate(self.devices):
+            if dev.protocol == "modbus_rtu":
+                assert dev.line is not None
+                if dev.line not in lines:
+                    raise located(
+                        f"unknown serial line {dev.line!r} (declared: {declared})",
+                        "devices",
+                        i,
+                        "line",
+                    )
+                bus = f"on serial line {dev.line}"
+            else:
+                endpoint = f"{dev.host}:{dev.port}"
+                other = framing.setdefault(endpoint, (dev.protocol, dev.id))
+                if other[0] != dev.protocol:
+                    raise located(
+                        f"{endpoint} is already used by {other[1]!r} with protocol "
+                        f"{other[0]}",
+                        "devices",
+                        i,
+                        "protocol",
+                    )
+                if dev.protocol == "modbus_tcp":
+                    continue  # one connection per device: nothing shared
+                bus = f"behind {endpoint}"
+            first = units.setdefault((bus, dev.unit_id), dev.id)
+            if first != dev.id:
+                raise located(
+                    f"unit id {dev.unit_id} is already used by {first!r} {bus}",
+                    "devices",
+                    i,
+                    "unit_id",
+                )
+        return self
+
+    @property
+    def agent_id(self) -> str:
+        """The device id under which the agent publishes its own status."""
+        return f"agent.{self.broker.client_id}"
