@@ -15,6 +15,7 @@ versioned configuration in the rule packs.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -135,6 +136,15 @@ def metric(name: str) -> Metric:
         return METRICS[name]
     except KeyError:
         raise PayloadError("metric", f"unknown metric {name!r}") from None
+
+
+def check_metric(name: str) -> str:
+    """``name`` if it is a catalogue metric, else ValueError naming a near one."""
+    if name not in METRICS:
+        near = difflib.get_close_matches(name, METRICS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ValueError(f"unknown metric {name!r}{hint}")
+    return name
 
 
 def to_canonical(metric_name: str, value: float, unit: str) -> float:

@@ -3,7 +3,6 @@ errors located below a field, paths relative to the file, and secrets."""
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 
@@ -13,19 +12,9 @@ from pydantic import (
     SecretStr,
     ValidationInfo,
 )
-from pydantic_core import PydanticCustomError
 
 from smartpark import wire
-from smartpark.catalogue import METRICS
-
-
-def located(reason: str, *at: str | int) -> PydanticCustomError:
-    """A validation error that points ``at`` a node below the validated field.
-
-    :func:`load_config` appends ``at`` to the error's location, so a duplicate in a
-    list is reported on the line of the duplicate, not of the list.
-    """
-    return PydanticCustomError("smartpark", "{reason}", {"reason": reason, "at": at})
+from smartpark.yamlfile import located
 
 
 def check_id(value: str) -> str:
@@ -40,15 +29,6 @@ def check_id(value: str) -> str:
 class StrictModel(BaseModel):
     # extra="forbid": a typo'd key must fail loudly, not be silently ignored.
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def known_metric(value: str) -> str:
-    """``value`` if it is a catalogue metric; else a ValueError with a near name."""
-    if value not in METRICS:
-        near = difflib.get_close_matches(value, METRICS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ValueError(f"unknown metric {value!r}{hint}")
-    return value
 
 
 def read_secret(

@@ -19,11 +19,11 @@ from pydantic import (
 from edge_agent.config.base import (
     StrictModel,
     check_id,
-    located,
     read_secret,
     resolve_path,
 )
 from smartpark import wire
+from smartpark.yamlfile import located
 
 
 class _KeyIsEncrypted(Exception):

@@ -11,9 +11,10 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent.config.base import StrictModel, check_id, known_metric, located
-from smartpark.catalogue import METRICS, Kind, to_canonical
+from edge_agent.config.base import StrictModel, check_id
+from smartpark.catalogue import METRICS, Kind, check_metric, to_canonical
 from smartpark.errors import PayloadError
+from smartpark.yamlfile import located
 
 RegisterType = Literal["u16", "i16", "u32", "i32", "f32", "u64", "i64", "f64"]
 Order = Literal["big", "little"]
@@ -47,7 +48,7 @@ class RegisterConfig(StrictModel):
     @field_validator("metric")
     @classmethod
     def _metric(cls, value: str) -> str:
-        return known_metric(value)
+        return check_metric(value)
 
     @field_validator("unit")
     @classmethod

@@ -17,14 +17,13 @@ from pydantic import (
 from edge_agent.config.base import (
     StrictModel,
     check_id,
-    known_metric,
-    located,
     read_secret,
     resolve_path,
 )
 from edge_agent.hj212.listener import LoggerMapping
-from smartpark.catalogue import to_canonical
+from smartpark.catalogue import check_metric, to_canonical
 from smartpark.errors import PayloadError
+from smartpark.yamlfile import located
 
 HJ212_INTERVALS = {"minute": "2051", "hourly": "2061", "daily": "2031"}
 # HJ 212 field separators; an MN containing one could not be sent at all.
@@ -41,7 +40,7 @@ class PollutantConfig(StrictModel):
     @field_validator("metric", "corrected")
     @classmethod
     def _metric(cls, value: str | None) -> str | None:
-        return None if value is None else known_metric(value)
+        return None if value is None else check_metric(value)
 
     @model_validator(mode="after")
     def _unit(self) -> PollutantConfig:

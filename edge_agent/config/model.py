@@ -12,11 +12,12 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent.config.base import StrictModel, check_id, located, resolve_path
+from edge_agent.config.base import StrictModel, check_id, resolve_path
 from edge_agent.config.broker import BrokerConfig
 from edge_agent.config.devices import DeviceConfig, SerialLineConfig
 from edge_agent.config.hj212 import Hj212Config
 from smartpark import wire
+from smartpark.yamlfile import located
 
 
 class SiteConfig(StrictModel):
