@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edge": ("edge_agent.cli", "edge agent: run | check"),
     "hj212": ("edge_agent.hj212.cli", "HJ 212-2017 frames: decode | encode"),
     "simulate": ("simulators.cli", "simulated plant devices: park, cems, wastewater"),
+    "rules": ("rules.cli", "rule packs: check a pack over recorded readings"),
     "bridge": ("ingest.bridge_cli", "MQTT → Kafka bridge"),
     "sink": ("ingest.sink_cli", "Kafka → database sink"),
     "db": ("ingest.db_cli", "database: migrate | info"),
