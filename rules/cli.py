@@ -1,4 +1,12 @@
-"""``smartpark rules check --pack FILE --readings FILE``: a pack over recorded readings.
+"""``smartpark rules check | run``: rule packs over recorded readings, or live.
+
+``smartpark rules run --pack FILE`` runs the live runner (:mod:`rules.runner`) on
+the telemetry topic until SIGINT/SIGTERM; settings from the environment
+(``SMARTPARK_KAFKA__BOOTSTRAP``, ``SMARTPARK_DATABASE__DSN``,
+``SMARTPARK_RULES__GROUP_ID``...). Exit code 2 for a bad pack or configuration, 1 if
+the database is unavailable.
+
+``smartpark rules check --pack FILE --readings FILE``:
 
 For people who write rules: evaluates the pack with the same core the live runner
 uses and prints the alert events as JSON lines on stdout, in order, so what it
@@ -23,9 +31,11 @@ or an unreadable file. A summary goes to stderr.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import io
 import json
+import logging
 import math
 import sys
 from collections.abc import Iterator
@@ -36,7 +46,11 @@ from typing import Any, TextIO
 from rules.engine import Engine
 from rules.model import Obs
 from rules.pack import load_pack
-from smartpark.errors import ConfigError
+from smartpark import logs
+from smartpark.errors import ConfigError, StorageError
+from smartpark.settings import Settings
+
+log = logging.getLogger("smartpark.rules")
 
 _WIRE_KEYS = frozenset({"seq", "metric", "value", "unit", "ts_ms", "q", "reset"})
 
@@ -51,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="evaluate a pack over a readings file")
     check.add_argument("--pack", required=True, type=Path)
     check.add_argument("--readings", required=True, help="JSON lines or CSV; - = stdin")
+    run = sub.add_parser("run", help="the live runner on the telemetry topic")
+    run.add_argument("--pack", required=True, type=Path)
+    run.add_argument("--stats-every", type=float, default=10.0, metavar="S")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "run":
+        return _run_live(args.pack, args.stats_every)
     try:
         pack = load_pack(args.pack)
     except ConfigError as exc:
@@ -64,6 +83,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with source:
         return check_readings(pack_engine=Engine(pack), name=args.readings, text=source)
+
+
+def _run_live(pack: Path, stats_every_s: float) -> int:
+    from ingest.service import run_until_signalled
+    from rules.runner import RulesRunner
+
+    settings = Settings()
+    logs.configure(settings.log_level)
+
+    async def go() -> None:
+        async with RulesRunner(settings, pack) as runner:
+            log.info(
+                "rules runner started: %s %s on %s, group %s",
+                runner.pack.pack, runner.pack.version,
+                settings.kafka.telemetry_topic, settings.rules.group_id,
+            )  # fmt: skip
+            await run_until_signalled(runner, stats_every_s=stats_every_s, log=log)
+
+    try:
+        asyncio.run(go())
+    except ConfigError as exc:
+        print(f"smartpark rules: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        print(f"smartpark rules: database unavailable: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _open(name: str) -> TextIO:

@@ -24,14 +24,16 @@ Contracts:
   open or resolve alerts by itself: an alert's lifecycle follows the stream, and a
   regulator sees in the revision what a late reading changed.
 - ``alert_id`` = hash(pack, rule id, rule version, scope, time of the opening
-  breach); ``event_id`` = hash(alert id, event kind, event time, window). Acknowledging
-  an alert is a person's act and lives with the stored alerts, not here.
+  breach); ``event_id`` = hash(alert id, event kind, event time, window, verdict,
+  value, and for a revision its evidence: two revisions of one window differ).
+  Acknowledging an alert is a person's act and lives with the stored alerts.
 - :meth:`snapshot` is JSON; ``Engine.restore(pack, snapshot)`` continues exactly
   where the snapshot was taken (the runner stores it with the consumed offsets).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from rules.kinds import make_evaluator
@@ -126,7 +128,16 @@ class Engine:
     ) -> AlertEvent:
         window = None if f.window is None else (f.window.start_ms, f.window.end_ms)
         return AlertEvent(
-            event_id=stable_id(alert_id, kind.value, f.at_ms, window, f.verdict.value),
+            event_id=stable_id(
+                alert_id,
+                kind.value,
+                f.at_ms,
+                window,
+                f.verdict.value,
+                f.value,
+                # Two revisions of one window differ by what the late reading changed.
+                json.dumps(f.evidence, sort_keys=True) if f.revision else None,
+            ),
             alert_id=alert_id,
             kind=kind,
             rule_id=rule.id,

@@ -7,7 +7,7 @@ timezone: Asia/Shanghai           # days, months and years of quotas are local
 allowed_lateness: 1h              # how long a closed window still takes late readings
 watermark_delay: 2min             # how far event time trails the newest reading
 coefficients:                     # versioned data the rules refer to (tce, CO2 ...)
-  tce-gbt2589: {version: "2020", electricity_kwh: 0.1229, raw_coal_kg: 0.7143}
+  tce-gbt2589: {version: "2020", unit: kgce, electricity_kwh: 0.1229}
 rules:
   - {id: so2-hourly, kind: window, ...}
 ```
@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rules.kinds import KINDS, AnyRule
 from rules.kinds.base import PackContext, RuleSpec, StrictModel, parse_duration
+from rules.kinds.coefficients import coefficient_problem
 from smartpark.yamlfile import Loc, load_model, located, validate_model
 
 
@@ -78,6 +79,16 @@ class Pack(StrictModel):
                 )
             seen[rule.id] = i
         return value
+
+    @model_validator(mode="after")
+    def _coefficients_known(self) -> Pack:
+        # A spec cannot see the pack: check every rule's coefficient references here.
+        for i, rule in enumerate(self.rules):
+            for use in rule.coefficient_refs():
+                problem = coefficient_problem(use, self.coefficients)
+                if problem is not None:
+                    raise located(problem[1], "rules", i, *use.at, *problem[0])
+        return self
 
     @cached_property
     def context(self) -> PackContext:

@@ -79,6 +79,14 @@ class SinkSettings(BaseModel):
     batch_max_wait_ms: int = 200
 
 
+class RulesSettings(BaseModel):
+    group_id: str = "smartpark-rules"
+    batch_max_records: int = 5000
+    batch_max_wait_ms: int = 200
+    # How often the runner re-reads its pack file for a new version.
+    reload_every_s: float = 10.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SMARTPARK_", env_nested_delimiter="__", extra="ignore"
@@ -89,4 +97,5 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     bridge: BridgeSettings = BridgeSettings()
     sink: SinkSettings = SinkSettings()
+    rules: RulesSettings = RulesSettings()
     log_level: str = "INFO"

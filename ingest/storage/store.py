@@ -24,7 +24,8 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from ingest.storage import migrate, reads, rollups, statements
+from ingest.storage import alerts, migrate, reads, rollups, statements
+from ingest.storage.alerts import AlertEventRow, RuleState
 from ingest.storage.model import (
     AppliedMigration,
     Dialect,
@@ -226,6 +227,46 @@ class Storage:
         with _storage_errors("load offsets"):
             async with self._conn() as conn:
                 return await reads.offsets(conn, self.schema, group, topic)
+
+    # -- alerts (the rule engine's) -------------------------------------------------
+
+    async def write_alerts(
+        self, events: Sequence[AlertEventRow], states: Sequence[RuleState]
+    ) -> int:
+        """Store alert events (each once, with their lifecycle) and the engine's
+        checkpoints in one transaction; the number of new events."""
+        with _storage_errors(f"write of {len(events)} alert events"):
+            async with self._conn() as conn, conn.transaction():
+                return await alerts.write(conn, self.schema, events, states)
+
+    async def load_rule_states(self, group: str, topic: str) -> list[RuleState]:
+        with _storage_errors("load rule states"):
+            async with self._conn() as conn:
+                return await alerts.states(conn, self.schema, group, topic)
+
+    async def unproduced_alert_events(
+        self, limit: int = 1000
+    ) -> list[tuple[str, dict[str, Any]]]:
+        with _storage_errors("read unproduced alert events"):
+            async with self._conn() as conn:
+                return await alerts.unproduced(conn, self.schema, limit)
+
+    async def mark_alert_events_produced(self, event_ids: Sequence[str]) -> None:
+        with _storage_errors("mark alert events produced"):
+            async with self._conn() as conn:
+                await alerts.mark_produced(conn, self.schema, event_ids)
+
+    async def alert_events(self, *, park: str | None = None) -> list[dict[str, Any]]:
+        """Stored alert events (as produced), in the order they were stored."""
+        with _storage_errors("read alert events"):
+            async with self._conn() as conn:
+                return await alerts.events(conn, self.schema, park=park)
+
+    async def alerts(self, *, park: str | None = None) -> list[dict[str, Any]]:
+        """Alerts with their current status."""
+        with _storage_errors("read alerts"):
+            async with self._conn() as conn:
+                return await alerts.alert_rows(conn, self.schema, park=park)
 
     # -- maintenance --------------------------------------------------------------
 

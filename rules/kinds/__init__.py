@@ -12,7 +12,13 @@ from typing import Annotated
 from pydantic import Field
 
 from rules.kinds.base import Evaluator, PackContext, RuleSpec
+from rules.kinds.duration import DurationEvaluator, DurationSpec
+from rules.kinds.missing import MissingDataEvaluator, MissingDataSpec
+from rules.kinds.quota import QuotaEvaluator, QuotaSpec
+from rules.kinds.rate import RateEvaluator, RateSpec
+from rules.kinds.ratio import RatioEvaluator, RatioSpec
 from rules.kinds.threshold import ThresholdEvaluator, ThresholdSpec
+from rules.kinds.window import WindowEvaluator, WindowSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +28,25 @@ class KindDef:
 
 
 # Every kind's spec, told apart by its ``kind`` field; add new kinds here and below.
-AnyRule = Annotated[ThresholdSpec, Field(discriminator="kind")]
+AnyRule = Annotated[
+    ThresholdSpec
+    | WindowSpec
+    | DurationSpec
+    | RateSpec
+    | MissingDataSpec
+    | RatioSpec
+    | QuotaSpec,
+    Field(discriminator="kind"),
+]
 
 KINDS: dict[str, KindDef] = {
     "threshold": KindDef(ThresholdSpec, ThresholdEvaluator),
+    "window": KindDef(WindowSpec, WindowEvaluator),
+    "duration": KindDef(DurationSpec, DurationEvaluator),
+    "rate_of_change": KindDef(RateSpec, RateEvaluator),
+    "missing_data": KindDef(MissingDataSpec, MissingDataEvaluator),
+    "ratio": KindDef(RatioSpec, RatioEvaluator),
+    "quota": KindDef(QuotaSpec, QuotaEvaluator),
 }
 
 

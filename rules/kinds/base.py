@@ -108,6 +108,26 @@ class RuleSpec(StrictModel):
     def selects(self, obs: Obs) -> bool:
         return obs.metric in self.metrics() and self.scope.matches(obs)
 
+    def coefficient_refs(self) -> list[CoefficientUse]:
+        """The pack coefficients this rule refers to, for the pack to check (a spec
+        cannot see the pack's ``coefficients``)."""
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class CoefficientUse:
+    """A rule's reference to a coefficient of one of its pack's versioned sets.
+
+    ``at`` is where the reference is written, below the rule (for the error path);
+    ``unit`` is the unit the rule needs the set's coefficients to yield, or one
+    convertible to it (``None``: any).
+    """
+
+    at: tuple[str | int, ...]
+    set: str
+    key: str
+    unit: str | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class PackContext:

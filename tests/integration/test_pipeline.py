@@ -19,9 +19,6 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
 from ingest.storage import Storage
 from simulators.park import SimulatedPark
-from smartpark.settings import (
-    Settings,
-)
 from tests.support.clients import Subscriber, wait_for
 from tests.support.pipeline import (
     assert_exactly_once,
@@ -31,26 +28,11 @@ from tests.support.pipeline import (
     wait_stored,
 )
 from tests.support.procs import ServiceProcess, services_script
-from tests.support.settings import platform_settings
+from tests.support.settings import platform_settings, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 POLL_S = 0.25
-
-
-def settings_env(s: Settings) -> dict[str, str]:
-    """The same settings as environment variables, for the service processes."""
-    return {
-        "SMARTPARK_MQTT__HOST": s.mqtt.host,
-        "SMARTPARK_MQTT__PORT": str(s.mqtt.port),
-        "SMARTPARK_MQTT__CLIENT_ID": s.mqtt.client_id,
-        "SMARTPARK_MQTT__SUBSCRIPTION": s.mqtt.subscription,
-        "SMARTPARK_KAFKA__BOOTSTRAP": s.kafka.bootstrap,
-        "SMARTPARK_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
-        "SMARTPARK_DATABASE__DSN": s.database.dsn.get_secret_value(),
-        "SMARTPARK_DATABASE__SCHEMA": s.database.schema_,
-        "SMARTPARK_SINK__GROUP_ID": s.sink.group_id,
-    }
 
 
 @contextlib.asynccontextmanager

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TODAY_MS = int(T0.timestamp() * 1000)
-MIGRATIONS = ["0001_telemetry", "0002_counter_reset"]
+MIGRATIONS = ["0001_telemetry", "0002_counter_reset", "0003_alerts"]
 
 
 def settings(dsn: str, schema: str, **kw: str) -> DatabaseSettings:
@@ -68,6 +68,7 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
         assert [(m.version, m.name, m.dialect) for m in applied] == [
             (1, "telemetry", Dialect.POSTGRES),
             (2, "counter_reset", Dialect.POSTGRES),
+            (3, "alerts", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:
@@ -142,8 +143,8 @@ async def test_upgrade_keeps_old_rows_without_a_reset(
                 ).format(sql.Identifier(db_schema, "telemetry")),
                 (T0,),
             )
-        assert await s.pending_migrations() == ["0002_counter_reset"]
-        assert await s.migrate() == ["0002_counter_reset"]
+        assert await s.pending_migrations() == MIGRATIONS[1:]
+        assert await s.migrate(up_to=2) == ["0002_counter_reset"]
         await s.write(energy_rows("m1", {2: "replacement"}, 3)[2:])
         stored = await s.readings(device="m1")
     assert [(r.seq, r.value, r.reset) for r in stored] == [

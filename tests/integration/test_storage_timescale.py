@@ -54,7 +54,11 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
 ) -> None:
     async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
         assert s.dialect is Dialect.TIMESCALE  # auto detected the extension
-        assert await s.migrate() == ["0001_telemetry", "0002_counter_reset"]
+        assert await s.migrate() == [
+            "0001_telemetry",
+            "0002_counter_reset",
+            "0003_alerts",
+        ]
         assert await s.migrate() == []
         await s.require_migrated()
     async with Storage(ts_settings(timescale_dsn, ts_schema, "timescale")) as s:
@@ -174,7 +178,7 @@ async def test_reset_column_is_added_over_a_compressed_chunk(
         for i, reset in enumerate(["rollover", None, "replacement"])
     ]  # fmt: skip
     async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
-        assert await s.migrate() == ["0002_counter_reset"]
+        assert await s.migrate(up_to=2) == ["0002_counter_reset"]
         first = await s.write(later)
         again = await s.write(later)  # ON CONFLICT into the compressed chunk
         stored = await s.readings(device="m1")

@@ -8,6 +8,7 @@ from smartpark.settings import (
     DatabaseSettings,
     KafkaSettings,
     MqttSettings,
+    RulesSettings,
     Settings,
     SinkSettings,
 )
@@ -32,7 +33,25 @@ def platform_settings(
         ),
         kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topic_prefix),
         sink=SinkSettings(group_id=f"sink-{park}"),
+        rules=RulesSettings(group_id=f"rules-{park}", reload_every_s=0.5),
     )
     if pg_dsn is not None:
         settings.database = DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)
     return settings
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The same settings as environment variables, for the service processes."""
+    return {
+        "SMARTPARK_MQTT__HOST": s.mqtt.host,
+        "SMARTPARK_MQTT__PORT": str(s.mqtt.port),
+        "SMARTPARK_MQTT__CLIENT_ID": s.mqtt.client_id,
+        "SMARTPARK_MQTT__SUBSCRIPTION": s.mqtt.subscription,
+        "SMARTPARK_KAFKA__BOOTSTRAP": s.kafka.bootstrap,
+        "SMARTPARK_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
+        "SMARTPARK_DATABASE__DSN": s.database.dsn.get_secret_value(),
+        "SMARTPARK_DATABASE__SCHEMA": s.database.schema_,
+        "SMARTPARK_SINK__GROUP_ID": s.sink.group_id,
+        "SMARTPARK_RULES__GROUP_ID": s.rules.group_id,
+        "SMARTPARK_RULES__RELOAD_EVERY_S": str(s.rules.reload_every_s),
+    }

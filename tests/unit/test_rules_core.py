@@ -249,3 +249,42 @@ def test_rules_check_bad_pack_exits_2(
     assert (
         "pack.yaml:10: rules[0].metric: unknown metric 'nh4'" in capsys.readouterr().err
     )
+
+
+def test_two_revisions_of_one_window_have_different_event_ids() -> None:
+    # Hour 0 closes with mean 30 (ok); late readings move it to 32, then to 28:
+    # both revisions keep the verdict "ok", and a consumer de-duplicating by
+    # event_id must still see both.
+    pack = parse_pack(
+        {
+            "pack": "test",
+            "version": "1",
+            "watermark_delay": 0,
+            "rules": [
+                {
+                    "id": "so2-hourly",
+                    "kind": "window",
+                    "metric": "so2",
+                    "window": "1h",
+                    "aggregate": "mean",
+                    "limit": 35,
+                }
+            ],
+        }
+    )
+    hour = 3_600_000
+
+    def so2(ts: int, value: float) -> Obs:
+        return Obs(ts, "p1", "coal-1", "stack-1", "so2", value)
+
+    engine = Engine(pack)
+    stream = [
+        so2(0, 30.0),
+        so2(hour + 1000, 20.0),
+        so2(60_000, 34.0),
+        so2(120_000, 20.0),
+    ]
+    events = [e for o in stream for e in engine.feed(so2(T0 + o.ts_ms, o.value))]
+    revised = [e for e in events if e.kind is EventKind.REVISED]
+    assert [e.value for e in revised] == [32.0, 28.0]  # (30+34)/2, (30+34+20)/3
+    assert revised[0].event_id != revised[1].event_id

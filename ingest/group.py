@@ -1,0 +1,251 @@
+"""A Kafka consumer-group member whose positions live in the database.
+
+The pattern the sink and the rules runner share: each batch (one ``getmany``) is
+processed and committed to the database in one transaction together with the next
+offset of each partition; Kafka's committed offsets are written afterwards, for lag
+monitoring only. Contracts of :class:`DbPositionedConsumer`:
+
+* On assignment every partition is positioned from :meth:`load_positions` (the
+  database), or at the beginning when there is none.
+* If :meth:`process` raises :class:`StorageError` or :class:`KafkaError`, nothing of
+  the batch counts: the partitions are sought back to the batch's first offsets and
+  the batch is retried with exponential backoff.
+* A revocation waits for the batch in flight (under one lock), so the next owner of
+  a partition starts exactly where this member's committed work ends. A ``getmany``
+  that straddles a rebalance is dropped and every owned partition re-positioned.
+* ``run()`` returns after :meth:`stop` once the batch in flight is committed or
+  dropped; cancelling it drops the batch in flight.
+
+Subclasses implement :meth:`process` and :meth:`load_positions`, and may override
+:meth:`maintain` (called between batches) and :meth:`on_revoked` (under the lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import IllegalStateError, KafkaError
+
+from smartpark.errors import StorageError
+from smartpark.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+REBALANCE_TIMEOUT_MS = 60_000
+
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Batch: TypeAlias = Mapping[TopicPartition, Sequence[Record]]
+_T = TypeVar("_T")
+
+
+class DbPositionedConsumer:
+    """See the module contract. ``start()`` joins the group, ``close()`` leaves it."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        topic: str,
+        group: str,
+        client_id: str,
+        batch_max_records: int,
+        batch_max_wait_ms: int,
+    ) -> None:
+        self._kafka = kafka
+        self._topic = topic
+        self._group = group
+        self._client_id = client_id
+        self._batch_max_records = batch_max_records
+        self._batch_max_wait_ms = batch_max_wait_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        # Held while a batch is between getmany() and its commit, and while
+        # assignments change: a revocation never overlaps a batch.
+        self._lock = asyncio.Lock()
+        self._owned: set[TopicPartition] = set()
+        self._unpositioned: set[TopicPartition] = set()
+        # Bumped by every revocation and assignment. A getmany() that straddles a
+        # rebalance may return records from before the new seek (processing them
+        # would repeat them) and after it (dropping those alone would lose them):
+        # such a batch is dropped and the partitions re-positioned from the DB.
+        self._generation = 0
+        self.retries = 0
+        self.assigned: list[str] = []
+
+    # -- for subclasses -------------------------------------------------------------
+
+    async def process(self, batch: Batch) -> dict[TopicPartition, int]:
+        """Process and commit ``batch``; the next offset per partition committed."""
+        raise NotImplementedError
+
+    async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
+        """The next offset per partition stored in the database for this group.
+
+        Called (under the lock) whenever ``tps`` are to be positioned: on
+        assignment, and again after a failure; load per-partition state here.
+        """
+        raise NotImplementedError
+
+    async def maintain(self) -> None:
+        """Periodic work between batches (default: nothing)."""
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Called under the lock once the batch in flight is done."""
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        k = self._kafka
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=k.bootstrap,
+            client_id=self._client_id,
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # A revocation waits for the batch in flight; aiokafka's default
+            # (the 10 s session timeout) would fence a member whose last write
+            # is slow, and the next owner would then repeat that batch.
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
+        )
+        self._consumer.subscribe([self._topic], listener=_Listener(self))
+        await self._consumer.start()
+
+    async def close(self) -> None:
+        # Leaving the group does not call on_partitions_revoked; nothing is in flight
+        # here because run() has returned.
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return after the batch in flight."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume, process and commit batches until :meth:`stop`."""
+        consumer = self._require(self._consumer)
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                await self.maintain()
+                async with self._lock:
+                    await self._position(self._unpositioned)
+                    generation = self._generation
+                fetched = await consumer.getmany(
+                    timeout_ms=self._batch_max_wait_ms,
+                    max_records=self._batch_max_records,
+                )
+                async with self._lock:
+                    if generation != self._generation:
+                        self._unpositioned |= self._owned
+                        continue
+                    batch = {
+                        tp: recs
+                        for tp, recs in fetched.items()
+                        if recs and tp in self._owned and tp not in self._unpositioned
+                    }
+                    if not batch:
+                        continue
+                    try:
+                        committed = await self.process(batch)
+                    except (StorageError, KafkaError):
+                        self._rewind(batch)
+                        raise
+            except (StorageError, KafkaError) as exc:
+                self.retries += 1
+                delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
+                attempt += 1
+                log.warning("batch not committed (%s); retrying in %.1f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                continue
+            attempt = 0
+            await self._commit_kafka(committed)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _rewind(self, batch: Batch) -> None:
+        """Seek each partition back to the batch's first offset: the DB's position."""
+        consumer = self._require(self._consumer)
+        for tp, records in batch.items():
+            with contextlib.suppress(IllegalStateError):  # no longer assigned
+                consumer.seek(tp, records[0].offset)
+
+    async def _commit_kafka(self, offsets: dict[TopicPartition, int]) -> None:
+        # Only for lag monitoring: a failed commit is harmless, the DB has the truth.
+        consumer = self._require(self._consumer)
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            log.info("Kafka offset commit skipped (%s)", exc)
+
+    async def _position(self, tps: set[TopicPartition]) -> None:
+        """Seek ``tps`` to their stored DB offsets, or to the beginning without one.
+
+        Call with the lock held. Raises StorageError if the offsets cannot be read;
+        the partitions then stay unpositioned and their records are not processed.
+        """
+        if not tps:
+            return
+        consumer = self._require(self._consumer)
+        stored = await self.load_positions(tps)
+        fresh = []
+        for tp in sorted(tps):
+            if tp.partition in stored:
+                consumer.seek(tp, stored[tp.partition])
+            else:
+                fresh.append(tp)
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        log.info("positioned %s from DB offsets %s", sorted(tps), stored)
+        self._unpositioned -= tps
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:  # waits for the batch in flight
+            self._generation += 1
+            self._owned -= revoked
+            self._unpositioned -= revoked
+            self.assigned = _names(self._owned)
+            await self.on_revoked(revoked)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self._lock:
+            self._generation += 1
+            self._owned = set(assigned)
+            self._unpositioned = set(assigned)
+            self.assigned = _names(self._owned)
+            try:
+                await self._position(set(assigned))
+            except StorageError as exc:
+                # run() retries before it processes anything of these partitions.
+                log.warning("cannot read DB positions on assignment: %s", exc)
+
+    @staticmethod
+    def _require(value: _T | None) -> _T:
+        if value is None:
+            raise RuntimeError("not started (use it with async with)")
+        return value
+
+
+def _names(tps: set[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}/{tp.partition}" for tp in sorted(tps)]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
+    """Delegates to the consumer; aiokafka awaits these during the rebalance."""
+
+    def __init__(self, owner: DbPositionedConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._owner._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._owner._on_assigned(set(assigned))

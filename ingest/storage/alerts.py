@@ -1,0 +1,184 @@
+"""SQL for the rule engine's alerts and checkpoints (tables of migration 0003).
+
+The rows are plain data defined here, so the storage layer does not depend on the
+rule engine; :mod:`rules.runner` converts its events into :class:`AlertEventRow`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ingest.storage.migrate import Conn
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEventRow:
+    event_id: str
+    alert_id: str
+    kind: str  # opened | resolved | revised | insufficient_data
+    pack: str
+    rule_id: str
+    rule_version: str
+    severity: str
+    park: str
+    enterprise: str | None
+    device: str | None
+    metric: str | None
+    at_ms: int
+    body: dict[str, Any]  # the event as produced to the alerts topic
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    group: str
+    topic: str
+    partition: int
+    pack: str
+    pack_version: str
+    next_offset: int
+    snapshot: dict[str, Any]
+
+
+def _t(schema: str, table: str) -> sql.Identifier:
+    return sql.Identifier(schema, table)
+
+
+async def write(
+    conn: Conn,
+    schema: str,
+    events: Sequence[AlertEventRow],
+    states: Sequence[RuleState],
+) -> int:
+    """Store events (each once), apply their lifecycle, upsert checkpoints.
+
+    Call inside a transaction. Returns how many events were new.
+    """
+    new = 0
+    for e in events:
+        cur = await conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (event_id, alert_id, kind, pack, rule_id, rule_version,"
+                " severity, park, enterprise, device, metric, at, body)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " to_timestamp(%s / 1000.0), %s) ON CONFLICT (event_id) DO NOTHING"
+            ).format(_t(schema, "alert_events")),
+            (
+                e.event_id, e.alert_id, e.kind, e.pack, e.rule_id, e.rule_version,
+                e.severity, e.park, e.enterprise, e.device, e.metric, e.at_ms,
+                Jsonb(e.body),
+            ),
+        )  # fmt: skip
+        if cur.rowcount != 1:
+            continue  # stored by an earlier attempt: its lifecycle is applied too
+        new += 1
+        if e.kind == "opened":
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (alert_id, pack, rule_id, rule_version, severity,"
+                    " park, enterprise, device, metric, status, opened_at,"
+                    " last_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    " 'open', to_timestamp(%s / 1000.0), %s)"
+                    " ON CONFLICT (alert_id) DO NOTHING"
+                ).format(_t(schema, "alerts")),
+                (
+                    e.alert_id, e.pack, e.rule_id, e.rule_version, e.severity, e.park,
+                    e.enterprise, e.device, e.metric, e.at_ms, e.event_id,
+                ),
+            )  # fmt: skip
+        elif e.kind == "resolved":
+            await conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET status = 'resolved',"
+                    " resolved_at = to_timestamp(%s / 1000.0), last_event_id = %s"
+                    " WHERE alert_id = %s"
+                ).format(_t(schema, "alerts")),
+                (e.at_ms, e.event_id, e.alert_id),
+            )
+    for s in states:
+        await conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (consumer_group, topic, partition, pack, pack_version,"
+                " next_offset, snapshot, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
+                " ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET"
+                " pack = EXCLUDED.pack, pack_version = EXCLUDED.pack_version,"
+                " next_offset = EXCLUDED.next_offset, snapshot = EXCLUDED.snapshot,"
+                " updated_at = EXCLUDED.updated_at"
+            ).format(_t(schema, "rule_state")),
+            (
+                s.group, s.topic, s.partition, s.pack, s.pack_version, s.next_offset,
+                Jsonb(s.snapshot),
+            ),
+        )  # fmt: skip
+    return new
+
+
+async def states(conn: Conn, schema: str, group: str, topic: str) -> list[RuleState]:
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT partition, pack, pack_version, next_offset, snapshot FROM {}"
+            " WHERE consumer_group = %s AND topic = %s ORDER BY partition"
+        ).format(_t(schema, "rule_state")),
+        (group, topic),
+    )
+    return [
+        RuleState(group, topic, int(p), pack, version, int(off), snap)
+        for p, pack, version, off, snap in await cur.fetchall()
+    ]
+
+
+async def unproduced(
+    conn: Conn, schema: str, limit: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """(event_id, body) of events not yet produced, in the order they were stored."""
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT event_id, body FROM {} WHERE NOT produced ORDER BY seq LIMIT %s"
+        ).format(_t(schema, "alert_events")),
+        (limit,),
+    )
+    return [(str(i), b) for i, b in await cur.fetchall()]
+
+
+async def mark_produced(conn: Conn, schema: str, event_ids: Sequence[str]) -> None:
+    await conn.execute(
+        sql.SQL("UPDATE {} SET produced = true WHERE event_id = ANY(%s)").format(
+            _t(schema, "alert_events")
+        ),
+        (list(event_ids),),
+    )
+
+
+async def events(
+    conn: Conn, schema: str, *, park: str | None = None
+) -> list[dict[str, Any]]:
+    """Stored event bodies in the order they were stored (optionally of one park)."""
+    where = sql.SQL(" WHERE park = %s") if park is not None else sql.SQL("")
+    cur = await conn.execute(
+        sql.SQL("SELECT body FROM {}{} ORDER BY seq").format(
+            _t(schema, "alert_events"), where
+        ),
+        (park,) if park is not None else (),
+    )
+    return [b for (b,) in await cur.fetchall()]
+
+
+async def alert_rows(
+    conn: Conn, schema: str, *, park: str | None = None
+) -> list[dict[str, Any]]:
+    where = sql.SQL(" WHERE park = %s") if park is not None else sql.SQL("")
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT alert_id, rule_id, status, park, enterprise, device, metric,"
+            " opened_at, resolved_at, last_event_id FROM {}{} ORDER BY opened_at,"
+            " alert_id"
+        ).format(_t(schema, "alerts"), where),
+        (park,) if park is not None else (),
+    )
+    names = [d.name for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]

@@ -1,0 +1,1 @@
+"""Rule packs shipped with the platform (YAML package data; see rules.pack)."""

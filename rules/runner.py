@@ -1,0 +1,294 @@
+"""The live rule runner: telemetry through the rule core, exactly once in effect.
+
+``async with RulesRunner(settings, pack_path) as runner: await runner.run()``.
+Contracts (on top of :class:`ingest.group.DbPositionedConsumer`):
+
+- One :class:`~rules.engine.Engine` per assigned partition (telemetry is keyed by
+  enterprise, so an enterprise's devices are all in one partition and in one engine).
+  Each batch's alert events, every engine's snapshot and the next offset are written
+  in **one** database transaction (:meth:`ingest.storage.Storage.write_alerts`); on
+  assignment an engine is restored from the stored snapshot and the partition sought
+  to the stored offset. A crash, or a partition moving to another runner, therefore
+  resumes without missing or repeating an event; event ids are deterministic, so a
+  batch processed twice stores nothing twice.
+- If the write fails the engines are put back to their snapshots from before the
+  batch, and the batch is retried from its first offset.
+- Events are produced to the alerts topic from the database (a transactional
+  outbox): after each commit, and again on start and between batches for whatever
+  was not yet acknowledged by Kafka. Delivery to the topic is at least once;
+  consumers de-duplicate by ``event_id``. Records are keyed by enterprise (or park).
+- A record that does not decode is counted and skipped (the sink dead-letters it).
+- The pack file is re-read every ``rules.reload_every_s``: a valid pack with a new
+  version replaces the old one; the owned partitions continue from their current
+  offsets with fresh engines (windows in progress start over; say so in the log).
+  A changed file with the same version is refused (a version is what the alerts
+  record), and an invalid file is logged and ignored; the old pack keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import orjson
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from ingest.group import Batch, DbPositionedConsumer
+from ingest.kafka import ensure_topics, make_producer
+from ingest.sink import decode_record
+from ingest.storage import AlertEventRow, RuleState, Storage
+from rules.engine import Engine
+from rules.model import AlertEvent, Obs
+from rules.pack import Pack, load_pack
+from smartpark.clock import MsClock, system_ms
+from smartpark.errors import ConfigError, PayloadError
+from smartpark.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunnerStats:
+    records: int = 0
+    readings: int = 0
+    bad_records: int = 0
+    events: int = 0  # new events stored
+    produced: int = 0
+    batches: int = 0
+    pack: str = ""
+    pack_version: str = ""
+    reloads: int = 0
+    dropped_late: int = 0
+
+
+class RulesRunner(DbPositionedConsumer):
+    def __init__(
+        self, settings: Settings, pack_path: Path, *, clock: MsClock = system_ms
+    ) -> None:
+        super().__init__(
+            settings.kafka,
+            topic=settings.kafka.telemetry_topic,
+            group=settings.rules.group_id,
+            client_id=f"{settings.kafka.client_id}-rules",
+            batch_max_records=settings.rules.batch_max_records,
+            batch_max_wait_ms=settings.rules.batch_max_wait_ms,
+        )
+        self._settings = settings
+        self._clock = clock
+        self._pack_path = pack_path
+        self._pack, self._pack_digest = _read_pack(pack_path)
+        self._checked_ms = clock()
+        self._storage = Storage(settings.database, clock=clock)
+        self._producer: AIOKafkaProducer | None = None
+        self._engines: dict[int, Engine] = {}
+        self.stats = RunnerStats(pack=self._pack.pack, pack_version=self._pack.version)
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    @property
+    def pack(self) -> Pack:
+        return self._pack
+
+    async def __aenter__(self) -> Self:
+        await self._storage.open()
+        try:
+            await self._storage.require_migrated()
+            await ensure_topics(self._settings.kafka)
+            self._producer = make_producer(
+                self._settings.kafka,
+                client_id=f"{self._settings.kafka.client_id}-rules",
+            )
+            await self._producer.start()
+            await self._produce_pending()
+            await self.start()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        await self.close()
+        if self._producer is not None:
+            await self._producer.stop()
+        await self._storage.close()
+
+    # -- DbPositionedConsumer ---------------------------------------------------------
+
+    async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
+        stored = {
+            s.partition: s
+            for s in await self._storage.load_rule_states(self._group, self._topic)
+        }
+        pack = self._pack
+        for tp in tps:
+            state = stored.get(tp.partition)
+            if state is None:
+                self._engines[tp.partition] = Engine(pack)
+            elif (state.pack, state.pack_version) == (pack.pack, pack.version):
+                self._engines[tp.partition] = Engine.restore(pack, state.snapshot)
+            else:
+                log.warning(
+                    "partition %d was evaluated with %s %s; %s %s starts fresh at"
+                    " offset %d (windows in progress start over)",
+                    tp.partition, state.pack, state.pack_version,
+                    pack.pack, pack.version, state.next_offset,
+                )  # fmt: skip
+                self._engines[tp.partition] = Engine(pack)
+        return {p: s.next_offset for p, s in stored.items()}
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self._engines.pop(tp.partition, None)
+
+    async def maintain(self) -> None:
+        now = self._clock()
+        if now - self._checked_ms >= self._settings.rules.reload_every_s * 1000:
+            self._checked_ms = now
+            self._maybe_reload()
+        await self._produce_pending()
+
+    async def process(self, batch: Batch) -> dict[TopicPartition, int]:
+        before = {p: e.snapshot() for p, e in self._engines.items()}
+        try:
+            return await self._process(batch)
+        except BaseException:
+            pack = self._pack
+            self._engines = {p: Engine.restore(pack, s) for p, s in before.items()}
+            raise
+
+    async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
+        now_ms = self._clock()
+        events: list[AlertEvent] = []
+        states: list[RuleState] = []
+        next_offsets: dict[TopicPartition, int] = {}
+        pack = self._pack
+        for tp, records in batch.items():
+            engine = self._engines[tp.partition]
+            for rec in records:
+                self.stats.records += 1
+                try:
+                    decoded = decode_record(rec.value or b"", now_ms=now_ms)
+                except PayloadError as exc:
+                    self.stats.bad_records += 1
+                    log.warning(
+                        "kafka:%s/%d/%d skipped: %s",
+                        tp.topic, tp.partition, rec.offset, exc,
+                    )  # fmt: skip
+                    continue
+                for r in decoded.readings:
+                    self.stats.readings += 1
+                    events += engine.feed(
+                        Obs(
+                            r.ts_ms, decoded.park, decoded.enterprise, decoded.device,
+                            r.metric, r.value, r.quality, r.seq, r.reset,
+                        )
+                    )  # fmt: skip
+            next_offsets[tp] = records[-1].offset + 1
+            states.append(
+                RuleState(
+                    self._group, tp.topic, tp.partition, pack.pack, pack.version,
+                    next_offsets[tp], engine.snapshot(),
+                )
+            )  # fmt: skip
+        self.stats.events += await self._storage.write_alerts(
+            [_row(pack, e) for e in events], states
+        )
+        self.stats.batches += 1
+        self.stats.dropped_late = sum(
+            e.stats.dropped_late for e in self._engines.values()
+        )
+        await self._produce_pending()
+        return next_offsets
+
+    # -- alerts topic -------------------------------------------------------------
+
+    async def _produce_pending(self) -> None:
+        """Produce what the database holds unproduced; a Kafka failure waits."""
+        producer = self._require(self._producer)
+        topic = self._settings.kafka.alerts_topic
+        while pending := await self._storage.unproduced_alert_events(1000):
+            try:
+                futures = [
+                    await producer.send(
+                        topic, orjson.dumps(body), key=_key(body).encode()
+                    )
+                    for _, body in pending
+                ]
+                await asyncio.gather(*futures)
+            except KafkaError as exc:
+                log.warning("alert events not produced yet (%s); will retry", exc)
+                return
+            await self._storage.mark_alert_events_produced([i for i, _ in pending])
+            self.stats.produced += len(pending)
+
+    # -- pack reload --------------------------------------------------------------
+
+    def _maybe_reload(self) -> None:
+        try:
+            data = self._pack_path.read_bytes()
+        except OSError as exc:
+            problem = f"unreadable: {exc.strerror}"
+        else:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest == self._pack_digest:
+                return
+            self._pack_digest = digest
+            try:
+                pack = load_pack(self._pack_path)
+            except ConfigError as exc:
+                problem = f"changed but invalid: {exc}"
+            else:
+                self._replace(pack)
+                return
+        log.error(
+            "pack %s %s; keeping %s", self._pack_path, problem, self._pack.version
+        )
+
+    def _replace(self, pack: Pack) -> None:
+        if (pack.pack, pack.version) == (self._pack.pack, self._pack.version):
+            log.error(
+                "pack %s changed without a new version: ignored (alerts record the"
+                " version; give the change one)",
+                pack.pack,
+            )
+            return
+        log.warning(
+            "pack %s %s replaces %s %s; partitions %s continue from their offsets"
+            " with fresh state",
+            pack.pack, pack.version, self._pack.pack, self._pack.version,
+            sorted(self._engines),
+        )  # fmt: skip
+        self._pack = pack
+        self._engines = {p: Engine(pack) for p in self._engines}
+        self.stats.pack, self.stats.pack_version = pack.pack, pack.version
+        self.stats.reloads += 1
+
+
+def _read_pack(path: Path) -> tuple[Pack, str]:
+    data = path.read_bytes()
+    return load_pack(path), hashlib.sha256(data).hexdigest()
+
+
+def _key(body: dict[str, object]) -> str:
+    scope = body.get("scope")
+    if isinstance(scope, dict):
+        return str(scope.get("enterprise") or scope.get("park") or "")
+    return ""
+
+
+def _row(pack: Pack, e: AlertEvent) -> AlertEventRow:
+    s = e.scope
+    return AlertEventRow(
+        e.event_id, e.alert_id, e.kind.value, pack.pack, e.rule_id, e.rule_version,
+        e.severity, s.park, s.enterprise, s.device, s.metric, e.at_ms, e.to_json(),
+    )  # fmt: skip
