@@ -1,5 +1,9 @@
 """``smartpark rules check | run``: rule packs over recorded readings, or live.
 
+``smartpark rules alerts [--park P]`` lists alerts with their status (JSON lines);
+``smartpark rules ack ALERT_ID --by NAME`` acknowledges an open alert (the engine
+still resolves it when the breach ends).
+
 ``smartpark rules run --pack FILE`` runs the live runner (:mod:`rules.runner`) on
 the telemetry topic until SIGINT/SIGTERM; settings from the environment
 (``SMARTPARK_KAFKA__BOOTSTRAP``, ``SMARTPARK_DATABASE__DSN``,
@@ -68,9 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="the live runner on the telemetry topic")
     run.add_argument("--pack", required=True, type=Path)
     run.add_argument("--stats-every", type=float, default=10.0, metavar="S")
+    ack = sub.add_parser("ack", help="acknowledge an open alert")
+    ack.add_argument("alert_id")
+    ack.add_argument("--by", required=True, help="who takes it")
+    alerts = sub.add_parser("alerts", help="list alerts and their status")
+    alerts.add_argument("--park")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "run":
         return _run_live(args.pack, args.stats_every)
+    if args.command == "ack":
+        return asyncio.run(_ack(args.alert_id, args.by))
+    if args.command == "alerts":
+        return asyncio.run(_list_alerts(args.park))
     try:
         pack = load_pack(args.pack)
     except ConfigError as exc:
@@ -109,6 +122,36 @@ def _run_live(pack: Path, stats_every_s: float) -> int:
     except StorageError as exc:
         print(f"smartpark rules: database unavailable: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+async def _ack(alert_id: str, by: str) -> int:
+    from ingest.storage import Storage
+
+    try:
+        async with Storage(Settings().database) as storage:
+            status = await storage.acknowledge_alert(alert_id, by=by)
+    except (ConfigError, StorageError) as exc:
+        print(f"smartpark rules: {exc}", file=sys.stderr)
+        return 2
+    if status is None:
+        print(f"smartpark rules: no alert {alert_id}", file=sys.stderr)
+        return 1
+    print(f"{alert_id} {status}")
+    return 0
+
+
+async def _list_alerts(park: str | None) -> int:
+    from ingest.storage import Storage
+
+    try:
+        async with Storage(Settings().database) as storage:
+            rows = await storage.alerts(park=park)
+    except (ConfigError, StorageError) as exc:
+        print(f"smartpark rules: {exc}", file=sys.stderr)
+        return 2
+    for row in rows:
+        print(json.dumps(row, default=str, sort_keys=True))
     return 0
 
 

@@ -201,7 +201,7 @@ class RulesRunner(DbPositionedConsumer):
                 )
             )  # fmt: skip
         self.stats.events += await self._storage.write_alerts(
-            [_row(pack, e) for e in events], states
+            [event_row(pack, e) for e in events], states
         )
         self.stats.batches += 1
         self.stats.dropped_late = sum(
@@ -286,7 +286,7 @@ def _key(body: dict[str, object]) -> str:
     return ""
 
 
-def _row(pack: Pack, e: AlertEvent) -> AlertEventRow:
+def event_row(pack: Pack, e: AlertEvent) -> AlertEventRow:
     s = e.scope
     return AlertEventRow(
         e.event_id, e.alert_id, e.kind.value, pack.pack, e.rule_id, e.rule_version,

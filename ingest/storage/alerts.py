@@ -174,11 +174,31 @@ async def alert_rows(
     where = sql.SQL(" WHERE park = %s") if park is not None else sql.SQL("")
     cur = await conn.execute(
         sql.SQL(
-            "SELECT alert_id, rule_id, status, park, enterprise, device, metric,"
-            " opened_at, resolved_at, last_event_id FROM {}{} ORDER BY opened_at,"
-            " alert_id"
+            "SELECT alert_id, rule_id, severity, status, park, enterprise, device,"
+            " metric, opened_at, resolved_at, acknowledged_at, acknowledged_by,"
+            " last_event_id FROM {}{} ORDER BY opened_at, alert_id"
         ).format(_t(schema, "alerts"), where),
         (park,) if park is not None else (),
     )
     names = [d.name for d in cur.description or ()]
     return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+
+async def acknowledge(conn: Conn, schema: str, alert_id: str, by: str) -> str | None:
+    """Mark an open alert acknowledged by ``by``; its status afterwards (None: no
+    such alert). An acknowledged or resolved alert is left as it is."""
+    cur = await conn.execute(
+        sql.SQL(
+            "UPDATE {} SET status = 'acknowledged', acknowledged_at = now(),"
+            " acknowledged_by = %s WHERE alert_id = %s AND status = 'open'"
+        ).format(_t(schema, "alerts")),
+        (by, alert_id),
+    )
+    cur = await conn.execute(
+        sql.SQL("SELECT status FROM {} WHERE alert_id = %s").format(
+            _t(schema, "alerts")
+        ),
+        (alert_id,),
+    )
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])

@@ -262,6 +262,13 @@ class Storage:
             async with self._conn() as conn:
                 return await alerts.events(conn, self.schema, park=park)
 
+    async def acknowledge_alert(self, alert_id: str, *, by: str) -> str | None:
+        """Acknowledge an open alert (a person's act); the alert's status after it,
+        None if there is no such alert. The engine still resolves it later."""
+        with _storage_errors("acknowledge alert"):
+            async with self._conn() as conn:
+                return await alerts.acknowledge(conn, self.schema, alert_id, by)
+
     async def alerts(self, *, park: str | None = None) -> list[dict[str, Any]]:
         """Alerts with their current status."""
         with _storage_errors("read alerts"):

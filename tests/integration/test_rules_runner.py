@@ -5,24 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from ingest.kafka import ensure_topics
 from ingest.storage import Storage
 from rules.engine import Engine
 from rules.model import Obs
-from rules.pack import load_pack
+from rules.pack import parse_pack
+from rules.runner import event_row
 from smartpark import wire
 from smartpark.settings import Settings
 from tests.support.clients import wait_for
 from tests.support.procs import ServiceProcess
+from tests.support.rules import consume_all, offline_events
 from tests.support.settings import platform_settings, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,9 +35,15 @@ PACK = """\
 pack: runner-test
 version: "{version}"
 watermark_delay: 0
+allowed_lateness: 10min
 rules:
   - {{id: nh3-slip, kind: threshold, metric: nh3, limit: 8, clear: 6}}
   - {{id: so2-spike, kind: threshold, metric: so2, limit: 100, severity: minor}}
+  - {{id: so2-10min, kind: window, metric: so2, window: 10min, aggregate: mean,
+     limit: 80, clear: 75}}
+  - {{id: nh3-long, kind: duration, metric: nh3, limit: 7, for: 2min}}
+  - {{id: silent, kind: missing_data, metrics: [nh3], expected_interval: 10s,
+     max_silence: 3min}}
 """
 T0 = 1_704_067_200_000
 
@@ -47,7 +57,8 @@ def random_batches(seed: int, park: str, n: int) -> list[wire.TelemetryBatch]:
         enterprise = f"e{rng.randrange(3)}"
         device = f"{enterprise}.stack-{rng.randrange(2)}"
         seqs[device] += 1
-        ts = T0 + i * 10_000
+        # now and then a reading arrives late (for the window's revisions)
+        ts = T0 + i * 10_000 - rng.choice((0, 0, 0, 0, 0, 0, 0, 0, 0, 90_000))
         readings = (
             wire.Reading(
                 seqs[device], "nh3", round(rng.uniform(3, 11), 2), "mg/m3", ts
@@ -77,55 +88,6 @@ async def produce(settings: Settings, batches: list[wire.TelemetryBatch]) -> Non
             )
     finally:
         await producer.stop()
-
-
-async def consume_all(
-    settings: Settings, topic: str, done: Callable[[list[tuple[int, bytes]]], bool]
-) -> list[tuple[int, bytes]]:
-    """(partition, value) of the records of ``topic`` in partition order, until
-    ``done`` says enough (the topic has the platform's partition count)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False
-    )
-    await consumer.start()
-    out: list[tuple[int, bytes]] = []
-    try:
-        parts = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        async with asyncio.timeout(60):
-            while not done(out):
-                got = await consumer.getmany(timeout_ms=500)
-                for tp, recs in got.items():
-                    out += [(tp.partition, r.value or b"") for r in recs]
-    finally:
-        await consumer.stop()
-    return out
-
-
-def offline_events(
-    pack_path: Path, records: list[tuple[int, bytes]]
-) -> list[dict[str, Any]]:
-    """The core over each partition's records in order: what must be raised."""
-    pack = load_pack(pack_path)
-    engines: dict[int, Engine] = {}
-    out = []
-    for partition, value in records:
-        b = wire.decode_batch(value, now_ms=T0 + 10**12)
-        engine = engines.setdefault(partition, Engine(pack))
-        for r in b.readings:
-            obs = Obs(
-                r.ts_ms,
-                b.park,
-                b.enterprise,
-                b.device,
-                r.metric,
-                r.value,
-                r.quality,
-                r.seq,
-            )
-            out += [e.to_json() for e in engine.feed(obs)]
-    return out
 
 
 async def test_killed_runner_raises_exactly_what_the_offline_core_raises(
@@ -203,7 +165,11 @@ async def test_killed_runner_raises_exactly_what_the_offline_core_raises(
     # it was killed with work done and work left: 4 kills, 5 starts
     assert runner.log.read_text().count("rules runner started") == len(chunks) + 1
     assert 0 < progress[0] < progress[-1] < len(got), progress
-    assert len(expected) > 20  # the stream does cross the limits, often
+    # the stream exercises every rule, late readings included
+    assert {e["kind"] for e in expected} >= {"opened", "resolved", "revised"}
+    assert {e["rule_id"] for e in expected} == {
+        "nh3-slip", "so2-spike", "so2-10min", "nh3-long", "silent",
+    }  # fmt: skip
     # Per partition (enterprise) the stored events are the offline ones, in order.
     by_enterprise: dict[str, list[str]] = defaultdict(list)
     for e in expected:
@@ -230,3 +196,50 @@ async def test_killed_runner_raises_exactly_what_the_offline_core_raises(
     )
     produced_ids = ids(produced)
     assert produced_ids == {e["event_id"] for e in got}
+
+
+async def test_an_alert_is_opened_acknowledged_then_resolved(
+    pg_dsn: str, db_schema: str, tmp_path: Path
+) -> None:
+    """The engine opens and resolves; a person acknowledges in between, with the
+    real command; a resolve after that keeps who acknowledged it."""
+    settings = platform_settings(
+        ("127.0.0.1", 1), "127.0.0.1:1", "x.", "ack", pg_dsn=pg_dsn, db_schema=db_schema
+    )
+    engine_pack = parse_pack(
+        {"pack": "ack", "version": "1",
+         "rules": [{"id": "nh3", "kind": "threshold", "metric": "nh3", "limit": 8}]}
+    )  # fmt: skip
+    engine = Engine(engine_pack)
+    events = [
+        e for v in (9.0, 5.0) for e in engine.feed(Obs(T0, "ack", "e1", "d1", "nh3", v))
+    ]
+    opened, resolved = (event_row(engine_pack, e) for e in events)
+    env = settings_env(settings)
+    async with Storage(settings.database) as storage:
+        await storage.migrate()
+        await storage.write_alerts([opened], [])
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "smartpark.cli", "rules", "ack", opened.alert_id,
+             "--by", "duty-operator"],
+            env=os.environ | env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert (done.returncode, done.stdout) == (
+            0,
+            f"{opened.alert_id} acknowledged\n",
+        ), done.stderr
+        [row] = await storage.alerts(park="ack")
+        assert (row["status"], row["acknowledged_by"]) == (
+            "acknowledged",
+            "duty-operator",
+        )
+        # acknowledging twice changes nothing; an unknown alert is an error
+        assert (
+            await storage.acknowledge_alert(opened.alert_id, by="x") == "acknowledged"
+        )
+        assert await storage.acknowledge_alert("nope", by="x") is None
+        await storage.write_alerts([resolved], [])
+        [row] = await storage.alerts(park="ack")
+    assert (row["status"], row["acknowledged_by"]) == ("resolved", "duty-operator")
+    assert row["last_event_id"] == resolved.event_id
