@@ -21,7 +21,7 @@ from ingest.storage import Storage
 from rules.engine import Engine
 from rules.model import Obs
 from rules.pack import parse_pack
-from rules.runner import event_row
+from rules.runner import RulesRunner, event_row
 from smartpark import wire
 from smartpark.settings import Settings
 from tests.support.clients import wait_for
@@ -243,3 +243,64 @@ async def test_an_alert_is_opened_acknowledged_then_resolved(
         [row] = await storage.alerts(park="ack")
     assert (row["status"], row["acknowledged_by"]) == ("resolved", "duty-operator")
     assert row["last_event_id"] == resolved.event_id
+
+
+async def test_a_new_pack_version_is_picked_up_without_a_restart(
+    kafka_bootstrap: str,
+    pg_dsn: str,
+    db_schema: str,
+    topic_prefix: str,
+    park_id: str,
+    mqtt_addr: tuple[str, int],
+    tmp_path: Path,
+) -> None:
+    settings = platform_settings(
+        mqtt_addr,
+        kafka_bootstrap,
+        topic_prefix,
+        park_id,
+        pg_dsn=pg_dsn,
+        db_schema=db_schema,
+    )
+    pack_path = tmp_path / "pack.yaml"
+    pack_path.write_text(PACK.format(version="1"))
+
+    def reading(i: int, nh3: float) -> wire.TelemetryBatch:
+        return wire.TelemetryBatch(
+            park_id, "e1", "d1", (wire.Reading(i, "nh3", nh3, "mg/m3", T0 + i * 1000),)
+        )
+
+    async with Storage(settings.database) as storage:
+        await storage.migrate()
+        async with RulesRunner(settings, pack_path) as runner:
+            task = asyncio.create_task(runner.run())
+            try:
+                await produce(settings, [reading(1, 9.0), reading(2, 5.0)])
+                await wait_for(
+                    lambda: runner.stats.readings == 2, timeout_s=30, what="v1"
+                )
+                # the limit goes down and the version up; a broken file is ignored
+                pack_path.write_text("pack: [")
+                await asyncio.sleep(1.5)  # > reload_every_s: read, refused, kept
+                assert runner.pack.version == "1"
+                pack_path.write_text(
+                    PACK.format(version="2").replace("limit: 8, clear: 6", "limit: 4")
+                )
+                await wait_for(
+                    lambda: runner.stats.pack_version == "2", timeout_s=30, what="v2"
+                )
+                await produce(settings, [reading(3, 5.0)])
+                await wait_for(
+                    lambda: runner.stats.readings == 3, timeout_s=30, what="r3"
+                )
+                events = await storage.alert_events(park=park_id)
+            finally:
+                runner.stop()
+                await task
+    got = [(e["rule_id"], e["rule_version"], e["kind"], e["value"]) for e in events]
+    assert got == [
+        ("nh3-slip", "1", "opened", 9.0),
+        ("nh3-slip", "1", "resolved", 5.0),
+        ("nh3-slip", "2", "opened", 5.0),  # 5 > the new limit 4
+    ]
+    assert runner.stats.reloads == 1
