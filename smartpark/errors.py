@@ -8,7 +8,9 @@
      ├── DeviceError            reading a plant device failed            (retriable)
      │    ├── DeviceTimeout       the device did not answer in time       (retriable)
      │    └── DeviceException     the device answered with an error code  (retriable)
-     └── StorageError           the database refused or lost a write      (retriable)
+     ├── StorageError           the database refused or lost a write      (retriable)
+     └── UnsafeDestination      a webhook URL resolves to a refused address
+                                (rules.notifier.ssrf; not retriable)
 
 Retry decisions come from the ``retriable`` class attribute, never from the text of
 a message.
