@@ -5,14 +5,19 @@ Contracts (on top of :class:`ingest.group.DbPositionedConsumer`):
 
 - One :class:`~rules.engine.Engine` per assigned partition (telemetry is keyed by
   enterprise, so an enterprise's devices are all in one partition and in one engine).
-  Each batch's alert events, every engine's snapshot and the next offset are written
-  in **one** database transaction (:meth:`ingest.storage.Storage.write_alerts`); on
-  assignment an engine is restored from the stored snapshot and the partition sought
-  to the stored offset. A crash, or a partition moving to another runner, therefore
-  resumes without missing or repeating an event; event ids are deterministic, so a
-  batch processed twice stores nothing twice.
-- If the write fails the engines are put back to their snapshots from before the
-  batch, and the batch is retried from its first offset.
+  Each batch's alert events are written at once (each event once: its id is
+  deterministic). Every ``rules.checkpoint_every_ms`` (and when a partition is
+  revoked, and at a clean stop) the engines' snapshots are written with the next
+  offset they cover, in the same transaction as that batch's events
+  (:meth:`ingest.storage.Storage.write_alerts`). On assignment an engine is restored
+  from its checkpoint and the partition sought to the checkpoint's offset: after a
+  crash the records since the checkpoint are evaluated again, give the same events,
+  and store nothing twice. A crash, or a partition moving to another runner,
+  therefore neither misses nor repeats an event. (A snapshot of a partition with
+  tens of stacks is hundreds of kB; writing one per batch would cost more than the
+  evaluation itself.)
+- If a write fails, every owned partition is re-positioned from its checkpoint
+  (engine restored, offset sought) before anything else is processed.
 - Events are produced to the alerts topic from the database (a transactional
   outbox): after each commit, and again on start and between batches for whatever
   was not yet acknowledged by Kafka. Delivery to the topic is at least once;
@@ -46,7 +51,7 @@ from rules.engine import Engine
 from rules.model import AlertEvent, Obs
 from rules.pack import Pack, load_pack
 from smartpark.clock import MsClock, system_ms
-from smartpark.errors import ConfigError, PayloadError
+from smartpark.errors import ConfigError, PayloadError, StorageError
 from smartpark.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,7 @@ class RunnerStats:
     pack: str = ""
     pack_version: str = ""
     reloads: int = 0
+    checkpoints: int = 0
     dropped_late: int = 0
 
 
@@ -86,6 +92,10 @@ class RulesRunner(DbPositionedConsumer):
         self._storage = Storage(settings.database, clock=clock)
         self._producer: AIOKafkaProducer | None = None
         self._engines: dict[int, Engine] = {}
+        # Next offset per partition processed since its last checkpoint.
+        self._next: dict[int, int] = {}
+        self._checkpoint_ms = clock()
+        self._every_ms = settings.rules.checkpoint_every_ms
         self.stats = RunnerStats(pack=self._pack.pack, pack_version=self._pack.version)
 
     @property
@@ -117,6 +127,8 @@ class RulesRunner(DbPositionedConsumer):
         await self._close()
 
     async def _close(self) -> None:
+        if self._consumer is not None:  # a clean stop: nothing to replay next time
+            await self._checkpoint(set(self._next))
         await self.close()
         if self._producer is not None:
             await self._producer.stop()
@@ -125,6 +137,8 @@ class RulesRunner(DbPositionedConsumer):
     # -- DbPositionedConsumer ---------------------------------------------------------
 
     async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
+        for tp in tps:  # whatever ran since the checkpoint is evaluated again
+            self._next.pop(tp.partition, None)
         stored = {
             s.partition: s
             for s in await self._storage.load_rule_states(self._group, self._topic)
@@ -147,23 +161,57 @@ class RulesRunner(DbPositionedConsumer):
         return {p: s.next_offset for p, s in stored.items()}
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Checkpoint what leaves, so the next owner replays as little as possible.
+        await self._checkpoint({tp.partition for tp in revoked})
         for tp in revoked:
             self._engines.pop(tp.partition, None)
+            self._next.pop(tp.partition, None)
+
+    def _states(self, partitions: set[int]) -> list[RuleState]:
+        """Checkpoints of the engines that moved since their last one."""
+        pack = self._pack
+        return [
+            RuleState(
+                self._group, self._topic, p, pack.pack, pack.version, self._next[p],
+                self._engines[p].snapshot(),
+            )
+            for p in sorted(partitions & set(self._next))
+            if p in self._engines
+        ]  # fmt: skip
+
+    async def _checkpoint(self, partitions: set[int]) -> None:
+        """Write checkpoints now; a failure only means more replay for the next one."""
+        states = self._states(partitions)
+        if not states:
+            return
+        try:
+            await self._storage.write_alerts([], states)
+        except StorageError as exc:
+            log.warning("checkpoint of partitions %s not written: %s", partitions, exc)
+            return
+        self.stats.checkpoints += 1
+        for state in states:
+            self._next.pop(state.partition, None)
 
     async def maintain(self) -> None:
         now = self._clock()
         if now - self._checked_ms >= self._settings.rules.reload_every_s * 1000:
             self._checked_ms = now
             self._maybe_reload()
+        if self._next and now - self._checkpoint_ms >= self._every_ms:
+            # idle since the last batch: checkpoint what moved, under the lock a
+            # revocation takes too
+            async with self._lock:
+                await self._checkpoint(set(self._next))
+            self._checkpoint_ms = now
         await self._produce_pending()
 
     async def process(self, batch: Batch) -> dict[TopicPartition, int]:
-        before = {p: e.snapshot() for p, e in self._engines.items()}
         try:
             return await self._process(batch)
         except BaseException:
-            pack = self._pack
-            self._engines = {p: Engine.restore(pack, s) for p, s in before.items()}
+            # The engines may be ahead of what is stored: back to the checkpoints.
+            self._unpositioned |= self._owned
             raise
 
     async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
@@ -194,15 +242,17 @@ class RulesRunner(DbPositionedConsumer):
                         )
                     )  # fmt: skip
             next_offsets[tp] = records[-1].offset + 1
-            states.append(
-                RuleState(
-                    self._group, tp.topic, tp.partition, pack.pack, pack.version,
-                    next_offsets[tp], engine.snapshot(),
-                )
-            )  # fmt: skip
+            self._next[tp.partition] = next_offsets[tp]
+        if now_ms - self._checkpoint_ms >= self._every_ms:
+            states = self._states(set(self._next))
         self.stats.events += await self._storage.write_alerts(
             [event_row(pack, e) for e in events], states
         )
+        if states:
+            self._checkpoint_ms = now_ms
+            self.stats.checkpoints += 1
+            for state in states:
+                self._next.pop(state.partition, None)
         self.stats.batches += 1
         self.stats.dropped_late = sum(
             e.stats.dropped_late for e in self._engines.values()
@@ -270,6 +320,7 @@ class RulesRunner(DbPositionedConsumer):
         )  # fmt: skip
         self._pack = pack
         self._engines = {p: Engine(pack) for p in self._engines}
+        self._checkpoint_ms = -(2**62)  # checkpoint the new version with the next batch
         self.stats.pack, self.stats.pack_version = pack.pack, pack.version
         self.stats.reloads += 1
 

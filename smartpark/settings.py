@@ -85,6 +85,9 @@ class RulesSettings(BaseModel):
     batch_max_wait_ms: int = 200
     # How often the runner re-reads its pack file for a new version.
     reload_every_s: float = 10.0
+    # How often engine snapshots are stored with their offsets; after a crash the
+    # records since the last one are evaluated again (and de-duplicated).
+    checkpoint_every_ms: int = 5000
 
 
 class Settings(BaseSettings):

@@ -115,7 +115,13 @@ async def test_killed_runner_raises_exactly_what_the_offline_core_raises(
         await ensure_topics(settings.kafka)
         runner = ServiceProcess(
             ["rules", "run", "--pack", str(pack_path), "--stats-every", "1"],
-            settings_env(settings) | {"SMARTPARK_RULES__BATCH_MAX_RECORDS": "25"},
+            settings_env(settings)
+            # small batches, a checkpoint every few of them: kills land between
+            # checkpoints, so records are evaluated again after each restart
+            | {
+                "SMARTPARK_RULES__BATCH_MAX_RECORDS": "25",
+                "SMARTPARK_RULES__CHECKPOINT_EVERY_MS": "300",
+            },
             tmp_path / "rules.log",
         )
         runner.start()
