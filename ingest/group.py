@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TypeAlias, TypeVar
 
@@ -45,7 +46,7 @@ Batch: TypeAlias = Mapping[TopicPartition, Sequence[Record]]
 _T = TypeVar("_T")
 
 
-class DbPositionedConsumer:
+class DbPositionedConsumer(ABC):
     """See the module contract. ``start()`` joins the group, ``close()`` leaves it."""
 
     def __init__(
@@ -81,23 +82,23 @@ class DbPositionedConsumer:
 
     # -- for subclasses -------------------------------------------------------------
 
+    @abstractmethod
     async def process(self, batch: Batch) -> dict[TopicPartition, int]:
         """Process and commit ``batch``; the next offset per partition committed."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
         """The next offset per partition stored in the database for this group.
 
         Called (under the lock) whenever ``tps`` are to be positioned: on
         assignment, and again after a failure; load per-partition state here.
         """
-        raise NotImplementedError
 
-    async def maintain(self) -> None:
+    async def maintain(self) -> None:  # noqa: B027 - optional hook
         """Periodic work between batches (default: nothing)."""
 
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Called under the lock once the batch in flight is done."""
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:  # noqa: B027
+        """Called under the lock once the batch in flight is done (optional)."""
 
     # -- lifecycle --------------------------------------------------------------------
 

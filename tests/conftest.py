@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from smartpark.settings import Settings
 from tests.support.mosquitto import TestBroker
+from tests.support.settings import platform_settings
 
 # The suite shares two cores with Kafka and PostgreSQL: timing-based health checks
 # would fail on load, not on bugs.
@@ -129,3 +131,24 @@ def private_broker(tmp_path: Path) -> Iterator[TestBroker]:
     """A Mosquitto of this test's own, with persistence: stop it, freeze it."""
     with TestBroker(tmp_path / "broker", persistence=True) as broker:
         yield broker
+
+
+@pytest.fixture
+def platform(
+    mqtt_addr: tuple[str, int],
+    kafka_bootstrap: str,
+    pg_dsn: str,
+    db_schema: str,
+    topic_prefix: str,
+    park_id: str,
+) -> Settings:
+    """Settings for the platform services on the local services, isolated to this
+    test: its own topics, consumer groups, MQTT subscription and schema."""
+    return platform_settings(
+        mqtt_addr,
+        kafka_bootstrap,
+        topic_prefix,
+        park_id,
+        pg_dsn=pg_dsn,
+        db_schema=db_schema,
+    )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 from zoneinfo import ZoneInfo
@@ -101,9 +102,9 @@ class RuleSpec(StrictModel):
             )
         return value
 
+    @abstractmethod
     def metrics(self) -> frozenset[str]:
         """The metrics this rule reads; the engine feeds it only those."""
-        raise NotImplementedError
 
     def selects(self, obs: Obs) -> bool:
         return obs.metric in self.metrics() and self.scope.matches(obs)

@@ -16,6 +16,7 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.sample import utc_now
 from simulators.meters import wrap_at
 from simulators.park import SimulatedPark
+from smartpark.settings import Settings
 from tests.support.clients import wait_for
 from tests.support.pipeline import (
     assert_exactly_once,
@@ -24,7 +25,6 @@ from tests.support.pipeline import (
     running_platform,
     wait_stored,
 )
-from tests.support.settings import platform_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,21 +33,11 @@ POLL_S = 0.25
 
 async def test_rollover_and_replacement_are_flagged_end_to_end(
     mqtt_addr: tuple[str, int],
-    kafka_bootstrap: str,
-    pg_dsn: str,
-    db_schema: str,
-    topic_prefix: str,
     park_id: str,
+    platform: Settings,
     tmp_path: Path,
 ) -> None:
-    settings = platform_settings(
-        mqtt_addr,
-        kafka_bootstrap,
-        topic_prefix,
-        park_id,
-        pg_dsn=pg_dsn,
-        db_schema=db_schema,
-    )
+    settings = platform
     frozen = utc_now()
     # One enterprise with one device: an energy meter (kWh as u32 at 0.1).
     async with (

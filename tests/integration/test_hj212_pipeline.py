@@ -24,8 +24,8 @@ from simulators.hj212_logger import Hj212Logger
 from simulators.hj212_source import PacketSource, Phase, SentPacket, SimClock
 from smartpark.catalogue import metric as catalogue_metric
 from smartpark.catalogue import to_canonical
+from smartpark.settings import Settings
 from tests.support.pipeline import running_platform
-from tests.support.settings import platform_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -113,21 +113,11 @@ def expected_rows(mn: str, sent: list[SentPacket]) -> list[Row]:
 
 async def test_every_valid_hj212_reading_is_stored_once_and_no_corrupt_one(
     mqtt_addr: tuple[str, int],
-    kafka_bootstrap: str,
-    pg_dsn: str,
-    db_schema: str,
-    topic_prefix: str,
     park_id: str,
+    platform: Settings,
     tmp_path: Path,
 ) -> None:
-    settings = platform_settings(
-        mqtt_addr,
-        kafka_bootstrap,
-        topic_prefix,
-        park_id,
-        pg_dsn=pg_dsn,
-        db_schema=db_schema,
-    )
+    settings = platform
     # 90 minutes of data time, 20 s a packet, ending well before now (a reading
     # from the future would be refused downstream); every scenario happens once.
     start = (datetime.now(UTC) - timedelta(hours=3)).replace(

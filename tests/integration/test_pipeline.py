@@ -19,6 +19,7 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
 from ingest.storage import Storage
 from simulators.park import SimulatedPark
+from smartpark.settings import Settings
 from tests.support.clients import Subscriber, wait_for
 from tests.support.pipeline import (
     assert_exactly_once,
@@ -28,7 +29,7 @@ from tests.support.pipeline import (
     wait_stored,
 )
 from tests.support.procs import ServiceProcess, services_script
-from tests.support.settings import platform_settings, settings_env
+from tests.support.settings import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,21 +45,11 @@ async def running_agents(configs: list[AgentConfig]) -> AsyncIterator[list[EdgeA
 
 async def test_every_polled_reading_is_stored_exactly_once(
     mqtt_addr: tuple[str, int],
-    kafka_bootstrap: str,
-    pg_dsn: str,
-    db_schema: str,
-    topic_prefix: str,
     park_id: str,
+    platform: Settings,
     tmp_path: Path,
 ) -> None:
-    settings = platform_settings(
-        mqtt_addr,
-        kafka_bootstrap,
-        topic_prefix,
-        park_id,
-        pg_dsn=pg_dsn,
-        db_schema=db_schema,
-    )
+    settings = platform
     async with (
         running_platform(settings) as (storage, bridge, sink),
         SimulatedPark(
@@ -86,22 +77,12 @@ async def test_every_polled_reading_is_stored_exactly_once(
 
 async def test_nothing_lost_or_duplicated_through_kills_and_restarts(
     mqtt_addr: tuple[str, int],
-    kafka_bootstrap: str,
-    pg_dsn: str,
-    db_schema: str,
-    topic_prefix: str,
     park_id: str,
+    platform: Settings,
     tmp_path: Path,
 ) -> None:
     """SIGKILL the bridge and the sink mid-stream, restart Mosquitto and Kafka."""
-    settings = platform_settings(
-        mqtt_addr,
-        kafka_bootstrap,
-        topic_prefix,
-        park_id,
-        pg_dsn=pg_dsn,
-        db_schema=db_schema,
-    )
+    settings = platform
     env = settings_env(settings)
     bridge = ServiceProcess(
         ["bridge", "--stats-every", "2"], env, tmp_path / "bridge.log"

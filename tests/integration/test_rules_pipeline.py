@@ -22,6 +22,7 @@ from rules.runner import RulesRunner
 from simulators.analysers import Station
 from simulators.hj212_logger import Hj212Logger
 from simulators.hj212_source import PacketSource, Phase, SimClock
+from smartpark.settings import Settings
 from tests.support.pipeline import running_platform
 from tests.support.rules import (
     by_enterprise,
@@ -29,7 +30,6 @@ from tests.support.rules import (
     offline_events,
     wait_caught_up,
 )
-from tests.support.settings import platform_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,21 +68,11 @@ def agent_config(host: str, port: int, park: str, tmp_path: Path) -> AgentConfig
 
 async def test_a_breach_hour_raises_exactly_the_expected_alerts(
     mqtt_addr: tuple[str, int],
-    kafka_bootstrap: str,
-    pg_dsn: str,
-    db_schema: str,
-    topic_prefix: str,
     park_id: str,
+    platform: Settings,
     tmp_path: Path,
 ) -> None:
-    settings = platform_settings(
-        mqtt_addr,
-        kafka_bootstrap,
-        topic_prefix,
-        park_id,
-        pg_dsn=pg_dsn,
-        db_schema=db_schema,
-    )
+    settings = platform
     pack_path = tmp_path / "coal-power-ultra-low.yaml"
     pack_path.write_bytes(
         (resources.files("rules.packs") / "coal-power-ultra-low.yaml").read_bytes()
