@@ -25,13 +25,14 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, field_validator, model_validator
 
 from rules.kinds import KINDS, AnyRule
 from rules.kinds.base import PackContext, RuleSpec, StrictModel, parse_duration
 from rules.kinds.coefficients import coefficient_problem
+from smartpark.clock import check_timezone
 from smartpark.yamlfile import Loc, load_model, located, validate_model
 
 
@@ -54,11 +55,7 @@ class Pack(StrictModel):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+        return check_timezone(value)
 
     @field_validator("coefficients")
     @classmethod

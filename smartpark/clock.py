@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MsClock = Callable[[], int]
 """Returns the current time as integer UTC milliseconds."""
@@ -11,3 +12,12 @@ MsClock = Callable[[], int]
 
 def system_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def check_timezone(name: str) -> str:
+    """``name`` if it is an IANA time zone (e.g. ``Asia/Shanghai``), else ValueError."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+    return name

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     Field,
@@ -22,6 +22,7 @@ from edge_agent.config.base import (
 )
 from edge_agent.hj212.listener import LoggerMapping
 from smartpark.catalogue import check_metric, to_canonical
+from smartpark.clock import check_timezone
 from smartpark.errors import PayloadError
 from smartpark.yamlfile import located
 
@@ -83,11 +84,7 @@ class LoggerConfig(StrictModel):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+        return check_timezone(value)
 
     @field_validator("password_file")
     @classmethod
