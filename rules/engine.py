@@ -147,7 +147,12 @@ class Engine:
             at_ms=f.at_ms,
             value=f.value,
             window=f.window,
-            evidence={"pack": self.pack.pack, "verdict": f.verdict.value, **f.evidence},
+            evidence={
+                "pack": self.pack.pack,
+                "rule_kind": rule.kind,
+                "verdict": f.verdict.value,
+                **f.evidence,
+            },
         )
 
     def snapshot(self) -> JSON:

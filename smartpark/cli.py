@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "hj212": ("edge_agent.hj212.cli", "HJ 212-2017 frames: decode | encode"),
     "simulate": ("simulators.cli", "simulated plant devices: park, cems, wastewater"),
     "rules": ("rules.cli", "rule packs: check a pack over recorded readings"),
+    "notifier": ("rules.notifier.cli:notifier_main", "alert webhooks: deliver"),
+    "webhooks": ("rules.notifier.cli", "webhook subscriptions, deliveries, ping"),
     "bridge": ("ingest.bridge_cli", "MQTT → Kafka bridge"),
     "sink": ("ingest.sink_cli", "Kafka → database sink"),
     "db": ("ingest.db_cli", "database: migrate | info"),
@@ -36,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if entry is None:
         print(f"smartpark: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    module_name, _, func = entry[0].partition(":")
     try:
-        module = importlib.import_module(entry[0])
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         print(
             f"smartpark {args[0]}: missing dependency ({exc.name}); "
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    rc: int = module.main(args[1:])
+    rc: int = getattr(module, func or "main")(args[1:])
     return rc
 
 

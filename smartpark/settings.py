@@ -90,6 +90,32 @@ class RulesSettings(BaseModel):
     checkpoint_every_ms: int = 5000
 
 
+class NotifierSettings(BaseModel):
+    group_id: str = "smartpark-notifier"
+    batch_max_records: int = 1000
+    batch_max_wait_ms: int = 200
+    # Destinations the SSRF policy admits although they are loopback, private or
+    # link-local: networks ("10.20.0.0/16") or host names. Empty in production
+    # unless an enterprise's receiver really sits on the park's private network.
+    allow: list[str] = []
+    # Delays (ms) before each attempt; None: rules.notifier.retry.DEFAULT_SCHEDULE
+    # (ten attempts over about three days).
+    schedule_ms: list[int] | None = None
+    connect_timeout_s: float = 5.0
+    # The whole attempt: connect, send, status line and the first response bytes.
+    timeout_s: float = 15.0
+    # At most this many endpoints are being delivered to at once (one request in
+    # flight per endpoint).
+    max_endpoints: int = 64
+    # How often due retries are looked for when nothing new arrives.
+    poll_ms: int = 500
+    # Base URL of the platform's API for the links in webhook bodies; no links
+    # when unset.
+    public_url: str | None = None
+    # How long the old secret keeps signing after a rotation.
+    rotation_overlap_h: float = 24.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SMARTPARK_", env_nested_delimiter="__", extra="ignore"
@@ -101,4 +127,5 @@ class Settings(BaseSettings):
     bridge: BridgeSettings = BridgeSettings()
     sink: SinkSettings = SinkSettings()
     rules: RulesSettings = RulesSettings()
+    notifier: NotifierSettings = NotifierSettings()
     log_level: str = "INFO"

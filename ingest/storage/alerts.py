@@ -6,6 +6,7 @@ rule engine; :mod:`rules.runner` converts its events into :class:`AlertEventRow`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from ingest.storage.migrate import Conn
 class AlertEventRow:
     event_id: str
     alert_id: str
-    kind: str  # opened | resolved | revised | insufficient_data
+    kind: str  # opened | acknowledged | resolved | revised | insufficient_data
     pack: str
     rule_id: str
     rule_version: str
@@ -184,21 +185,57 @@ async def alert_rows(
     return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
 
 
-async def acknowledge(conn: Conn, schema: str, alert_id: str, by: str) -> str | None:
+async def acknowledge(
+    conn: Conn, schema: str, alert_id: str, by: str, now_ms: int
+) -> str | None:
     """Mark an open alert acknowledged by ``by``; its status afterwards (None: no
-    such alert). An acknowledged or resolved alert is left as it is."""
+    such alert). An acknowledged or resolved alert is left as it is.
+
+    Call inside a transaction: the acknowledgement is also an ``acknowledged`` event
+    of the alert (for webhooks), stored unproduced like the engine's events; its id
+    is deterministic, as an alert is acknowledged at most once.
+    """
     cur = await conn.execute(
         sql.SQL(
-            "UPDATE {} SET status = 'acknowledged', acknowledged_at = now(),"
-            " acknowledged_by = %s WHERE alert_id = %s AND status = 'open'"
+            "UPDATE {} SET status = 'acknowledged',"
+            " acknowledged_at = to_timestamp(%s / 1000.0), acknowledged_by = %s"
+            " WHERE alert_id = %s AND status = 'open'"
+            " RETURNING pack, rule_id, rule_version, severity, park, enterprise,"
+            " device, metric"
         ).format(_t(schema, "alerts")),
-        (by, alert_id),
+        (now_ms, by, alert_id),
     )
+    row = await cur.fetchone()
+    if row is not None:
+        pack, rule_id, version, severity, park, enterprise, device, metric = row
+        digest = hashlib.sha256(f"{alert_id}\x1facknowledged".encode())
+        event_id = digest.hexdigest()[:24]
+        body = {
+            "event_id": event_id,
+            "alert_id": alert_id,
+            "kind": "acknowledged",
+            "rule_id": rule_id,
+            "rule_version": version,
+            "severity": severity,
+            "scope": {
+                "park": park, "enterprise": enterprise, "device": device,
+                "metric": metric,
+            },
+            "at_ms": now_ms,
+            "value": None,
+            "window": None,
+            "evidence": {"pack": pack, "acknowledged_by": by},
+        }  # fmt: skip
+        ack = AlertEventRow(
+            event_id, alert_id, "acknowledged", pack, rule_id, version, severity,
+            park, enterprise, device, metric, now_ms, body,
+        )  # fmt: skip
+        await write(conn, schema, [ack], [])
     cur = await conn.execute(
         sql.SQL("SELECT status FROM {} WHERE alert_id = %s").format(
             _t(schema, "alerts")
         ),
         (alert_id,),
     )
-    row = await cur.fetchone()
-    return None if row is None else str(row[0])
+    found = await cur.fetchone()
+    return None if found is None else str(found[0])

@@ -140,6 +140,12 @@ class Storage:
             raise RuntimeError("Storage is not open")
         return self._dialect
 
+    def connection(self) -> AbstractAsyncContextManager[Conn]:
+        """A pooled autocommit connection for the stores built on this one
+        (:class:`ingest.storage.webhooks.WebhookStore`); wrap its use in
+        :func:`storage_errors`."""
+        return self._conn()
+
     def _conn(self) -> AbstractAsyncContextManager[Conn]:
         """``async with self._conn() as conn``: a pooled autocommit connection."""
         if self._pool is None:
@@ -154,7 +160,7 @@ class Storage:
         ``up_to`` stops after that version (None: every shipped migration). For plain
         PostgreSQL it also creates the partitions around today.
         """
-        with _storage_errors("migrate"):
+        with storage_errors("migrate"):
             async with self._conn() as conn:
                 done = await migrate.apply_migrations(
                     conn, self.schema, self.dialect, up_to=up_to
@@ -164,7 +170,7 @@ class Storage:
         return [f"{m.version:04d}_{m.name}" for m in done]
 
     async def applied_migrations(self) -> list[AppliedMigration]:
-        with _storage_errors("read schema_migrations"):
+        with storage_errors("read schema_migrations"):
             async with self._conn() as conn:
                 return await migrate.applied(conn, self.schema)
 
@@ -200,7 +206,7 @@ class Storage:
         """
         plain = self.dialect is Dialect.POSTGRES
         minutes = rollups.touched_minutes(r.time for r in rows) if plain else []
-        with _storage_errors(f"write of {len(rows)} rows"), self._partitions.unsure():
+        with storage_errors(f"write of {len(rows)} rows"), self._partitions.unsure():
             async with self._conn() as conn:
                 if minutes:
                     days = {m.date() for m in minutes}
@@ -224,7 +230,7 @@ class Storage:
 
     async def load_offsets(self, group: str, topic: str) -> dict[int, int]:
         """The next offset per partition stored for ``group`` on ``topic``."""
-        with _storage_errors("load offsets"):
+        with storage_errors("load offsets"):
             async with self._conn() as conn:
                 return await reads.offsets(conn, self.schema, group, topic)
 
@@ -235,43 +241,46 @@ class Storage:
     ) -> int:
         """Store alert events (each once, with their lifecycle) and the engine's
         checkpoints in one transaction; the number of new events."""
-        with _storage_errors(f"write of {len(events)} alert events"):
+        with storage_errors(f"write of {len(events)} alert events"):
             async with self._conn() as conn, conn.transaction():
                 return await alerts.write(conn, self.schema, events, states)
 
     async def load_rule_states(self, group: str, topic: str) -> list[RuleState]:
-        with _storage_errors("load rule states"):
+        with storage_errors("load rule states"):
             async with self._conn() as conn:
                 return await alerts.states(conn, self.schema, group, topic)
 
     async def unproduced_alert_events(
         self, limit: int = 1000
     ) -> list[tuple[str, dict[str, Any]]]:
-        with _storage_errors("read unproduced alert events"):
+        with storage_errors("read unproduced alert events"):
             async with self._conn() as conn:
                 return await alerts.unproduced(conn, self.schema, limit)
 
     async def mark_alert_events_produced(self, event_ids: Sequence[str]) -> None:
-        with _storage_errors("mark alert events produced"):
+        with storage_errors("mark alert events produced"):
             async with self._conn() as conn:
                 await alerts.mark_produced(conn, self.schema, event_ids)
 
     async def alert_events(self, *, park: str | None = None) -> list[dict[str, Any]]:
         """Stored alert events (as produced), in the order they were stored."""
-        with _storage_errors("read alert events"):
+        with storage_errors("read alert events"):
             async with self._conn() as conn:
                 return await alerts.events(conn, self.schema, park=park)
 
     async def acknowledge_alert(self, alert_id: str, *, by: str) -> str | None:
         """Acknowledge an open alert (a person's act); the alert's status after it,
-        None if there is no such alert. The engine still resolves it later."""
-        with _storage_errors("acknowledge alert"):
-            async with self._conn() as conn:
-                return await alerts.acknowledge(conn, self.schema, alert_id, by)
+        None if there is no such alert. The engine still resolves it later. It is
+        also an ``acknowledged`` event, produced to the alerts topic by the runner."""
+        with storage_errors("acknowledge alert"):
+            async with self._conn() as conn, conn.transaction():
+                return await alerts.acknowledge(
+                    conn, self.schema, alert_id, by, self._clock()
+                )
 
     async def alerts(self, *, park: str | None = None) -> list[dict[str, Any]]:
         """Alerts with their current status."""
-        with _storage_errors("read alerts"):
+        with storage_errors("read alerts"):
             async with self._conn() as conn:
                 return await alerts.alert_rows(conn, self.schema, park=park)
 
@@ -284,7 +293,7 @@ class Storage:
         """Plain PostgreSQL: partitions for today-1 .. today+7; no-op on TimescaleDB."""
         if self.dialect is not Dialect.POSTGRES:
             return []
-        with _storage_errors("ensure partitions"):
+        with storage_errors("ensure partitions"):
             async with self._conn() as conn:
                 return await self._partitions.ensure_window(
                     conn, today or self._today()
@@ -299,7 +308,7 @@ class Storage:
         if self.dialect is not Dialect.POSTGRES:
             return []
         cutoff = self._today() - timedelta(days=keep_days)
-        with _storage_errors("apply retention"):
+        with storage_errors("apply retention"):
             async with self._conn() as conn:
                 return await self._partitions.drop_before(conn, cutoff)
 
@@ -314,7 +323,7 @@ class Storage:
         below) over the range (None: unbounded); returns 0. Either way, afterwards
         the rollups equal a GROUP BY over the raw rows.
         """
-        with _storage_errors("refresh rollups"):
+        with storage_errors("refresh rollups"):
             async with self._conn() as conn:
                 if self.dialect is Dialect.POSTGRES:
                     extra = (start, end) if start and end else None
@@ -342,7 +351,7 @@ class Storage:
         enterprise: str | None = None,
         device: str | None = None,
     ) -> int:
-        with _storage_errors("count rows"):
+        with storage_errors("count rows"):
             async with self._conn() as conn:
                 return await reads.count_rows(
                     conn, self.schema, park=park, enterprise=enterprise, device=device
@@ -352,7 +361,7 @@ class Storage:
         self, *, park: str | None = None, device: str | None = None
     ) -> list[ReadingKey]:
         """(device, seq, metric) of every stored reading, sorted: exactness checks."""
-        with _storage_errors("read keys"):
+        with storage_errors("read keys"):
             async with self._conn() as conn:
                 return await reads.reading_keys(
                     conn, self.schema, park=park, device=device
@@ -367,7 +376,7 @@ class Storage:
         end: datetime | None = None,
     ) -> list[TelemetryRow]:
         """Stored rows in time order, filtered; ``[start, end)``."""
-        with _storage_errors("read rows"):
+        with storage_errors("read rows"):
             async with self._conn() as conn:
                 return await reads.readings(
                     conn, self.schema, device=device, park=park, start=start, end=end
@@ -385,7 +394,7 @@ class Storage:
         metric: str | None = None,
     ) -> list[RollupRow]:
         """Rollup rows with ``start <= bucket < end`` by bucket, device, metric."""
-        with _storage_errors("read rollup"):
+        with storage_errors("read rollup"):
             async with self._conn() as conn:
                 return await reads.rollup(
                     conn, self.schema, level, start=start, end=end, park=park,
@@ -394,7 +403,7 @@ class Storage:
 
     async def info(self) -> StorageInfo:
         """Dialect, versions, migrations and row counts, for ``smartpark db info``."""
-        with _storage_errors("read info"):
+        with storage_errors("read info"):
             async with self._conn() as conn:
                 done = await migrate.applied(conn, self.schema)
                 versions = {m.version for m in done}
@@ -416,7 +425,7 @@ class Storage:
 
 
 @contextmanager
-def _storage_errors(what: str) -> Iterator[None]:
+def storage_errors(what: str) -> Iterator[None]:
     """Turn any psycopg error (pool timeouts included) into :class:`StorageError`."""
     try:
         yield

@@ -1,4 +1,7 @@
-"""Alert webhook notifier: the pure building blocks (issue 5).
+"""Alert webhooks: from the alerts topic to enterprise endpoints (issue 5).
+
+Pure building blocks (no network I/O apart from the default DNS resolver in
+:mod:`~rules.notifier.ssrf`, which tests replace; no clock they were not given):
 
 - :mod:`rules.notifier.signing` — Standard Webhooks ``v1`` signatures: sign on the
   sender, :func:`~rules.notifier.signing.verify` on the receiver (standard library
@@ -7,7 +10,12 @@
   the checked addresses it must connect to.
 - :mod:`rules.notifier.retry` — how a delivery attempt's outcome is classified and
   when the next attempt is due.
+- :mod:`rules.notifier.events` — an alert event's webhook type, recipients and body.
 
-None of these modules does network I/O (apart from the default DNS resolver in
-:mod:`~rules.notifier.ssrf`, which tests replace) or reads a clock it was not given.
+Adapters:
+
+- :mod:`rules.notifier.http` — one signed delivery attempt over HTTP (httpx).
+- :mod:`rules.notifier.service` — the notifier: queue deliveries from the alerts
+  topic, deliver them per endpoint, record every attempt.
+- :mod:`rules.notifier.cli` — ``smartpark notifier`` and ``smartpark webhooks``.
 """

@@ -238,7 +238,18 @@ async def test_an_alert_is_opened_acknowledged_then_resolved(
         assert await storage.acknowledge_alert("nope", by="x") is None
         await storage.write_alerts([resolved], [])
         [row] = await storage.alerts(park="ack")
+        stored = await storage.alert_events(park="ack")
+        unproduced = await storage.unproduced_alert_events()
     assert (row["status"], row["acknowledged_by"]) == ("resolved", "duty-operator")
+    # the acknowledgement is an event of the alert, between its open and resolve,
+    # queued for the alerts topic like the engine's (webhooks subscribe to it)
+    assert [e["kind"] for e in stored] == ["opened", "acknowledged", "resolved"]
+    ack = stored[1]
+    assert (ack["alert_id"], ack["evidence"]["acknowledged_by"]) == (
+        opened.alert_id,
+        "duty-operator",
+    )
+    assert [i for i, _ in unproduced] == [e["event_id"] for e in stored]
     assert row["last_event_id"] == resolved.event_id
 
 

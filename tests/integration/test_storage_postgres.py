@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TODAY_MS = int(T0.timestamp() * 1000)
-MIGRATIONS = ["0001_telemetry", "0002_counter_reset", "0003_alerts"]
+MIGRATIONS = ["0001_telemetry", "0002_counter_reset", "0003_alerts", "0004_webhooks"]
 
 
 def settings(dsn: str, schema: str, **kw: str) -> DatabaseSettings:
@@ -69,6 +69,7 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (1, "telemetry", Dialect.POSTGRES),
             (2, "counter_reset", Dialect.POSTGRES),
             (3, "alerts", Dialect.POSTGRES),
+            (4, "webhooks", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:

@@ -58,6 +58,7 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0001_telemetry",
             "0002_counter_reset",
             "0003_alerts",
+            "0004_webhooks",
         ]
         assert await s.migrate() == []
         await s.require_migrated()

@@ -1,0 +1,500 @@
+"""Webhook subscriptions, secrets, the delivery outbox and the attempt log (0004).
+
+:class:`WebhookStore` works on an open :class:`~ingest.storage.Storage` (its pool);
+every method raises :class:`~smartpark.errors.StorageError` when the database
+fails. Times cross this API as epoch milliseconds from the caller's clock, so the
+notifier's schedule is testable. Contracts:
+
+- :meth:`WebhookStore.enqueue` stores deliveries (each (subscription, event) once)
+  and the alerts-topic offsets they cover in one transaction.
+- :meth:`WebhookStore.next_due` gives a subscription's next delivery to attempt: due,
+  pending, and the first pending one of its ``order_key`` (so the events of one
+  alert go out in the order they were queued, while other alerts are not held up).
+- :meth:`WebhookStore.record_attempt` logs an attempt and moves its delivery on in
+  one transaction (and disables the subscription when asked to).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from ingest.storage import statements
+from ingest.storage.migrate import Conn
+from ingest.storage.model import KafkaOffset
+from ingest.storage.store import Storage, storage_errors
+
+_SUBSCRIPTION_COLUMNS = (
+    "subscription_id, park, enterprise, url, event_types, description, enabled,"
+    " disabled_reason, (extract(epoch FROM created_at) * 1000)::bigint"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    subscription_id: str
+    park: str
+    enterprise: str | None  # None: the park's operators (every event of the park)
+    url: str
+    event_types: tuple[str, ...]
+    description: str = ""
+    enabled: bool = True
+    disabled_reason: str | None = None
+    created_ms: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subscription_id": self.subscription_id,
+            "park": self.park,
+            "enterprise": self.enterprise,
+            "url": self.url,
+            "event_types": list(self.event_types),
+            "description": self.description,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "created_ms": self.created_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    subscription_id: str
+    event_id: str  # the webhook-id header
+    event_type: str
+    order_key: str
+    event_ms: int
+    body: str  # the exact JSON sent on every attempt
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    delivery_id: int
+    subscription_id: str
+    url: str
+    event_id: str
+    event_type: str
+    body: str
+    attempts: int  # over the delivery's life
+    scheduled: int  # attempts since it was (re)queued: the position in the schedule
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    delivery_id: int
+    attempt: int
+    started_ms: int
+    latency_ms: int
+    status_code: int | None
+    error: str | None
+    outcome: str
+    address: str | None
+
+
+def _sub(row: Sequence[Any]) -> Subscription:
+    sid, park, ent, url, types, desc, enabled, reason, created = row
+    return Subscription(
+        sid, park, ent, url, tuple(types), desc, enabled, reason, int(created)
+    )
+
+
+def _rows(cur_description: Any, rows: list[Any]) -> list[dict[str, Any]]:
+    names = [d.name for d in cur_description or ()]
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+class WebhookStore:
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._schema = storage.schema
+
+    def _t(self, table: str) -> sql.Identifier:
+        return sql.Identifier(self._schema, table)
+
+    async def _fetch(
+        self, what: str, query: sql.Composed, params: Sequence[Any] = ()
+    ) -> list[Any]:
+        with storage_errors(what):
+            async with self._storage.connection() as conn:
+                cur = await conn.execute(query, params)
+                return list(await cur.fetchall())
+
+    # -- subscriptions ----------------------------------------------------------
+
+    async def create_subscription(self, sub: Subscription, secret: str) -> None:
+        with storage_errors("create webhook subscription"):
+            async with self._storage.connection() as conn, conn.transaction():
+                await conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (subscription_id, park, enterprise, url,"
+                        " event_types, description, enabled)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    ).format(self._t("webhook_subscriptions")),
+                    (
+                        sub.subscription_id, sub.park, sub.enterprise, sub.url,
+                        list(sub.event_types), sub.description, sub.enabled,
+                    ),
+                )  # fmt: skip
+                await conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (subscription_id, secret) VALUES (%s, %s)"
+                    ).format(self._t("webhook_secrets")),
+                    (sub.subscription_id, secret),
+                )
+
+    async def subscriptions(
+        self, *, park: str | None = None, enabled_only: bool = False
+    ) -> list[Subscription]:
+        where: list[sql.Composable] = []
+        params: list[Any] = []
+        if park is not None:
+            where.append(sql.SQL("park = %s"))
+            params.append(park)
+        if enabled_only:
+            where.append(sql.SQL("enabled"))
+        clause = (
+            sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+        )
+        rows = await self._fetch(
+            "read webhook subscriptions",
+            sql.SQL("SELECT {} FROM {}{} ORDER BY created_at, subscription_id").format(
+                sql.SQL(_SUBSCRIPTION_COLUMNS), self._t("webhook_subscriptions"), clause
+            ),
+            params,
+        )
+        return [_sub(r) for r in rows]
+
+    async def subscription(self, subscription_id: str) -> Subscription | None:
+        rows = await self._fetch(
+            "read webhook subscription",
+            sql.SQL("SELECT {} FROM {} WHERE subscription_id = %s").format(
+                sql.SQL(_SUBSCRIPTION_COLUMNS), self._t("webhook_subscriptions")
+            ),
+            (subscription_id,),
+        )
+        return _sub(rows[0]) if rows else None
+
+    async def set_enabled(
+        self, subscription_id: str, enabled: bool, *, reason: str | None = None
+    ) -> bool:
+        """Enable or disable (with the reason shown to operators); False: no such
+        subscription."""
+        with storage_errors("update webhook subscription"):
+            async with self._storage.connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET enabled = %s, disabled_reason = %s,"
+                        " updated_at = now() WHERE subscription_id = %s"
+                    ).format(self._t("webhook_subscriptions")),
+                    (enabled, None if enabled else reason, subscription_id),
+                )
+                return cur.rowcount == 1
+
+    async def rotate_secret(
+        self, subscription_id: str, secret: str, *, old_until_ms: int
+    ) -> bool:
+        """Make ``secret`` current; the secrets signing until now keep signing until
+        ``old_until_ms`` (the overlap). False: no such subscription."""
+        with storage_errors("rotate webhook secret"):
+            async with self._storage.connection() as conn, conn.transaction():
+                cur = await conn.execute(
+                    sql.SQL(
+                        "SELECT 1 FROM {} WHERE subscription_id = %s FOR UPDATE"
+                    ).format(self._t("webhook_subscriptions")),
+                    (subscription_id,),
+                )
+                if await cur.fetchone() is None:
+                    return False
+                await conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET expires_at = LEAST(COALESCE(expires_at,"
+                        " to_timestamp(%s / 1000.0)), to_timestamp(%s / 1000.0))"
+                        " WHERE subscription_id = %s"
+                    ).format(self._t("webhook_secrets")),
+                    (old_until_ms, old_until_ms, subscription_id),
+                )
+                await conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (subscription_id, secret) VALUES (%s, %s)"
+                    ).format(self._t("webhook_secrets")),
+                    (subscription_id, secret),
+                )
+                return True
+
+    async def signing_secrets(self, subscription_id: str, now_ms: int) -> list[str]:
+        """The secrets that sign now, newest first."""
+        rows = await self._fetch(
+            "read webhook secrets",
+            sql.SQL(
+                "SELECT secret FROM {} WHERE subscription_id = %s AND (expires_at IS"
+                " NULL OR expires_at > to_timestamp(%s / 1000.0))"
+                " ORDER BY created_at DESC"
+            ).format(self._t("webhook_secrets")),
+            (subscription_id, now_ms),
+        )
+        return [str(s) for (s,) in rows]
+
+    # -- the outbox ---------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        deliveries: Sequence[NewDelivery],
+        offsets: Sequence[KafkaOffset],
+        *,
+        now_ms: int,
+    ) -> int:
+        """Queue deliveries (due at ``now_ms``) and set offsets in one transaction;
+        the number of deliveries new."""
+        with storage_errors(f"queue {len(deliveries)} webhook deliveries"):
+            async with self._storage.connection() as conn, conn.transaction():
+                new = await _insert_deliveries(
+                    conn, self._t("webhook_deliveries"), deliveries, now_ms
+                )
+                if offsets:
+                    await conn.execute(
+                        statements.upsert_offsets(self._schema),
+                        (
+                            [o.group for o in offsets],
+                            [o.topic for o in offsets],
+                            [o.partition for o in offsets],
+                            [o.next_offset for o in offsets],
+                        ),
+                    )
+                return new
+
+    async def due_subscriptions(
+        self, now_ms: int, *, exclude: Sequence[str] = (), limit: int = 100
+    ) -> list[str]:
+        """Enabled subscriptions with a delivery due at ``now_ms``."""
+        rows = await self._fetch(
+            "find due webhook deliveries",
+            sql.SQL(
+                "SELECT DISTINCT d.subscription_id FROM {} d JOIN {} s"
+                " USING (subscription_id) WHERE d.status = 'pending' AND s.enabled"
+                " AND d.next_attempt_at <= to_timestamp(%s / 1000.0)"
+                " AND NOT (d.subscription_id = ANY(%s)) LIMIT %s"
+            ).format(self._t("webhook_deliveries"), self._t("webhook_subscriptions")),
+            (now_ms, list(exclude), limit),
+        )
+        return [str(s) for (s,) in rows]
+
+    async def next_due(self, subscription_id: str, now_ms: int) -> DueDelivery | None:
+        rows = await self._fetch(
+            "read the next webhook delivery",
+            sql.SQL(
+                "SELECT d.delivery_id, d.subscription_id, s.url, d.event_id,"
+                " d.event_type, d.body, d.attempts, d.scheduled"
+                " FROM {d} d JOIN {s} s USING (subscription_id)"
+                " WHERE d.subscription_id = %s AND s.enabled AND d.status = 'pending'"
+                " AND d.next_attempt_at <= to_timestamp(%s / 1000.0)"
+                " AND NOT EXISTS (SELECT 1 FROM {d} e WHERE e.status = 'pending'"
+                " AND e.subscription_id = d.subscription_id"
+                " AND e.order_key = d.order_key AND e.delivery_id < d.delivery_id)"
+                " ORDER BY d.delivery_id LIMIT 1"
+            ).format(
+                d=self._t("webhook_deliveries"), s=self._t("webhook_subscriptions")
+            ),
+            (subscription_id, now_ms),
+        )
+        if not rows:
+            return None
+        did, sid, url, eid, etype, body, attempts, scheduled = rows[0]
+        return DueDelivery(int(did), sid, url, eid, etype, body, attempts, scheduled)
+
+    async def record_attempt(
+        self,
+        record: AttemptRecord,
+        *,
+        status: str,
+        next_attempt_ms: int | None,
+        disable_reason: str | None = None,
+        subscription_id: str | None = None,
+    ) -> None:
+        """Log ``record`` and set its delivery's ``status`` ('pending' with
+        ``next_attempt_ms``, 'delivered' or 'failed'); with ``disable_reason``, disable
+        ``subscription_id`` in the same transaction."""
+        with storage_errors("record a webhook attempt"):
+            async with self._storage.connection() as conn, conn.transaction():
+                await conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (delivery_id, attempt, started_at, latency_ms,"
+                        " status_code, error, outcome, address) VALUES (%s, %s,"
+                        " to_timestamp(%s / 1000.0), %s, %s, %s, %s, %s)"
+                        " ON CONFLICT DO NOTHING"
+                    ).format(self._t("webhook_attempts")),
+                    (
+                        record.delivery_id, record.attempt, record.started_ms,
+                        record.latency_ms, record.status_code, record.error,
+                        record.outcome, record.address,
+                    ),
+                )  # fmt: skip
+                await conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET status = %s, attempts = attempts + 1,"
+                        " scheduled = scheduled + 1,"
+                        " next_attempt_at = COALESCE(to_timestamp(%s / 1000.0),"
+                        " next_attempt_at), last_error = %s,"
+                        " finished_at = CASE WHEN %s = 'pending' THEN NULL"
+                        " ELSE to_timestamp(%s / 1000.0) END"
+                        " WHERE delivery_id = %s"
+                    ).format(self._t("webhook_deliveries")),
+                    (
+                        status, next_attempt_ms, record.error, status,
+                        record.started_ms + record.latency_ms, record.delivery_id,
+                    ),
+                )  # fmt: skip
+                if disable_reason is not None and subscription_id is not None:
+                    await conn.execute(
+                        sql.SQL(
+                            "UPDATE {} SET enabled = false, disabled_reason = %s,"
+                            " updated_at = now() WHERE subscription_id = %s"
+                        ).format(self._t("webhook_subscriptions")),
+                        (disable_reason, subscription_id),
+                    )
+
+    # -- the log and redelivery ---------------------------------------------------
+
+    async def deliveries(
+        self,
+        *,
+        subscription_id: str | None = None,
+        status: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Deliveries (without bodies), oldest first, filtered by subscription, status
+        and creation time [since, until)."""
+        clause, params = _filters(subscription_id, status, since_ms, until_ms)
+        with storage_errors("read webhook deliveries"):
+            async with self._storage.connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "SELECT delivery_id, subscription_id, event_id, event_type,"
+                        " status, attempts, next_attempt_at, created_at, finished_at,"
+                        " last_error FROM {}{} ORDER BY delivery_id LIMIT %s"
+                    ).format(self._t("webhook_deliveries"), clause),
+                    [*params, limit],
+                )
+                return _rows(cur.description, await cur.fetchall())
+
+    async def delivery_body(self, delivery_id: int) -> str | None:
+        rows = await self._fetch(
+            "read a webhook delivery",
+            sql.SQL("SELECT body FROM {} WHERE delivery_id = %s").format(
+                self._t("webhook_deliveries")
+            ),
+            (delivery_id,),
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        with storage_errors("read webhook attempts"):
+            async with self._storage.connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "SELECT delivery_id, attempt, started_at, latency_ms,"
+                        " status_code, error, outcome, address FROM {}"
+                        " WHERE delivery_id = %s ORDER BY attempt"
+                    ).format(self._t("webhook_attempts")),
+                    (delivery_id,),
+                )
+                return _rows(cur.description, await cur.fetchall())
+
+    async def redeliver(
+        self,
+        now_ms: int,
+        *,
+        delivery_ids: Sequence[int] = (),
+        subscription_id: str | None = None,
+        status: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> int:
+        """Queue deliveries again, due now, with a fresh schedule and the same
+        webhook-id; the number queued. Give ids, or filters (a subscription, a
+        status, a creation-time range); with neither nothing is queued."""
+        if delivery_ids:
+            clause: sql.Composable = sql.SQL(" WHERE delivery_id = ANY(%s)")
+            params: list[Any] = [list(delivery_ids)]
+        else:
+            clause, params = _filters(subscription_id, status, since_ms, until_ms)
+            if not params:
+                return 0
+        with storage_errors("redeliver webhooks"):
+            async with self._storage.connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET status = 'pending', scheduled = 0,"
+                        " next_attempt_at = to_timestamp(%s / 1000.0),"
+                        " finished_at = NULL{}"
+                    ).format(self._t("webhook_deliveries"), clause),
+                    [now_ms, *params],
+                )
+                return cur.rowcount
+
+    async def queue_one(self, delivery: NewDelivery, *, now_ms: int) -> int:
+        """Queue one delivery outside the consumer (a test ping); its id."""
+        with storage_errors("queue a webhook delivery"):
+            async with self._storage.connection() as conn:
+                await _insert_deliveries(
+                    conn, self._t("webhook_deliveries"), [delivery], now_ms
+                )
+                cur = await conn.execute(
+                    sql.SQL(
+                        "SELECT delivery_id FROM {} WHERE subscription_id = %s"
+                        " AND event_id = %s"
+                    ).format(self._t("webhook_deliveries")),
+                    (delivery.subscription_id, delivery.event_id),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                return int(row[0])
+
+
+async def _insert_deliveries(
+    conn: Conn, table: sql.Identifier, deliveries: Sequence[NewDelivery], due_ms: int
+) -> int:
+    new = 0
+    for d in deliveries:
+        cur = await conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (subscription_id, event_id, event_type, order_key,"
+                " event_at, body, next_attempt_at) VALUES (%s, %s, %s, %s,"
+                " to_timestamp(%s / 1000.0), %s, to_timestamp(%s / 1000.0))"
+                " ON CONFLICT (subscription_id, event_id) DO NOTHING"
+            ).format(table),
+            (
+                d.subscription_id, d.event_id, d.event_type, d.order_key, d.event_ms,
+                d.body, due_ms,
+            ),
+        )  # fmt: skip
+        new += cur.rowcount
+    return new
+
+
+def _filters(
+    subscription_id: str | None,
+    status: str | None,
+    since_ms: int | None,
+    until_ms: int | None,
+) -> tuple[sql.Composable, list[Any]]:
+    where: list[sql.Composable] = []
+    params: list[Any] = []
+    if subscription_id is not None:
+        where.append(sql.SQL("subscription_id = %s"))
+        params.append(subscription_id)
+    if status is not None:
+        where.append(sql.SQL("status = %s"))
+        params.append(status)
+    if since_ms is not None:
+        where.append(sql.SQL("created_at >= to_timestamp(%s / 1000.0)"))
+        params.append(since_ms)
+    if until_ms is not None:
+        where.append(sql.SQL("created_at < to_timestamp(%s / 1000.0)"))
+        params.append(until_ms)
+    if not where:
+        return sql.SQL(""), params
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where), params

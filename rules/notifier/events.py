@@ -1,0 +1,140 @@
+"""From an alert event (as on the alerts topic) to the webhooks it causes.
+
+Pure functions. An event's webhook type is ``alert.<kind>`` (opened, acknowledged,
+resolved, revised, insufficient_data), except for ``missing_data`` rules, whose
+opening and resolution are ``device.offline`` and ``device.back``. A subscription
+of an enterprise receives the events scoped to that enterprise; a park's (no
+enterprise) receives every event of the park.
+
+The body follows the Standard Webhooks payload shape: ``{"type", "timestamp",
+"data"}``, where ``data`` is the event as stored (alert and event ids, rule and
+version, severity, scope, value, window, evidence) plus ``links`` when the
+platform's public URL is configured. It is serialised once, when the delivery is
+queued, and the same bytes are signed and sent on every attempt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+ALERT_OPENED = "alert.opened"
+ALERT_ACKNOWLEDGED = "alert.acknowledged"
+ALERT_RESOLVED = "alert.resolved"
+ALERT_REVISED = "alert.revised"
+ALERT_INSUFFICIENT_DATA = "alert.insufficient_data"
+DEVICE_OFFLINE = "device.offline"
+DEVICE_BACK = "device.back"
+PING = "webhook.ping"
+
+EVENT_TYPES: tuple[str, ...] = (
+    ALERT_OPENED,
+    ALERT_ACKNOWLEDGED,
+    ALERT_RESOLVED,
+    ALERT_REVISED,
+    ALERT_INSUFFICIENT_DATA,
+    DEVICE_OFFLINE,
+    DEVICE_BACK,
+)
+_DEVICE_TYPES = {"opened": DEVICE_OFFLINE, "resolved": DEVICE_BACK}
+
+
+class BadEvent(ValueError):
+    """An alerts-topic record that is not an alert event this module understands."""
+
+
+class Subscriber(Protocol):
+    @property
+    def park(self) -> str: ...
+    @property
+    def enterprise(self) -> str | None: ...
+    @property
+    def event_types(self) -> tuple[str, ...]: ...
+
+
+def check_event_types(types: Iterable[str]) -> tuple[str, ...]:
+    """``types`` de-duplicated in order; ValueError naming an unknown one."""
+    out = tuple(dict.fromkeys(t.strip() for t in types if t.strip()))
+    unknown = [t for t in out if t not in EVENT_TYPES]
+    if unknown:
+        expected = ", ".join(EVENT_TYPES)
+        raise ValueError(
+            f"unknown event type {unknown[0]!r}; expected some of {expected}"
+        )
+    if not out:
+        raise ValueError("no event types given")
+    return out
+
+
+def event_type(event: Mapping[str, Any]) -> str:
+    kind = event.get("kind")
+    evidence = event.get("evidence")
+    rule_kind = evidence.get("rule_kind") if isinstance(evidence, Mapping) else None
+    if rule_kind == "missing_data" and kind in _DEVICE_TYPES:
+        return _DEVICE_TYPES[str(kind)]
+    etype = f"alert.{kind}"
+    if etype not in EVENT_TYPES:
+        raise BadEvent(f"kind: unknown event kind {kind!r}")
+    return etype
+
+
+def check_event(event: object) -> dict[str, Any]:
+    """The event if it has what a delivery needs; :class:`BadEvent` naming the field."""
+    if not isinstance(event, dict):
+        raise BadEvent(f"expected a JSON object, got {type(event).__name__}")
+    for key in ("event_id", "alert_id"):
+        value = event.get(key)
+        if not isinstance(value, str) or not value or "." in value:
+            raise BadEvent(f"{key}: expected a non-empty id without '.', got {value!r}")
+    at = event.get("at_ms")
+    if not isinstance(at, int) or isinstance(at, bool):
+        raise BadEvent(f"at_ms: expected integer milliseconds, got {at!r}")
+    scope = event.get("scope")
+    if not isinstance(scope, dict) or not isinstance(scope.get("park"), str):
+        raise BadEvent("scope.park: missing")
+    event_type(event)
+    return event
+
+
+def matching(
+    subscriptions: Sequence[Any], event: Mapping[str, Any], etype: str
+) -> list[Any]:
+    """The subscriptions (:class:`Subscriber`) that receive ``event``."""
+    scope = event["scope"]
+    return [
+        s
+        for s in subscriptions
+        if s.park == scope.get("park")
+        and (s.enterprise is None or s.enterprise == scope.get("enterprise"))
+        and etype in s.event_types
+    ]
+
+
+def body(event: Mapping[str, Any], etype: str, *, public_url: str | None = None) -> str:
+    """The webhook body of ``event``: compact JSON, keys sorted."""
+    data = dict(event)
+    if public_url:
+        base = public_url.rstrip("/")
+        data["links"] = {"alert": f"{base}/v1/alerts/{event['alert_id']}"}
+    return _dumps({"type": etype, "timestamp": _iso(int(event["at_ms"])), "data": data})
+
+
+def ping_body(subscription_id: str, now_ms: int) -> str:
+    return _dumps(
+        {
+            "type": PING,
+            "timestamp": _iso(now_ms),
+            "data": {"subscription_id": subscription_id},
+        }
+    )
+
+
+def _iso(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dumps(doc: object) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

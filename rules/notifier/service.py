@@ -1,0 +1,436 @@
+"""The notifier: alert events from the alerts topic to enterprise webhooks.
+
+``async with Notifier(settings) as n: await n.run()``. Two halves:
+
+- **Queueing** (a :class:`~ingest.group.DbPositionedConsumer` on the alerts topic):
+  each batch's events become one delivery per matching enabled subscription
+  (:mod:`rules.notifier.events`), written with the topic offsets in one transaction
+  (:meth:`~ingest.storage.webhooks.WebhookStore.enqueue`): after a crash the batch
+  is read again and queues nothing twice. A record that is not an alert event is
+  logged with its place and counted, and never blocks the partition.
+- **Delivering** (a dispatcher task): every ``poll_ms``, or at once when something
+  was queued, each enabled subscription with a due delivery gets a worker, up to
+  ``max_endpoints`` at a time. A worker sends its endpoint's due deliveries one at a
+  time (:meth:`~ingest.storage.webhooks.WebhookStore.next_due`: the events of one
+  alert in order), records each attempt with its outcome
+  (:mod:`rules.notifier.retry`) and stops when nothing is due. So a slow or dead
+  endpoint occupies its own worker only, and memory holds at most one delivery per
+  worker.
+
+Only one notifier delivers at a time: the dispatcher holds a PostgreSQL advisory
+lock on its own connection, which the server releases when the process dies; a
+second notifier queues (its share of the partitions) and waits to take over. A
+notifier killed mid-delivery has recorded nothing for that attempt, so the
+delivery is sent again, with the same ``webhook-id``: delivery is at least once,
+and receivers de-duplicate by that id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Self
+
+import orjson
+import psycopg
+from aiokafka import TopicPartition
+from psycopg import sql
+
+from ingest.group import Batch, DbPositionedConsumer
+from ingest.kafka import ensure_topics
+from ingest.storage import KafkaOffset, Storage
+from ingest.storage.webhooks import (
+    AttemptRecord,
+    DueDelivery,
+    NewDelivery,
+    Subscription,
+    WebhookStore,
+)
+from rules.notifier import events
+from rules.notifier.http import AttemptResult, Sender
+from rules.notifier.retry import (
+    DEFAULT_SCHEDULE,
+    Outcome,
+    UniformRandom,
+    classify,
+    next_attempt,
+)
+from smartpark.clock import MsClock, system_ms
+from smartpark.errors import StorageError
+from smartpark.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_LOCK_RETRY_S = 2.0
+
+
+@dataclass
+class NotifierStats:
+    records: int = 0
+    bad_records: int = 0
+    queued: int = 0  # new deliveries
+    attempts: int = 0
+    delivered: int = 0
+    retries: int = 0
+    failed: int = 0
+    disabled: int = 0
+    leader: bool = False
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class Deliverer:
+    """One attempt of a delivery: sign, send, classify, record (the log and the
+    delivery's next state in one transaction)."""
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        sender: Sender,
+        *,
+        schedule: Sequence[int] = DEFAULT_SCHEDULE,
+        rng: UniformRandom | None = None,
+        clock: MsClock = system_ms,
+        stats: NotifierStats | None = None,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._schedule = tuple(schedule)
+        self._rng: UniformRandom = rng or random.Random()  # noqa: S311 - jitter only
+        self._clock = clock
+        self.stats = stats or NotifierStats()
+
+    async def attempt(self, due: DueDelivery, *, last: bool = False) -> bool:
+        """Send ``due`` once and record the outcome; False if the endpoint is now
+        disabled. With ``last`` an undelivered attempt is final (a ping)."""
+        secrets = await self._store.signing_secrets(due.subscription_id, self._clock())
+        if not secrets:
+            raise StorageError(f"subscription {due.subscription_id} has no secret")
+        result = await self._sender.send(
+            due.url, msg_id=due.event_id, body=due.body.encode(), secrets=secrets
+        )
+        outcome = classify(
+            result.status, result.error_kind, retry_after_s=result.retry_after_s
+        )
+        status, next_ms, disable = self._next(due, result, outcome)
+        if last and status == "pending":
+            status, next_ms = "failed", None
+        await self._store.record_attempt(
+            AttemptRecord(
+                due.delivery_id, due.attempts + 1, result.started_ms,
+                result.latency_ms, result.status, result.error, outcome.value,
+                result.address,
+            ),
+            status=status,
+            next_attempt_ms=next_ms,
+            disable_reason=disable,
+            subscription_id=due.subscription_id,
+        )  # fmt: skip
+        self._count(outcome, status)
+        if status == "failed" or disable:
+            log.warning(
+                "webhook %s (%s) to %s: %s",
+                due.delivery_id, due.event_type, due.subscription_id,
+                disable or f"failed after {due.attempts + 1} attempts: {result.error}",
+            )  # fmt: skip
+        return disable is None
+
+    def _next(
+        self, due: DueDelivery, result: AttemptResult, outcome: Outcome
+    ) -> tuple[str, int | None, str | None]:
+        """(delivery status, next attempt ms, reason to disable the endpoint)."""
+        if outcome is Outcome.DELIVERED:
+            return "delivered", None, None
+        if outcome is Outcome.DISABLE_ENDPOINT:
+            # The delivery stays queued: it goes out if the endpoint is enabled again.
+            return "pending", self._clock(), "the receiver answered 410 Gone"
+        if outcome is Outcome.FAILED_PERMANENTLY:
+            return "failed", None, None
+        end_ms = result.started_ms + result.latency_ms
+        next_ms = next_attempt(
+            due.scheduled + 1,
+            now_ms=end_ms,
+            rng=self._rng,
+            schedule=self._schedule,
+            retry_after_s=(
+                result.retry_after_s if outcome is Outcome.RETRY_AFTER else None
+            ),
+        )
+        if next_ms is None:
+            return "failed", None, None
+        return "pending", next_ms, None
+
+    def _count(self, outcome: Outcome, status: str) -> None:
+        s = self.stats
+        s.attempts += 1
+        s.outcomes[outcome.value] = s.outcomes.get(outcome.value, 0) + 1
+        if status == "delivered":
+            s.delivered += 1
+        elif status == "failed":
+            s.failed += 1
+        elif outcome is Outcome.DISABLE_ENDPOINT:
+            s.disabled += 1
+        else:
+            s.retries += 1
+
+
+class Dispatcher:
+    """The delivering half: workers per endpoint with due deliveries, under the
+    notifier lock (see the module docstring). ``start()`` / ``await close()``;
+    :meth:`wake` when something was queued."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: WebhookStore,
+        deliverer: Deliverer,
+        *,
+        clock: MsClock = system_ms,
+        stats: NotifierStats | None = None,
+    ) -> None:
+        self._settings = settings
+        self._cfg = settings.notifier
+        self._store = store
+        self._deliverer = deliverer
+        self._clock = clock
+        self.stats = stats or NotifierStats()
+        self._wake = asyncio.Event()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._draining = False
+        self._lock_conn: psycopg.AsyncConnection[object] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._dispatch(), name="webhook dispatcher")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        """Endpoints being delivered to now."""
+        return len(self._workers)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # Workers finish the attempt in flight (bounded by its timeout) and stop;
+        # one cut short is not recorded and is sent again by the next notifier.
+        self._draining = True
+        workers = list(self._workers.values())
+        if workers:
+            await asyncio.wait(workers, timeout=self._cfg.timeout_s + 1)
+        for task in workers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._release_lock()
+
+    async def _dispatch(self) -> None:
+        while True:
+            try:
+                if not await self._hold_lock():
+                    await asyncio.sleep(_LOCK_RETRY_S)
+                    continue
+                self._wake.clear()
+                free = self._cfg.max_endpoints - len(self._workers)
+                if free > 0:
+                    due = await self._store.due_subscriptions(
+                        self._clock(), exclude=list(self._workers), limit=free
+                    )
+                    for sid in due:
+                        task = asyncio.create_task(self._work(sid), name=f"hook {sid}")
+                        self._workers[sid] = task
+                        task.add_done_callback(self._worker_done)
+            except StorageError as exc:
+                log.warning("webhook dispatch paused: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._cfg.poll_ms / 1000)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        sid = task.get_name().removeprefix("hook ")
+        if self._workers.get(sid) is task:
+            del self._workers[sid]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("webhook worker for %s failed: %r", sid, exc)
+        self._wake.set()  # a freed slot, or more due for that endpoint
+
+    async def _work(self, subscription_id: str) -> None:
+        try:
+            while not self._draining and (
+                due := await self._store.next_due(subscription_id, self._clock())
+            ):
+                if not await self._deliverer.attempt(due):
+                    return
+        except StorageError as exc:
+            log.warning("webhook worker for %s stopped: %s", subscription_id, exc)
+
+    async def _hold_lock(self) -> bool:
+        if self._lock_conn is not None:
+            try:  # a server restart drops the lock with the connection
+                await self._lock_conn.execute("SELECT 1")
+            except psycopg.Error:
+                await self._lock_conn.close()
+            else:
+                return True
+        self._lock_conn = None
+        if self.stats.leader:
+            log.warning("lost the delivery lock's connection; delivering paused")
+            self.stats.leader = False
+            for task in self._workers.values():
+                task.cancel()
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._settings.database.dsn.get_secret_value(),
+                autocommit=True,
+                application_name="smartpark-notifier-lock",
+            )
+        except psycopg.Error as exc:
+            raise StorageError(f"connect for the delivery lock failed: {exc}") from exc
+        try:
+            cur = await conn.execute(
+                sql.SQL("SELECT pg_try_advisory_lock(hashtext(%s))"),
+                (f"{self._settings.database.schema_}.smartpark-notifier",),
+            )
+            row = await cur.fetchone()
+        except psycopg.Error as exc:
+            await conn.close()
+            raise StorageError(f"take the delivery lock: {exc}") from exc
+        if not (row and row[0]):
+            await conn.close()
+            return False
+        self._lock_conn = conn
+        self.stats.leader = True
+        log.info("delivering webhooks (holding the notifier lock)")
+        return True
+
+    async def _release_lock(self) -> None:
+        if self._lock_conn is not None:
+            await self._lock_conn.close()  # the server releases the lock
+            self._lock_conn = None
+        self.stats.leader = False
+
+
+class Notifier(DbPositionedConsumer):
+    """The queueing half (this consumer) with a :class:`Dispatcher`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: MsClock = system_ms,
+        rng: UniformRandom | None = None,
+    ) -> None:
+        cfg = settings.notifier
+        super().__init__(
+            settings.kafka,
+            topic=settings.kafka.alerts_topic,
+            group=cfg.group_id,
+            client_id=f"{settings.kafka.client_id}-notifier",
+            batch_max_records=cfg.batch_max_records,
+            batch_max_wait_ms=cfg.batch_max_wait_ms,
+        )
+        self._settings = settings
+        self._cfg = cfg
+        self._clock = clock
+        self._storage = Storage(
+            settings.database, clock=clock, pool_size=min(cfg.max_endpoints, 16) + 2
+        )
+        self._store = WebhookStore(self._storage)
+        self._sender = Sender(
+            allow=cfg.allow,
+            connect_timeout_s=cfg.connect_timeout_s,
+            timeout_s=cfg.timeout_s,
+            clock=clock,
+        )
+        self.stats = NotifierStats()
+        deliverer = Deliverer(
+            self._store,
+            self._sender,
+            schedule=cfg.schedule_ms or DEFAULT_SCHEDULE,
+            rng=rng,
+            clock=clock,
+            stats=self.stats,
+        )
+        self._dispatcher = Dispatcher(
+            settings, self._store, deliverer, clock=clock, stats=self.stats
+        )
+        self._exit = contextlib.AsyncExitStack()
+
+    @property
+    def store(self) -> WebhookStore:
+        return self._store
+
+    async def __aenter__(self) -> Self:
+        async with contextlib.AsyncExitStack() as stack:
+            await self._storage.open()
+            stack.push_async_callback(self._storage.close)
+            await self._storage.require_migrated()
+            await ensure_topics(self._settings.kafka)
+            await stack.enter_async_context(self._sender)
+            stack.push_async_callback(self.close)
+            await self.start()
+            self._dispatcher.start()
+            stack.push_async_callback(self._dispatcher.close)
+            self._exit = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._exit.aclose()
+
+    # -- queueing -------------------------------------------------------------------
+
+    async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
+        return await self._storage.load_offsets(self._group, self._topic)
+
+    async def process(self, batch: Batch) -> dict[TopicPartition, int]:
+        now_ms = self._clock()
+        subs = await self._store.subscriptions(enabled_only=True)
+        queued: list[NewDelivery] = []
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            for rec in records:
+                self.stats.records += 1
+                where = f"kafka:{tp.topic}/{tp.partition}/{rec.offset}"
+                try:
+                    event = events.check_event(orjson.loads(rec.value or b""))
+                except (orjson.JSONDecodeError, events.BadEvent) as exc:
+                    self.stats.bad_records += 1
+                    log.warning("%s skipped: not an alert event: %s", where, exc)
+                    continue
+                queued += _deliveries(subs, event, self._cfg.public_url)
+            offsets[tp] = records[-1].offset + 1
+        new = await self._store.enqueue(
+            queued,
+            [
+                KafkaOffset(self._group, tp.topic, tp.partition, off)
+                for tp, off in offsets.items()
+            ],
+            now_ms=now_ms,
+        )
+        self.stats.queued += new
+        if new:
+            self._dispatcher.wake()
+        return offsets
+
+
+def _deliveries(
+    subs: Sequence[Subscription], event: dict[str, object], public_url: str | None
+) -> list[NewDelivery]:
+    etype = events.event_type(event)
+    matched = events.matching(subs, event, etype)
+    if not matched:
+        return []
+    body = events.body(event, etype, public_url=public_url)
+    return [
+        NewDelivery(
+            s.subscription_id, str(event["event_id"]), etype, str(event["alert_id"]),
+            int(str(event["at_ms"])), body,
+        )
+        for s in matched
+    ]  # fmt: skip
