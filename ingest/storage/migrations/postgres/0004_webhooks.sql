@@ -62,6 +62,8 @@ CREATE TABLE webhook_deliveries (
     last_error       text,
     UNIQUE (subscription_id, event_id)
 );
+CREATE INDEX webhook_deliveries_due
+    ON webhook_deliveries (subscription_id, delivery_id) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_pending
     ON webhook_deliveries (subscription_id, order_key, delivery_id)
     WHERE status = 'pending';
