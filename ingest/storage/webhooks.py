@@ -100,11 +100,6 @@ def _sub(row: Sequence[Any]) -> Subscription:
     )
 
 
-def _rows(cur_description: Any, rows: list[Any]) -> list[dict[str, Any]]:
-    names = [d.name for d in cur_description or ()]
-    return [dict(zip(names, row, strict=True)) for row in rows]
-
-
 class WebhookStore:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
@@ -120,6 +115,17 @@ class WebhookStore:
             async with self._storage.connection() as conn:
                 cur = await conn.execute(query, params)
                 return list(await cur.fetchall())
+
+    async def _fetch_dicts(
+        self, what: str, query: sql.Composed, params: Sequence[Any]
+    ) -> list[dict[str, Any]]:
+        with storage_errors(what):
+            async with self._storage.connection() as conn:
+                cur = await conn.execute(query, params)
+                names = [d.name for d in cur.description or ()]
+                return [
+                    dict(zip(names, row, strict=True)) for row in await cur.fetchall()
+                ]
 
     # -- subscriptions ----------------------------------------------------------
 
@@ -368,17 +374,15 @@ class WebhookStore:
         """Deliveries (without bodies), oldest first, filtered by subscription, status
         and creation time [since, until)."""
         clause, params = _filters(subscription_id, status, since_ms, until_ms)
-        with storage_errors("read webhook deliveries"):
-            async with self._storage.connection() as conn:
-                cur = await conn.execute(
-                    sql.SQL(
-                        "SELECT delivery_id, subscription_id, event_id, event_type,"
-                        " status, attempts, next_attempt_at, created_at, finished_at,"
-                        " last_error FROM {}{} ORDER BY delivery_id LIMIT %s"
-                    ).format(self._t("webhook_deliveries"), clause),
-                    [*params, limit],
-                )
-                return _rows(cur.description, await cur.fetchall())
+        return await self._fetch_dicts(
+            "read webhook deliveries",
+            sql.SQL(
+                "SELECT delivery_id, subscription_id, event_id, event_type, status,"
+                " attempts, next_attempt_at, created_at, finished_at, last_error"
+                " FROM {}{} ORDER BY delivery_id LIMIT %s"
+            ).format(self._t("webhook_deliveries"), clause),
+            [*params, limit],
+        )
 
     async def delivery_body(self, delivery_id: int) -> str | None:
         rows = await self._fetch(
@@ -391,17 +395,15 @@ class WebhookStore:
         return str(rows[0][0]) if rows else None
 
     async def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
-        with storage_errors("read webhook attempts"):
-            async with self._storage.connection() as conn:
-                cur = await conn.execute(
-                    sql.SQL(
-                        "SELECT delivery_id, attempt, started_at, latency_ms,"
-                        " status_code, error, outcome, address FROM {}"
-                        " WHERE delivery_id = %s ORDER BY attempt"
-                    ).format(self._t("webhook_attempts")),
-                    (delivery_id,),
-                )
-                return _rows(cur.description, await cur.fetchall())
+        return await self._fetch_dicts(
+            "read webhook attempts",
+            sql.SQL(
+                "SELECT delivery_id, attempt, started_at, latency_ms, status_code,"
+                " error, outcome, address FROM {} WHERE delivery_id = %s"
+                " ORDER BY attempt"
+            ).format(self._t("webhook_attempts")),
+            (delivery_id,),
+        )
 
     async def redeliver(
         self,

@@ -23,7 +23,6 @@ import yaml
 from ingest.storage import Storage
 from ingest.storage.webhooks import WebhookStore
 from rules.engine import Engine
-from rules.model import Obs
 from rules.notifier import events, signing
 from rules.notifier.signing import WebhookVerificationError
 from rules.pack import parse_pack
@@ -44,6 +43,7 @@ from tests.support.notifier import (
     until,
 )
 from tests.support.procs import ServiceProcess
+from tests.support.rules import batch_obs
 from tests.support.settings import settings_env
 from tests.support.webhooks import Received, Receiver, Reply, silent_server
 
@@ -80,24 +80,7 @@ def telemetry(park: str) -> list[wire.TelemetryBatch]:
 
 def offline_core(pack_text: str, batches: list[wire.TelemetryBatch]) -> list[Any]:
     engine = Engine(parse_pack(yaml.safe_load(pack_text)))
-    return [
-        e.to_json()
-        for b in batches
-        for r in b.readings
-        for e in engine.feed(
-            Obs(
-                r.ts_ms,
-                b.park,
-                b.enterprise,
-                b.device,
-                r.metric,
-                r.value,
-                r.quality,
-                r.seq,
-                r.reset,
-            )
-        )
-    ]
+    return [e.to_json() for b in batches for o in batch_obs(b) for e in engine.feed(o)]
 
 
 async def test_alerts_from_the_runner_arrive_signed_and_verifiable(

@@ -53,19 +53,20 @@ def offline_events(
     for partition, value in records:
         b = wire.decode_batch(value, now_ms=FAR_FUTURE_MS)
         engine = engines.setdefault(partition, Engine(pack))
-        for r in b.readings:
-            obs = Obs(
-                r.ts_ms,
-                b.park,
-                b.enterprise,
-                b.device,
-                r.metric,
-                r.value,
-                r.quality,
-                r.seq,
-            )
+        for obs in batch_obs(b):
             out += [e.to_json() for e in engine.feed(obs)]
     return out
+
+
+def batch_obs(b: wire.TelemetryBatch) -> list[Obs]:
+    """A telemetry batch's readings as the runner feeds them to the core."""
+    return [
+        Obs(
+            r.ts_ms, b.park, b.enterprise, b.device, r.metric, r.value, r.quality,
+            r.seq, r.reset,
+        )
+        for r in b.readings
+    ]  # fmt: skip
 
 
 async def wait_caught_up(storage: Storage, settings: Settings, records: int) -> None:
