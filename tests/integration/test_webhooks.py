@@ -7,6 +7,7 @@ a receiver that verifies what it gets the way an enterprise would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -456,3 +457,48 @@ async def test_subscription_lifecycle_with_the_real_commands(
                     ),
                     30,
                 )
+
+
+async def test_one_notifier_delivers_and_a_second_takes_over(
+    platform: Settings, park_id: str
+) -> None:
+    """Two notifiers share the alerts topic; only the lock holder sends. When it
+    stops, the other takes over and nothing is missed or sent twice."""
+    settings = notifier_settings(platform)
+    before = alert_events(park_id, ["e1", "e2"], 3)
+    after = [
+        {**e, "event_id": f"x{e['event_id'][1:]}", "alert_id": f"x{e['alert_id'][1:]}"}
+        for e in before
+    ]
+    with Receiver() as receiver:
+        async with Storage(settings.database) as storage:
+            await storage.migrate()
+            secret = await subscribe(storage, "sub-1", park_id, None, receiver.url)
+            async with contextlib.AsyncExitStack() as stack:
+                first = await stack.enter_async_context(running_notifier(settings))
+
+                async def leads() -> bool:
+                    return first.stats.leader
+
+                await until(leads, what="the first notifier to take the lock")
+                async with running_notifier(settings) as second:
+                    await produce_events(settings, before)
+                    await asyncio.to_thread(
+                        receiver.wait_for, at_least(len(before)), 30
+                    )
+                    assert (second.stats.leader, second.stats.attempts) == (False, 0)
+                    await stack.aclose()  # the first stops; the second goes on alone
+
+                    async def took_over() -> bool:
+                        return second.stats.leader
+
+                    await until(took_over, what="the second notifier to take over")
+                    await produce_events(settings, after)
+                    got = await asyncio.to_thread(
+                        receiver.wait_for, at_least(len(before) + len(after)), 30
+                    )
+    assert first.stats.attempts == len(before)
+    assert second.stats.attempts == len(after)
+    assert sorted(ids(got)) == sorted(e["event_id"] for e in before + after)
+    for r in got:
+        signing.verify(secret, r.headers, r.body)
