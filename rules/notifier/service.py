@@ -4,10 +4,12 @@
 
 - **Queueing** (a :class:`~ingest.group.DbPositionedConsumer` on the alerts topic):
   each batch's events become one delivery per matching enabled subscription
-  (:mod:`rules.notifier.events`), written with the topic offsets in one transaction
-  (:meth:`~ingest.storage.webhooks.WebhookStore.enqueue`): after a crash the batch
-  is read again and queues nothing twice. A record that is not an alert event is
-  logged with its place and counted, and never blocks the partition.
+  (:mod:`rules.notifier.events`) made before the record reached the topic (a new
+  subscription does not receive the topic's history), written with the topic
+  offsets in one transaction (:meth:`~ingest.storage.webhooks.WebhookStore.enqueue`):
+  after a crash the batch is read again and queues nothing twice. A record that
+  is not an alert event is logged with its place and counted, and never blocks
+  the partition.
 - **Delivering** (a dispatcher task): every ``poll_ms``, or at once when something
   was queued, each enabled subscription with a due delivery gets a worker, up to
   ``max_endpoints`` at a time. A worker sends its endpoint's due deliveries one at a
@@ -403,7 +405,10 @@ class Notifier(DbPositionedConsumer):
                     self.stats.bad_records += 1
                     log.warning("%s skipped: not an alert event: %s", where, exc)
                     continue
-                queued += _deliveries(subs, event, self._cfg.public_url)
+                # A subscription gets what reaches the topic after it was made,
+                # not the topic's history (a notifier catching up, a first run).
+                current = [s for s in subs if s.created_ms <= rec.timestamp]
+                queued += _deliveries(current, event, self._cfg.public_url)
             offsets[tp] = records[-1].offset + 1
         new = await self._store.enqueue(
             queued,

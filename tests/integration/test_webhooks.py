@@ -502,3 +502,26 @@ async def test_one_notifier_delivers_and_a_second_takes_over(
     assert sorted(ids(got)) == sorted(e["event_id"] for e in before + after)
     for r in got:
         signing.verify(secret, r.headers, r.body)
+
+
+async def test_a_new_subscription_does_not_receive_the_topics_history(
+    platform: Settings, park_id: str
+) -> None:
+    settings = notifier_settings(platform)
+    old = alert_events(park_id, ["e1"], 2)
+    new = [{**e, "event_id": f"n{e['event_id'][1:]}"} for e in old]
+    with Receiver() as receiver:
+        async with Storage(settings.database) as storage:
+            await storage.migrate()
+            await produce_events(settings, old)
+            await asyncio.sleep(0.1)
+            await subscribe(storage, "sub-1", park_id, "e1", receiver.url)
+            async with running_notifier(settings) as notifier:
+                await produce_events(settings, new)
+                got = await asyncio.to_thread(receiver.wait_for, at_least(len(new)), 30)
+
+                async def read_all() -> bool:
+                    return notifier.stats.records == len(old) + len(new)
+
+                await until(read_all, what="the notifier to read the whole topic")
+    assert ids(got) == [e["event_id"] for e in new]
