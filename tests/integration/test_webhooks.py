@@ -525,3 +525,35 @@ async def test_a_new_subscription_does_not_receive_the_topics_history(
 
                 await until(read_all, what="the notifier to read the whole topic")
     assert ids(got) == [e["event_id"] for e in new]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_is_honoured(
+    platform: Settings, park_id: str, status: int
+) -> None:
+    """The schedule says 100 ms; the receiver asks for 2 s: the retry waits 2 s."""
+    settings = notifier_settings(platform, schedule_ms=[0, 100, 100])
+
+    def respond(r: Received) -> Reply:
+        if r.index == 0:
+            return Reply(status, headers={"Retry-After": "2"})
+        return Reply(200)
+
+    [event] = alert_events(park_id, ["e1"], 1)[:1]
+    with Receiver(respond) as receiver:
+        async with Storage(settings.database) as storage:
+            await storage.migrate()
+            await subscribe(storage, "sub-1", park_id, "e1", receiver.url)
+            async with running_notifier(settings):
+                await produce_events(settings, [event])
+                first, second = await asyncio.to_thread(
+                    receiver.wait_for, at_least(2), 30
+                )
+            [delivery] = await WebhookStore(storage).deliveries()
+            tried = await WebhookStore(storage).attempts(delivery["delivery_id"])
+    assert 2.0 <= second.at_s - first.at_s < 3.0
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    assert [(a["status_code"], a["outcome"]) for a in tried] == [
+        (status, "retry_after"),
+        (200, "delivered"),
+    ]
