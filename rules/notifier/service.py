@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Self
@@ -68,6 +69,7 @@ from smartpark.settings import Settings
 log = logging.getLogger(__name__)
 
 _LOCK_RETRY_S = 2.0
+_PAUSED_LOG_EVERY_S = 30.0
 
 
 @dataclass
@@ -234,6 +236,8 @@ class Dispatcher:
         await self._release_lock()
 
     async def _dispatch(self) -> None:
+        paused_since: float | None = None  # monotonic, while the database fails
+        logged = 0.0
         while True:
             try:
                 if not await self._hold_lock():
@@ -250,7 +254,23 @@ class Dispatcher:
                         self._workers[sid] = task
                         task.add_done_callback(self._worker_done)
             except StorageError as exc:
-                log.warning("webhook dispatch paused: %s", exc)
+                now = time.monotonic()
+                if paused_since is None or now - logged >= _PAUSED_LOG_EVERY_S:
+                    since = (
+                        ""
+                        if paused_since is None
+                        else f" (for {now - paused_since:.0f} s)"
+                    )
+                    log.warning("webhook delivery paused%s: %s", since, exc)
+                    logged = now
+                paused_since = paused_since or now
+            else:
+                if paused_since is not None:
+                    log.warning(
+                        "webhook delivery resumed after %.0f s",
+                        time.monotonic() - paused_since,
+                    )
+                    paused_since = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._cfg.poll_ms / 1000)
 

@@ -43,7 +43,7 @@ from tests.support.notifier import (
     subscribe,
     until,
 )
-from tests.support.procs import ServiceProcess
+from tests.support.procs import ServiceProcess, services_script
 from tests.support.rules import batch_obs
 from tests.support.settings import settings_env
 from tests.support.webhooks import Received, Receiver, Reply, silent_server
@@ -557,3 +557,35 @@ async def test_retry_after_is_honoured(
         (status, "retry_after"),
         (200, "delivered"),
     ]
+
+
+async def test_deliveries_go_on_after_the_database_restarts(
+    platform: Settings, park_id: str
+) -> None:
+    """PostgreSQL restarts mid-run (the queue, the log and the delivery lock's
+    connection go away): the notifier reconnects, takes the lock again and
+    delivers every event, each recorded as delivered."""
+    settings = notifier_settings(platform)
+    evts = alert_events(park_id, ["e1", "e2"], 8)  # 32 events
+    with Receiver(lambda r: Reply(200, delay_s=0.1)) as receiver:
+        async with Storage(settings.database) as storage:
+            await storage.migrate()
+            await subscribe(storage, "sub-1", park_id, None, receiver.url)
+        async with running_notifier(settings) as notifier:
+            await produce_events(settings, evts)
+            await asyncio.to_thread(receiver.wait_for, at_least(8), 30)
+            await asyncio.to_thread(services_script, "restart", "postgres")
+            expected = {e["event_id"] for e in evts}
+            got = await asyncio.to_thread(
+                receiver.wait_for, lambda rs: set(ids(rs)) >= expected, 90
+            )
+
+            async def all_delivered() -> bool:
+                return notifier.stats.delivered >= len(evts)
+
+            await until(all_delivered, what="every delivery recorded", timeout_s=60)
+        async with Storage(settings.database) as storage:
+            rows = await WebhookStore(storage).deliveries()
+    assert sorted(set(ids(got))) == sorted(expected)
+    assert len(rows) == len(evts)
+    assert {r["status"] for r in rows} == {"delivered"}
