@@ -27,6 +27,7 @@ from ingest.storage.migrate import Conn
 from ingest.storage.model import KafkaOffset
 from ingest.storage.store import Storage, storage_errors
 
+_STATUSES = ("pending", "delivered", "failed")
 _SUBSCRIPTION_COLUMNS = (
     "subscription_id, park, enterprise, url, event_types, description, enabled,"
     " disabled_reason, (extract(epoch FROM created_at) * 1000)::bigint"
@@ -383,6 +384,21 @@ class WebhookStore:
             ).format(self._t("webhook_deliveries"), clause),
             [*params, limit],
         )
+
+    async def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """Per subscription: how many deliveries are pending, delivered, failed."""
+        rows = await self._fetch(
+            "count webhook deliveries",
+            sql.SQL(
+                "SELECT subscription_id, status, count(*) FROM {}"
+                " GROUP BY subscription_id, status"
+            ).format(self._t("webhook_deliveries")),
+        )
+        out: dict[str, dict[str, int]] = {}
+        for sid, status, n in rows:
+            counts = out.setdefault(sid, dict.fromkeys(_STATUSES, 0))
+            counts[status] = int(n)
+        return out
 
     async def delivery_body(self, delivery_id: int) -> str | None:
         rows = await self._fetch(

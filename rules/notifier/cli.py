@@ -12,7 +12,9 @@ environment (``SMARTPARK_DATABASE__DSN``, ``SMARTPARK_KAFKA__BOOTSTRAP``,
   subscription; the URL must pass the SSRF policy (loopback, private, link-local and
   metadata addresses are refused unless ``notifier.allow`` admits them). Prints the
   subscription id and its signing secret; the secret is shown this once.
-- ``list [--park P]``; ``enable ID``; ``disable ID [--reason R]``.
+- ``list [--park P]``: subscriptions (never their secrets) with how many of their
+  deliveries are pending, delivered and failed; ``enable ID``; ``disable ID
+  [--reason R]``.
 - ``rotate ID [--overlap-h H]``: a new secret (shown once); the old ones keep
   signing for the overlap, so receivers can switch at any time within it.
 - ``deliveries [--subscription ID] [--status pending|delivered|failed] [--since T]
@@ -196,8 +198,10 @@ async def _add(
 async def _list(
     store: WebhookStore, settings: Settings, args: argparse.Namespace
 ) -> int:
+    counts = await store.delivery_counts()
     for sub in await store.subscriptions(park=args.park):
-        _print(sub.to_json())
+        none = dict.fromkeys(STATUSES, 0)
+        _print({**sub.to_json(), "deliveries": counts.get(sub.subscription_id, none)})
     return 0
 
 

@@ -443,6 +443,15 @@ async def test_subscription_lifecycle_with_the_real_commands(
                 current = await store.subscription(sid)
                 assert current is not None
                 assert current.disabled_reason == "the receiver answered 410 Gone"
+                listed = await asyncio.to_thread(_cli, "list", env=env)
+                [shown_sub] = [json.loads(line) for line in listed.stdout.splitlines()]
+                assert shown_sub["enabled"] is False
+                assert shown_sub["disabled_reason"] == "the receiver answered 410 Gone"
+                assert shown_sub["deliveries"] == {
+                    "pending": 1,
+                    "delivered": len(evts) + 1,
+                    "failed": 1,
+                }
                 [queued] = await store.deliveries(subscription_id=sid, status="pending")
                 assert queued["event_id"] == "late-2"
                 receiver.set_respond(lambda r: Reply(204))
