@@ -7,7 +7,11 @@ session-local temporary table (``pg_temp``), one per connection.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from psycopg import sql
+
+from ingest.storage.model import KafkaOffset
 
 COLUMNS = (
     "time", "park", "enterprise", "device", "metric", "value", "quality", "seq",
@@ -79,3 +83,15 @@ def upsert_offsets(schema: str) -> sql.Composed:
         " ON CONFLICT (consumer_group, topic, partition) DO UPDATE"
         " SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at"
     ).format(sql.Identifier(schema, "kafka_offsets"))
+
+
+def offset_arrays(
+    offsets: Sequence[KafkaOffset],
+) -> tuple[list[str], list[str], list[int], list[int]]:
+    """The parameters of :func:`upsert_offsets`."""
+    return (
+        [o.group for o in offsets],
+        [o.topic for o in offsets],
+        [o.partition for o in offsets],
+        [o.next_offset for o in offsets],
+    )

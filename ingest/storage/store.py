@@ -219,12 +219,7 @@ class Storage:
                     if offsets:
                         await conn.execute(
                             statements.upsert_offsets(self.schema),
-                            (
-                                [o.group for o in offsets],
-                                [o.topic for o in offsets],
-                                [o.partition for o in offsets],
-                                [o.next_offset for o in offsets],
-                            ),
+                            statements.offset_arrays(offsets),
                         )
         return WriteResult(inserted, len(rows) - inserted)
 

@@ -262,12 +262,7 @@ class WebhookStore:
                 if offsets:
                     await conn.execute(
                         statements.upsert_offsets(self._schema),
-                        (
-                            [o.group for o in offsets],
-                            [o.topic for o in offsets],
-                            [o.partition for o in offsets],
-                            [o.next_offset for o in offsets],
-                        ),
+                        statements.offset_arrays(offsets),
                     )
                 return new
 
