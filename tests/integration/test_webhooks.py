@@ -598,3 +598,31 @@ async def test_deliveries_go_on_after_the_database_restarts(
     assert sorted(set(ids(got))) == sorted(expected)
     assert len(rows) == len(evts)
     assert {r["status"] for r in rows} == {"delivered"}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["add", "--park", "p", "--url", "https://hooks.example/x",
+             "--events", "alert.opened,alert.exploded"],
+            2,
+            "--events: unknown event type 'alert.exploded'",
+        ),
+        (["redeliver"], 2, "give delivery ids, or filters"),
+        (["redeliver", "7", "--status", "failed"], 2, "give delivery ids, or filters"),
+        (["deliveries", "--since", "2026-11-28T02:00"], 2, "needs a zone"),
+        (["ping", "sub_nope"], 1, "no subscription sub_nope"),
+        (["rotate", "sub_nope"], 1, "no subscription sub_nope"),
+        (["enable", "sub_nope"], 1, "no subscription sub_nope"),
+        (["attempts", "12345"], 1, "no delivery 12345"),
+    ],
+)  # fmt: skip
+async def test_the_webhooks_command_names_what_is_wrong(
+    platform: Settings, args: list[str], code: int, message: str
+) -> None:
+    async with Storage(platform.database) as storage:
+        await storage.migrate()
+    done = await asyncio.to_thread(_cli, *args, env=settings_env(platform))
+    assert done.returncode == code, done.stdout + done.stderr
+    assert message in done.stderr, done.stderr
