@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,6 @@ def pack_text(metrics: Sequence[str], poll_interval_s: float) -> str:
 class Received:
     verified: int = 0
     rejected: int = 0
-    types: list[str] = field(default_factory=list)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -102,7 +101,6 @@ class WebhookReceiver:
         )
         with self._lock:
             self.received.verified += 1
-            self.received.types.append(str(doc.get("type")))
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[str]:

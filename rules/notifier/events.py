@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 ALERT_OPENED = "alert.opened"
 ALERT_ACKNOWLEDGED = "alert.acknowledged"
@@ -52,6 +52,9 @@ class Subscriber(Protocol):
     def enterprise(self) -> str | None: ...
     @property
     def event_types(self) -> tuple[str, ...]: ...
+
+
+S = TypeVar("S", bound=Subscriber)
 
 
 def check_event_types(types: Iterable[str]) -> tuple[str, ...]:
@@ -99,9 +102,9 @@ def check_event(event: object) -> dict[str, Any]:
 
 
 def matching(
-    subscriptions: Sequence[Any], event: Mapping[str, Any], etype: str
-) -> list[Any]:
-    """The subscriptions (:class:`Subscriber`) that receive ``event``."""
+    subscriptions: Sequence[S], event: Mapping[str, Any], etype: str
+) -> list[S]:
+    """The subscriptions that receive ``event``."""
     scope = event["scope"]
     return [
         s

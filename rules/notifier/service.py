@@ -213,11 +213,6 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
-    @property
-    def busy(self) -> int:
-        """Endpoints being delivered to now."""
-        return len(self._workers)
-
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -383,10 +378,6 @@ class Notifier(DbPositionedConsumer):
             settings, self._store, deliverer, clock=clock, stats=self.stats
         )
         self._exit = contextlib.AsyncExitStack()
-
-    @property
-    def store(self) -> WebhookStore:
-        return self._store
 
     async def __aenter__(self) -> Self:
         async with contextlib.AsyncExitStack() as stack:
