@@ -7,7 +7,7 @@ once), with ``--endpoints`` subscriptions pointing at it. Then, in one run:
 
   (a) the notifier's delivery path: ``--deliveries`` queued in PostgreSQL (alert
       event bodies of a realistic size), delivered by the production
-      :class:`~rules.notifier.service.Dispatcher` — per endpoint: read the next
+      :class:`~notifier.service.Dispatcher` — per endpoint: read the next
       due delivery, its secrets, check the URL (SSRF), sign, POST on a new
       connection, record the attempt and the delivery's state in one transaction;
   (b) raw posts of the same bodies to the same receiver with the same
@@ -38,13 +38,12 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
-from ingest.storage import Storage
-from ingest.storage.webhooks import NewDelivery, Subscription, WebhookStore
-from rules.notifier import events, signing
-from rules.notifier.http import Sender
-from rules.notifier.service import Deliverer, Dispatcher, NotifierStats
+from notifier import events, signing
+from notifier.http import Sender
+from notifier.service import Deliverer, Dispatcher, NotifierStats
 from smartpark.clock import system_ms
 from smartpark.settings import DatabaseSettings, NotifierSettings, Settings
+from storage import NewDelivery, Storage, Subscription, WebhookStore
 
 
 class _Ok(BaseHTTPRequestHandler):
@@ -185,7 +184,7 @@ async def main_async(dsn: str, n: int, endpoints: int) -> None:
         with receiver() as base_url:
             async with Storage(settings.database, pool_size=18) as storage:
                 await storage.migrate()
-                store = WebhookStore(storage)
+                store = storage.webhooks
                 subs = []
                 for k in range(endpoints):
                     sid = f"sub-{k}"

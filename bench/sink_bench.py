@@ -35,12 +35,12 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
-from ingest.sink import decode_record
-from ingest.storage import KafkaOffset, Storage, TelemetryRow, rows_from_batch
-from ingest.storage import statements as st
 from smartpark.clock import system_ms
 from smartpark.settings import DatabaseSettings, SinkSettings
 from smartpark.wire import Reading, TelemetryBatch, decode_batch, encode_batch
+from storage import KafkaOffset, Storage, TelemetryRow, rows_from_batch
+from storage import statements as st
+from stream.records import decode_record
 
 CITY_READINGS_PER_S = 5600
 ENTERPRISES, DEVICES_PER_ENTERPRISE = 280, 40
@@ -119,7 +119,7 @@ async def sink_path(
             rows.extend(rows_from_batch(decode_record(value, now_ms=now_ms)))
         decoding += time.perf_counter() - t0
         offset += len(records)
-        result = await storage.write(
+        result = await storage.telemetry.write(
             rows, offsets=[KafkaOffset("bench", "bench.telemetry", 0, offset)]
         )
         total += result.inserted
@@ -134,7 +134,7 @@ async def sink_path(
 async def refresh(storage: Storage, rows: int) -> Result:
     """(c): bring the rollups up to date for everything (a) wrote."""
     start = time.perf_counter()
-    await storage.refresh_rollups()
+    await storage.telemetry.refresh_rollups()
     return Result("rollup refresh (c)", rows, time.perf_counter() - start)
 
 

@@ -4,7 +4,7 @@ The demo's own rule pack flags a meter silent for a few poll intervals
 (``missing_data``); the demo silences one meter for a while, so the run shows a
 ``device.offline`` and a ``device.back`` webhook. The receiver is a local HTTP
 server standing in for an enterprise's system: it verifies each request with
-:func:`rules.notifier.signing.verify`, as the README tells receivers to, and counts
+:func:`notifier.signing.verify`, as the README tells receivers to, and counts
 what verified and what did not.
 """
 
@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from rules.notifier import signing
+from notifier import signing
 
 log = logging.getLogger("demo.webhooks")
 

@@ -47,10 +47,8 @@ from demo.embedded import EmbeddedKafka, EmbeddedMqttBroker, EmbeddedPostgres
 from edge_agent.agent import EdgeAgent
 from ingest.bridge import Bridge
 from ingest.sink import Sink
-from ingest.storage import Storage
-from ingest.storage.webhooks import Subscription, WebhookStore
-from rules.notifier import events, signing
-from rules.notifier.service import Notifier
+from notifier import events, signing
+from notifier.service import Notifier
 from rules.runner import RulesRunner
 from simulators.device import Fault
 from simulators.park import SimulatedPark
@@ -64,12 +62,16 @@ from smartpark.settings import (
     Settings,
     SinkSettings,
 )
+from storage import Storage, Subscription
 
 log = logging.getLogger("demo")
 
 PARK = "park1"
 # Our own packages: their warnings reach the terminal, everything else only the log.
-_OWN_LOGGERS = ("demo", "edge_agent", "ingest", "rules", "simulators", "smartpark")
+_OWN_LOGGERS = (
+    "demo", "edge_agent", "ingest", "notifier", "rules", "simulators", "smartpark",
+    "storage", "stream",
+)  # fmt: skip
 # After the agents stop, the bridge and the sink get this long to catch up; they are
 # done earlier when they have everything, or when they stop making progress.
 DRAIN_TIMEOUT_S = 20.0
@@ -405,7 +407,7 @@ async def _start_alerting(
     receiver = run.receiver = WebhookReceiver(secret, say=_say)
     url = stack.enter_context(receiver.serving())
     async with Storage(settings.database) as storage:
-        await WebhookStore(storage).create_subscription(
+        await storage.webhooks.create_subscription(
             Subscription(
                 f"sub_demo_{uuid.uuid4().hex[:8]}", PARK, None, url,
                 events.EVENT_TYPES, "the demo's park operations centre",

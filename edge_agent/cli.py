@@ -2,9 +2,10 @@
 
 ``run`` runs the agent until SIGINT/SIGTERM, logging a stats line every
 ``--stats-interval-s``; exit code 0 after a clean stop, 1 if an internal task
-failed, 2 for a bad configuration. ``check`` validates the file, reads every device
-once and connects to the broker once, printing one line each; exit code 0 only if
-everything answered.
+failed, 2 for a bad configuration (as every ``smartpark`` command:
+:mod:`smartpark.cli`). ``check`` validates the file, reads every device once and
+connects to the broker once, printing one line each; exit code 0 only if everything
+answered, else 1.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from edge_agent.pollers import location, make_pollers
 from edge_agent.publisher import connect_error
 from edge_agent.sample import Sample, utc_now
 from edge_agent.stats import AgentStats
-from smartpark.errors import ConfigError, DeviceError, SmartparkError
+from smartpark.cli import command
+from smartpark.errors import DeviceError
 
 log = logging.getLogger("edge_agent")
 
 
+@command("edge")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smartpark edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,11 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         " to the agent, so by default check only binds the listening port)",
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"smartpark edge: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     # pymodbus logs each timeout as an ERROR without naming the device; the agent
     # logs every failure itself, with the device id and the reason.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -65,11 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        asyncio.run(_run(config, args.stats_interval_s))
-    except SmartparkError as exc:
-        log.critical("edge agent failed: %s", exc)
-        return 1
+    asyncio.run(_run(config, args.stats_interval_s))
     return 0
 
 

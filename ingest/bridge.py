@@ -40,11 +40,11 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.kafka import DeadLetter, ensure_topics, make_producer
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import PayloadError
 from smartpark.settings import Settings
 from smartpark.wire import decode_batch, decode_status, parse_topic
+from stream.kafka import DeadLetter, ensure_topics, make_producer
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ import asyncio
 import logging
 
 from ingest.bridge import Bridge
-from ingest.service import run_until_signalled
 from smartpark import logs
-from smartpark.settings import Settings
+from smartpark.cli import command
+from smartpark.settings import Settings, load_settings
+from stream.service import run_until_signalled
 
 log = logging.getLogger("smartpark.bridge")
 
@@ -23,11 +24,12 @@ async def _run(settings: Settings, stats_every_s: float) -> None:
         await run_until_signalled(bridge, stats_every_s=stats_every_s, log=log)
 
 
-def main(argv: list[str]) -> int:
+@command("bridge")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smartpark bridge", description=__doc__)
     parser.add_argument("--stats-every", type=float, default=10.0, metavar="S")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = load_settings()
     logs.configure(settings.log_level)
     asyncio.run(_run(settings, args.stats_every))
     return 0

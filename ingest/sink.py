@@ -29,41 +29,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
-import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from ingest.group import Batch, DbPositionedConsumer
-from ingest.kafka import DeadLetter, ensure_topics, make_producer
-from ingest.storage import (
+from smartpark.clock import MsClock, system_ms
+from smartpark.errors import PayloadError
+from smartpark.settings import Settings
+from storage import (
     Dialect,
     KafkaOffset,
     Storage,
     TelemetryRow,
     rows_from_batch,
 )
-from smartpark.clock import MsClock, system_ms
-from smartpark.errors import PayloadError
-from smartpark.settings import Settings
-from smartpark.wire import TelemetryBatch, decode_batch
+from stream.group import Batch, DbPositionedConsumer
+from stream.kafka import DeadLetter, ensure_topics, make_producer
+from stream.records import decode_record
 
 log = logging.getLogger(__name__)
 
-# The bridge already refused readings from the future with its own clock; the sink's
-# check only guards against a sink clock far behind (replays are in the past).
-SINK_MAX_FUTURE_MS = 24 * 3600 * 1000
 # Daily partitions (plain PostgreSQL) are created a week ahead; refreshing that
 # window hourly keeps DDL off the hot path at midnight.
 _PARTITIONS_EVERY_MS = 3600 * 1000
 # Plain PostgreSQL rollups are recomputed from the buckets the writes logged; this is
 # how far they may lag (TimescaleDB runs its own refresh policies instead).
 ROLLUP_REFRESH_EVERY_MS = 10_000
-
-
-def decode_record(value: bytes, *, now_ms: int) -> TelemetryBatch:
-    """Decode one telemetry record's value as the sink does (PayloadError if bad)."""
-    return decode_batch(
-        value, now_ms=now_ms, max_future_ms=SINK_MAX_FUTURE_MS, loads=orjson.loads
-    )
 
 
 @dataclass
@@ -92,11 +81,9 @@ class Sink(DbPositionedConsumer):
     def __init__(self, settings: Settings, *, clock: MsClock = system_ms) -> None:
         super().__init__(
             settings.kafka,
+            settings.sink,
             topic=settings.kafka.telemetry_topic,
-            group=settings.sink.group_id,
             client_id=f"{settings.kafka.client_id}-sink",
-            batch_max_records=settings.sink.batch_max_records,
-            batch_max_wait_ms=settings.sink.batch_max_wait_ms,
         )
         self._settings = settings
         self._clock = clock
@@ -109,7 +96,7 @@ class Sink(DbPositionedConsumer):
         await self._storage.open()
         try:
             await self._storage.require_migrated()
-            await self._storage.ensure_partitions()
+            await self._storage.telemetry.ensure_partitions()
             await ensure_topics(self._settings.kafka)
             self._producer = make_producer(
                 self._settings.kafka, client_id=f"{self._settings.kafka.client_id}-sink"
@@ -142,14 +129,14 @@ class Sink(DbPositionedConsumer):
             return
         now = self._clock()
         if now - self._partitions_ms >= _PARTITIONS_EVERY_MS:
-            await self._storage.ensure_partitions()
+            await self._storage.telemetry.ensure_partitions()
             self._partitions_ms = now
         if now - self._refreshed_ms >= ROLLUP_REFRESH_EVERY_MS:
-            await self._storage.refresh_rollups()
+            await self._storage.telemetry.refresh_rollups()
             self._refreshed_ms = now
 
     async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
-        return await self._storage.load_offsets(self._group, self._topic)
+        return await self._storage.offsets.load(self._group, self._topic)
 
     async def process(self, batch: Batch) -> dict[TopicPartition, int]:
         """Decode, dead-letter and store one batch; return the next offsets committed.
@@ -179,7 +166,7 @@ class Sink(DbPositionedConsumer):
             next_offsets[tp] = records[-1].offset + 1
         if letters:
             await self._dead_letter(letters)
-        result = await self._storage.write(
+        result = await self._storage.telemetry.write(
             rows,
             offsets=[
                 KafkaOffset(self._group, tp.topic, tp.partition, off)

@@ -11,20 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 
-from ingest.service import run_until_signalled
 from ingest.sink import Sink
 from smartpark import logs
-from smartpark.errors import ConfigError, StorageError
-from smartpark.settings import Settings
+from smartpark.cli import command
+from smartpark.settings import Settings, load_settings
+from stream.service import run_until_signalled
 
 log = logging.getLogger("smartpark.sink")
-
-
-def _err(line: str) -> None:
-    # Start-up refusals go to stderr as one line, before logging is useful.
-    sys.stderr.write(line + "\n")
 
 
 async def _run(settings: Settings, stats_every_s: float) -> None:
@@ -39,18 +33,12 @@ async def _run(settings: Settings, stats_every_s: float) -> None:
         await run_until_signalled(sink, stats_every_s=stats_every_s, log=log)
 
 
-def main(argv: list[str]) -> int:
+@command("sink")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smartpark sink", description=__doc__)
     parser.add_argument("--stats-every", type=float, default=10.0, metavar="S")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = load_settings()
     logs.configure(settings.log_level)
-    try:
-        asyncio.run(_run(settings, args.stats_every))
-    except ConfigError as exc:
-        _err(f"smartpark sink: {exc}")
-        return 2
-    except StorageError as exc:
-        _err(f"smartpark sink: database unavailable: {exc}")
-        return 1
+    asyncio.run(_run(settings, args.stats_every))
     return 0

@@ -1,1 +1,3 @@
-"""Rule engine: a pure, deterministic core plus a Kafka runner (not built yet)."""
+"""Rule engine: a pure, deterministic core (model, engine, pack, kinds), the packs
+and the live Kafka runner (:mod:`rules.runner`, on :mod:`storage` and :mod:`stream`).
+"""

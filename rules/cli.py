@@ -7,8 +7,9 @@ still resolves it when the breach ends).
 ``smartpark rules run --pack FILE`` runs the live runner (:mod:`rules.runner`) on
 the telemetry topic until SIGINT/SIGTERM; settings from the environment
 (``SMARTPARK_KAFKA__BOOTSTRAP``, ``SMARTPARK_DATABASE__DSN``,
-``SMARTPARK_RULES__GROUP_ID``...). Exit code 2 for a bad pack or configuration, 1 if
-the database is unavailable.
+``SMARTPARK_RULES__GROUP_ID``...). Exit codes as every ``smartpark`` command
+(:mod:`smartpark.cli`): 2 for a bad pack, argument or setting, 1 for an unknown
+alert or an unavailable database.
 
 ``smartpark rules check --pack FILE --readings FILE``:
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -51,8 +53,9 @@ from rules.engine import Engine
 from rules.model import Obs
 from rules.pack import load_pack
 from smartpark import logs
-from smartpark.errors import ConfigError, StorageError
-from smartpark.settings import Settings
+from smartpark.cli import command
+from smartpark.errors import NotFound, UsageError
+from smartpark.settings import load_settings
 
 log = logging.getLogger("smartpark.rules")
 
@@ -63,6 +66,7 @@ class BadLine(ValueError):
     pass
 
 
+@command("rules")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smartpark rules", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,25 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_ack(args.alert_id, args.by))
     if args.command == "alerts":
         return asyncio.run(_list_alerts(args.park))
-    try:
-        pack = load_pack(args.pack)
-    except ConfigError as exc:
-        print(f"smartpark rules: {exc}", file=sys.stderr)
-        return 2
+    pack = load_pack(args.pack)
     try:
         source = _open(args.readings)
     except OSError as exc:
-        print(f"smartpark rules: {args.readings}: {exc.strerror}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.readings}: {exc.strerror}") from None
     with source:
         return check_readings(pack_engine=Engine(pack), name=args.readings, text=source)
 
 
 def _run_live(pack: Path, stats_every_s: float) -> int:
-    from ingest.service import run_until_signalled
     from rules.runner import RulesRunner
+    from stream.service import run_until_signalled
 
-    settings = Settings()
+    settings = load_settings()
     logs.configure(settings.log_level)
 
     async def go() -> None:
@@ -114,44 +113,28 @@ def _run_live(pack: Path, stats_every_s: float) -> int:
             )  # fmt: skip
             await run_until_signalled(runner, stats_every_s=stats_every_s, log=log)
 
-    try:
-        asyncio.run(go())
-    except ConfigError as exc:
-        print(f"smartpark rules: {exc}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"smartpark rules: database unavailable: {exc}", file=sys.stderr)
-        return 1
+    asyncio.run(go())
     return 0
 
 
 async def _ack(alert_id: str, by: str) -> int:
-    from ingest.storage import Storage
+    from storage import Storage
 
-    try:
-        async with Storage(Settings().database) as storage:
-            status = await storage.acknowledge_alert(alert_id, by=by)
-    except (ConfigError, StorageError) as exc:
-        print(f"smartpark rules: {exc}", file=sys.stderr)
-        return 2
+    async with Storage(load_settings().database) as storage:
+        status = await storage.alerts.acknowledge(alert_id, by=by)
     if status is None:
-        print(f"smartpark rules: no alert {alert_id}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no alert {alert_id}")
     print(f"{alert_id} {status}")
     return 0
 
 
 async def _list_alerts(park: str | None) -> int:
-    from ingest.storage import Storage
+    from storage import Storage
 
-    try:
-        async with Storage(Settings().database) as storage:
-            rows = await storage.alerts(park=park)
-    except (ConfigError, StorageError) as exc:
-        print(f"smartpark rules: {exc}", file=sys.stderr)
-        return 2
+    async with Storage(load_settings().database) as storage:
+        rows = await storage.alerts.list_alerts(park=park)
     for row in rows:
-        print(json.dumps(row, default=str, sort_keys=True))
+        print(json.dumps(dataclasses.asdict(row), default=str, sort_keys=True))
     return 0
 
 

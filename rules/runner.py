@@ -1,7 +1,7 @@
 """The live rule runner: telemetry through the rule core, exactly once in effect.
 
 ``async with RulesRunner(settings, pack_path) as runner: await runner.run()``.
-Contracts (on top of :class:`ingest.group.DbPositionedConsumer`):
+Contracts (on top of :class:`stream.group.DbPositionedConsumer`):
 
 - One :class:`~rules.engine.Engine` per assigned partition (telemetry is keyed by
   enterprise, so an enterprise's devices are all in one partition and in one engine).
@@ -9,7 +9,7 @@ Contracts (on top of :class:`ingest.group.DbPositionedConsumer`):
   deterministic). Every ``rules.checkpoint_every_ms`` (and when a partition is
   revoked, and at a clean stop) the engines' snapshots are written with the next
   offset they cover, in the same transaction as that batch's events
-  (:meth:`ingest.storage.Storage.write_alerts`). On assignment an engine is restored
+  (:meth:`storage.AlertStore.write`). On assignment an engine is restored
   from its checkpoint and the partition sought to the checkpoint's offset: after a
   crash the records since the checkpoint are evaluated again, give the same events,
   and store nothing twice. A crash, or a partition moving to another runner,
@@ -43,16 +43,16 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ingest.group import Batch, DbPositionedConsumer
-from ingest.kafka import ensure_topics, make_producer
-from ingest.sink import decode_record
-from ingest.storage import AlertEventRow, RuleState, Storage
 from rules.engine import Engine
 from rules.model import AlertEvent, Obs
 from rules.pack import Pack, load_pack
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import ConfigError, PayloadError, StorageError
 from smartpark.settings import Settings
+from storage import AlertEventRow, RuleState, Storage
+from stream.group import Batch, DbPositionedConsumer
+from stream.kafka import ensure_topics, make_producer
+from stream.records import decode_record
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,9 @@ class RulesRunner(DbPositionedConsumer):
     ) -> None:
         super().__init__(
             settings.kafka,
+            settings.rules,
             topic=settings.kafka.telemetry_topic,
-            group=settings.rules.group_id,
             client_id=f"{settings.kafka.client_id}-rules",
-            batch_max_records=settings.rules.batch_max_records,
-            batch_max_wait_ms=settings.rules.batch_max_wait_ms,
         )
         self._settings = settings
         self._clock = clock
@@ -141,7 +139,7 @@ class RulesRunner(DbPositionedConsumer):
             self._next.pop(tp.partition, None)
         stored = {
             s.partition: s
-            for s in await self._storage.load_rule_states(self._group, self._topic)
+            for s in await self._storage.alerts.states(self._group, self._topic)
         }
         pack = self._pack
         for tp in tps:
@@ -185,7 +183,7 @@ class RulesRunner(DbPositionedConsumer):
         if not states:
             return
         try:
-            await self._storage.write_alerts([], states)
+            await self._storage.alerts.write([], states)
         except StorageError as exc:
             log.warning("checkpoint of partitions %s not written: %s", partitions, exc)
             return
@@ -245,7 +243,7 @@ class RulesRunner(DbPositionedConsumer):
             self._next[tp.partition] = next_offsets[tp]
         if now_ms - self._checkpoint_ms >= self._every_ms:
             states = self._states(set(self._next))
-        self.stats.events += await self._storage.write_alerts(
+        self.stats.events += await self._storage.alerts.write(
             [event_row(pack, e) for e in events], states
         )
         if states:
@@ -266,19 +264,19 @@ class RulesRunner(DbPositionedConsumer):
         """Produce what the database holds unproduced; a Kafka failure waits."""
         producer = self._require(self._producer)
         topic = self._settings.kafka.alerts_topic
-        while pending := await self._storage.unproduced_alert_events(1000):
+        while pending := await self._storage.alerts.unproduced(1000):
             try:
                 futures = [
                     await producer.send(
-                        topic, orjson.dumps(body), key=_key(body).encode()
+                        topic, orjson.dumps(e.body), key=_key(e.body).encode()
                     )
-                    for _, body in pending
+                    for e in pending
                 ]
                 await asyncio.gather(*futures)
             except KafkaError as exc:
                 log.warning("alert events not produced yet (%s); will retry", exc)
                 return
-            await self._storage.mark_alert_events_produced([i for i, _ in pending])
+            await self._storage.alerts.mark_produced([e.event_id for e in pending])
             self.stats.produced += len(pending)
 
     # -- pack reload --------------------------------------------------------------

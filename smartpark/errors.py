@@ -8,12 +8,15 @@
      ├── DeviceError            reading a plant device failed            (retriable)
      │    ├── DeviceTimeout       the device did not answer in time       (retriable)
      │    └── DeviceException     the device answered with an error code  (retriable)
+     ├── UsageError             a command was given bad arguments
+     ├── NotFound               what a command asked for does not exist
      ├── StorageError           the database refused or lost a write      (retriable)
      └── UnsafeDestination      a webhook URL resolves to a refused address
-                                (rules.notifier.ssrf; not retriable)
+                                (notifier.ssrf; not retriable)
 
 Retry decisions come from the ``retriable`` class attribute, never from the text of
-a message.
+a message. Exit codes of the ``smartpark`` commands come from the type too, in one
+place: :func:`smartpark.cli.exit_code`.
 """
 
 from __future__ import annotations
@@ -83,6 +86,15 @@ class DeviceTimeout(DeviceError):
 
 class DeviceException(DeviceError):
     """The device answered with a protocol error (e.g. a Modbus exception code)."""
+
+
+class UsageError(SmartparkError):
+    """A command was given arguments it cannot work with (names the argument)."""
+
+
+class NotFound(SmartparkError):
+    """What a command asked for (an alert, a subscription, a delivery) does not
+    exist."""
 
 
 class StorageError(SmartparkError):

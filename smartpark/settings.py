@@ -9,8 +9,17 @@ own YAML file instead (see ``edge_agent.config``).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from smartpark.errors import ConfigError
+
+# "auto" uses TimescaleDB when the extension is available, plain PostgreSQL otherwise.
+DialectSetting = Literal["auto", "timescale", "postgres"]
+# COPY is the fast path; "insert" is for servers without COPY (PGlite).
+BulkMethod = Literal["copy", "insert"]
 
 
 class MqttSettings(BaseModel):
@@ -57,11 +66,8 @@ class KafkaSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/smartpark")
     schema_: str = Field(default="public", alias="schema")
-    # "auto" uses TimescaleDB when the extension is available, plain PostgreSQL
-    # otherwise.
-    dialect: str = "auto"
-    # COPY is the fast path; "insert" is for servers without COPY (PGlite).
-    bulk_method: str = "copy"
+    dialect: DialectSetting = "auto"
+    bulk_method: BulkMethod = "copy"
 
     model_config = {"populate_by_name": True}
 
@@ -73,16 +79,21 @@ class BridgeSettings(BaseModel):
     drain_timeout_s: float = 10.0
 
 
-class SinkSettings(BaseModel):
+class ConsumerSettings(BaseModel):
+    """What every DB-positioned consumer (sink, rules, notifier) is tuned by."""
+
+    group_id: str
+    # One batch (one getmany) is one database transaction.
+    batch_max_records: int = Field(default=5000, gt=0)
+    batch_max_wait_ms: int = Field(default=200, ge=0)
+
+
+class SinkSettings(ConsumerSettings):
     group_id: str = "smartpark-sink"
-    batch_max_records: int = 5000
-    batch_max_wait_ms: int = 200
 
 
-class RulesSettings(BaseModel):
+class RulesSettings(ConsumerSettings):
     group_id: str = "smartpark-rules"
-    batch_max_records: int = 5000
-    batch_max_wait_ms: int = 200
     # How often the runner re-reads its pack file for a new version.
     reload_every_s: float = 10.0
     # How often engine snapshots are stored with their offsets; after a crash the
@@ -90,15 +101,14 @@ class RulesSettings(BaseModel):
     checkpoint_every_ms: int = 5000
 
 
-class NotifierSettings(BaseModel):
+class NotifierSettings(ConsumerSettings):
     group_id: str = "smartpark-notifier"
-    batch_max_records: int = 1000
-    batch_max_wait_ms: int = 200
+    batch_max_records: int = Field(default=1000, gt=0)
     # Destinations the SSRF policy admits although they are loopback, private or
     # link-local: networks ("10.20.0.0/16") or host names. Empty in production
     # unless an enterprise's receiver really sits on the park's private network.
     allow: list[str] = []
-    # Delays (ms) before each attempt; None: rules.notifier.retry.DEFAULT_SCHEDULE
+    # Delays (ms) before each attempt; None: notifier.retry.DEFAULT_SCHEDULE
     # (ten attempts over about three days).
     schedule_ms: list[int] | None = None
     connect_timeout_s: float = 5.0
@@ -129,3 +139,20 @@ class Settings(BaseSettings):
     rules: RulesSettings = RulesSettings()
     notifier: NotifierSettings = NotifierSettings()
     log_level: str = "INFO"
+
+
+def load_settings() -> Settings:
+    """The process settings from the environment, checked now.
+
+    A wrong value fails here, at start-up, as a :class:`ConfigError` naming the
+    environment variable (``SMARTPARK_DATABASE__DIALECT: ...``), not deep in the
+    I/O code later.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path = "__".join(str(p) for p in err["loc"]).upper()
+            problems.append(f"SMARTPARK_{path}: {err['msg']}")
+        raise ConfigError("; ".join(problems)) from None

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from ingest.bridge import Bridge
-from ingest.kafka import DLQ_REASON, DLQ_SOURCE
 from smartpark.clock import system_ms
 from smartpark.wire import Reading, TelemetryBatch, encode_batch, telemetry_topic
+from stream.kafka import DLQ_REASON, DLQ_SOURCE
 from tests.support.clients import consume_until, publish_all, wait_for
 from tests.support.settings import platform_settings
 

@@ -83,7 +83,7 @@ async def test_rollover_and_replacement_are_flagged_end_to_end(
         assert after.pending_rows == 0
         expected = expected_keys([config], after)
         stored = await wait_stored(storage, park_id, expected, timeout_s=60)
-        rows = await storage.readings(park=park_id)
+        rows = await storage.telemetry.readings(park=park_id)
     assert_exactly_once(stored, expected)
     assert (stats.rollovers, stats.replacements) == (1, 1)
     assert sink.stats.dead_letters == 0

@@ -165,9 +165,9 @@ async def test_every_valid_hj212_reading_is_stored_once_and_no_corrupt_one(
             await asyncio.sleep(0.5)
             stored = [
                 (r.device, r.metric, int(r.time.timestamp() * 1000), r.value, r.quality)
-                for r in await storage.readings(park=park_id)
+                for r in await storage.telemetry.readings(park=park_id)
             ]
-        keys = await storage.reading_keys(park=park_id)
+        keys = await storage.telemetry.reading_keys(park=park_id)
 
     sent = [p for lg in loggers for p in lg.sent]
     corrupt = Counter(p.corruption for p in sent if not p.valid)

@@ -17,9 +17,9 @@ import pytest
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
-from ingest.storage import Storage
 from simulators.park import SimulatedPark
 from smartpark.settings import Settings
+from storage import Storage
 from tests.support.clients import Subscriber, wait_for
 from tests.support.pipeline import (
     assert_exactly_once,

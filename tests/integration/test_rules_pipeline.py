@@ -113,7 +113,7 @@ async def test_a_breach_hour_raises_exactly_the_expected_alerts(
                 ),  # 7 readings a packet
             )
             await wait_caught_up(storage, settings, len(records))
-            stored = await storage.alert_events(park=park_id)
+            stored = [e.body for e in await storage.alerts.events(park=park_id)]
         finally:
             runner.stop()
             await runner_task

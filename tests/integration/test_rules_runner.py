@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ingest.kafka import ensure_topics
-from ingest.storage import Storage
 from rules.engine import Engine
 from rules.model import Obs
 from rules.pack import parse_pack
 from rules.runner import RulesRunner, event_row
 from smartpark import wire
 from smartpark.settings import Settings
+from storage import Storage
+from stream.kafka import ensure_topics
 from tests.support.clients import wait_for
 from tests.support.procs import ServiceProcess
 from tests.support.rules import consume_all, offline_events
@@ -129,7 +129,7 @@ async def test_killed_runner_raises_exactly_what_the_offline_core_raises(
                 await produce(settings, chunk)
                 await asyncio.sleep(rng.uniform(0.05, 0.6))
                 runner.kill()  # mid-batch or between: nothing may be lost or doubled
-                progress.append(len(await storage.alert_events(park=park_id)))
+                progress.append(len(await storage.alerts.events(park=park_id)))
                 runner.start()
             records = await consume_all(
                 settings,
@@ -139,21 +139,21 @@ async def test_killed_runner_raises_exactly_what_the_offline_core_raises(
             expected = offline_events(pack_path, records)
 
             async def stored() -> list[dict[str, Any]]:
-                return await storage.alert_events(park=park_id)
+                return [e.body for e in await storage.alerts.events(park=park_id)]
 
             got: list[dict[str, Any]] = []
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 90
             while loop.time() < deadline:
                 got = await stored()
-                states = await storage.load_rule_states(
+                states = await storage.alerts.states(
                     settings.rules.group_id, settings.kafka.telemetry_topic
                 )
                 if sum(s.next_offset for s in states) == len(batches):
                     break
                 await asyncio.sleep(0.5)
             got = await stored()
-            alerts = await storage.alerts(park=park_id)
+            alerts = await storage.alerts.list_alerts(park=park_id)
         finally:
             rc = runner.stop()
     assert rc == 0
@@ -181,8 +181,8 @@ async def test_killed_runner_raises_exactly_what_the_offline_core_raises(
     # The lifecycle table agrees with the events.
     opened = {e["alert_id"] for e in expected if e["kind"] == "opened"}
     resolved = {e["alert_id"] for e in expected if e["kind"] == "resolved"}
-    assert {a["alert_id"] for a in alerts} == opened
-    assert {a["alert_id"] for a in alerts if a["status"] == "resolved"} == resolved
+    assert {a.alert_id for a in alerts} == opened
+    assert {a.alert_id for a in alerts if a.status == "resolved"} == resolved
 
     # Every stored event reached the alerts topic at least once, nothing else did.
     def ids(records: list[tuple[int, bytes]]) -> set[str]:
@@ -215,7 +215,7 @@ async def test_an_alert_is_opened_acknowledged_then_resolved(
     env = settings_env(settings)
     async with Storage(settings.database) as storage:
         await storage.migrate()
-        await storage.write_alerts([opened], [])
+        await storage.alerts.write([opened], [])
         done = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "smartpark.cli", "rules", "ack", opened.alert_id,
@@ -226,21 +226,21 @@ async def test_an_alert_is_opened_acknowledged_then_resolved(
             0,
             f"{opened.alert_id} acknowledged\n",
         ), done.stderr
-        [row] = await storage.alerts(park="ack")
-        assert (row["status"], row["acknowledged_by"]) == (
+        [row] = await storage.alerts.list_alerts(park="ack")
+        assert (row.status, row.acknowledged_by) == (
             "acknowledged",
             "duty-operator",
         )
         # acknowledging twice changes nothing; an unknown alert is an error
         assert (
-            await storage.acknowledge_alert(opened.alert_id, by="x") == "acknowledged"
+            await storage.alerts.acknowledge(opened.alert_id, by="x") == "acknowledged"
         )
-        assert await storage.acknowledge_alert("nope", by="x") is None
-        await storage.write_alerts([resolved], [])
-        [row] = await storage.alerts(park="ack")
-        stored = await storage.alert_events(park="ack")
-        unproduced = await storage.unproduced_alert_events()
-    assert (row["status"], row["acknowledged_by"]) == ("resolved", "duty-operator")
+        assert await storage.alerts.acknowledge("nope", by="x") is None
+        await storage.alerts.write([resolved], [])
+        [row] = await storage.alerts.list_alerts(park="ack")
+        stored = [e.body for e in await storage.alerts.events(park="ack")]
+        unproduced = await storage.alerts.unproduced()
+    assert (row.status, row.acknowledged_by) == ("resolved", "duty-operator")
     # the acknowledgement is an event of the alert, between its open and resolve,
     # queued for the alerts topic like the engine's (webhooks subscribe to it)
     assert [e["kind"] for e in stored] == ["opened", "acknowledged", "resolved"]
@@ -249,8 +249,8 @@ async def test_an_alert_is_opened_acknowledged_then_resolved(
         opened.alert_id,
         "duty-operator",
     )
-    assert [i for i, _ in unproduced] == [e["event_id"] for e in stored]
-    assert row["last_event_id"] == resolved.event_id
+    assert [e.event_id for e in unproduced] == [e["event_id"] for e in stored]
+    assert row.last_event_id == resolved.event_id
 
 
 async def test_a_new_pack_version_is_picked_up_without_a_restart(
@@ -291,7 +291,7 @@ async def test_a_new_pack_version_is_picked_up_without_a_restart(
                 await wait_for(
                     lambda: runner.stats.events == 3, timeout_s=90, what="stored"
                 )
-                events = await storage.alert_events(park=park_id)
+                events = [e.body for e in await storage.alerts.events(park=park_id)]
             finally:
                 runner.stop()
                 await task

@@ -19,13 +19,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 from pydantic import SecretStr
 
-from ingest.kafka import DLQ_REASON, DLQ_SOURCE, ensure_topics, make_producer
 from ingest.sink import Sink
-from ingest.storage import ReadingKey, Storage
 from smartpark.clock import system_ms
 from smartpark.errors import ConfigError
 from smartpark.settings import DatabaseSettings, KafkaSettings, Settings, SinkSettings
 from smartpark.wire import Reading, TelemetryBatch, encode_batch
+from storage import ReadingKey, Storage
+from stream.kafka import DLQ_REASON, DLQ_SOURCE, ensure_topics, make_producer
 from tests.support.clients import consume_until
 
 pytestmark = pytest.mark.integration
@@ -153,13 +153,13 @@ async def test_rows_exactly_once_and_invalid_records_dead_lettered(
 
     sink = await run_sink(settings, all_consumed)
 
-    assert set(await migrated.reading_keys(park=park_id)) == keys
-    assert await migrated.count_rows(park=park_id) == len(keys)
+    assert set(await migrated.telemetry.reading_keys(park=park_id)) == keys
+    assert await migrated.telemetry.count_rows(park=park_id) == len(keys)
     assert sink.stats.rows_inserted == len(keys)
     assert sink.stats.duplicates == 2 * len(redelivered)
     assert sink.stats.dead_letters == len(invalid)
     assert (
-        await migrated.load_offsets(
+        await migrated.offsets.load(
             settings.sink.group_id, settings.kafka.telemetry_topic
         )
         == ends
@@ -223,10 +223,10 @@ async def test_stop_and_restart_mid_stream_resumes_from_db_offsets(
     # Nothing was processed twice: the second sink started where the DB said.
     assert first.stats.records + second.stats.records == len(records)
     assert first.stats.duplicates == second.stats.duplicates == 0
-    assert set(await migrated.reading_keys(park=park_id)) == keys
-    assert await migrated.count_rows(park=park_id) == len(keys)
+    assert set(await migrated.telemetry.reading_keys(park=park_id)) == keys
+    assert await migrated.telemetry.count_rows(park=park_id) == len(keys)
     assert (
-        await migrated.load_offsets(
+        await migrated.offsets.load(
             settings.sink.group_id, settings.kafka.telemetry_topic
         )
         == ends
@@ -272,14 +272,16 @@ async def test_revocation_waits_for_the_batch_in_flight(
                 task_b = asyncio.create_task(b.run())
 
                 async def all_stored() -> bool:
-                    return await migrated.count_rows(park=park_id) == len(keys)
+                    return await migrated.telemetry.count_rows(park=park_id) == len(
+                        keys
+                    )
 
                 await until(all_stored, timeout_s=60, what="all rows")
                 b.stop()
                 await task_b
         a.stop()
         await task_a
-    assert set(await migrated.reading_keys(park=park_id)) == keys
+    assert set(await migrated.telemetry.reading_keys(park=park_id)) == keys
     # b started where a's in-flight batch ended: nothing was written twice.
     assert a.stats.duplicates + b.stats.duplicates == 0
     assert a.stats.rows_inserted + b.stats.rows_inserted == len(keys)
@@ -306,7 +308,7 @@ async def test_database_failure_is_retried_without_loss(
             check(lambda: sink.stats.retries >= 2), timeout_s=60, what="retries"
         )
         assert (
-            await migrated.count_rows(park=park_id) == 80
+            await migrated.telemetry.count_rows(park=park_id) == 80
         )  # nothing of the failing batches
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(
@@ -321,7 +323,7 @@ async def test_database_failure_is_retried_without_loss(
         )
         sink.stop()
         await task
-    assert set(await migrated.reading_keys(park=park_id)) == keys
+    assert set(await migrated.telemetry.reading_keys(park=park_id)) == keys
     assert sink.stats.rows_inserted == len(keys)
     assert sink.stats.duplicates == 0
 

@@ -12,7 +12,9 @@ import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
-from ingest.storage import (
+from smartpark.errors import ConfigError, StorageError
+from smartpark.settings import BulkMethod, DatabaseSettings
+from storage import (
     Dialect,
     KafkaOffset,
     ReadingKey,
@@ -20,8 +22,6 @@ from ingest.storage import (
     Storage,
     TelemetryRow,
 )
-from smartpark.errors import ConfigError, StorageError
-from smartpark.settings import DatabaseSettings
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +30,12 @@ TODAY_MS = int(T0.timestamp() * 1000)
 MIGRATIONS = ["0001_telemetry", "0002_counter_reset", "0003_alerts", "0004_webhooks"]
 
 
-def settings(dsn: str, schema: str, **kw: str) -> DatabaseSettings:
-    return DatabaseSettings(dsn=SecretStr(dsn), schema=schema, dialect="postgres", **kw)
+def settings(
+    dsn: str, schema: str, bulk_method: BulkMethod = "copy"
+) -> DatabaseSettings:
+    return DatabaseSettings(
+        dsn=SecretStr(dsn), schema=schema, dialect="postgres", bulk_method=bulk_method
+    )
 
 
 def rows_for(
@@ -93,15 +97,15 @@ async def test_schema_keeps_its_dialect(pg_dsn: str, db_schema: str) -> None:
 
 async def test_duplicates_are_not_stored_twice(storage: Storage) -> None:
     first = rows_for("m1", 100)
-    result = await storage.write(first)
+    result = await storage.telemetry.write(first)
     assert (result.inserted, result.duplicates) == (100, 0)
     # Overlap plus a duplicate inside the batch itself (redelivered record).
     second = first[50:] + rows_for("m1", 150)[100:] + [first[120 - 100 + 50]]
-    result = await storage.write(second)
+    result = await storage.telemetry.write(second)
     assert (result.inserted, result.duplicates) == (50, 51)
-    keys = await storage.reading_keys(device="m1")
+    keys = await storage.telemetry.reading_keys(device="m1")
     assert keys == [ReadingKey("m1", i, "active_power") for i in range(150)]
-    assert await storage.count_rows() == 150
+    assert await storage.telemetry.count_rows() == 150
 
 
 def energy_rows(device: str, resets: dict[int, str], n: int) -> list[TelemetryRow]:
@@ -117,18 +121,18 @@ async def test_counter_resets_are_stored_and_read_back(storage: Storage) -> None
     """Both write paths, and COPY's staging fallback (a batch with a duplicate)."""
     resets = {3: "rollover", 7: "replacement"}
     rows = energy_rows("m1", resets, 10)
-    assert (await storage.write(rows[:5])).inserted == 5
+    assert (await storage.telemetry.write(rows[:5])).inserted == 5
     # rows[4] again: COPY into telemetry fails, the staging table takes the batch.
-    assert (await storage.write(rows[4:])).inserted == 5
-    stored = await storage.readings(device="m1")
+    assert (await storage.telemetry.write(rows[4:])).inserted == 5
+    stored = await storage.telemetry.readings(device="m1")
     assert stored == rows
     assert {r.seq: r.reset for r in stored if r.reset} == resets
 
 
 async def test_the_database_refuses_an_unknown_reset(storage: Storage) -> None:
     with pytest.raises(StorageError, match="telemetry_reset_kind"):
-        await storage.write(energy_rows("m1", {0: "wrapped"}, 1))
-    assert await storage.count_rows() == 0
+        await storage.telemetry.write(energy_rows("m1", {0: "wrapped"}, 1))
+    assert await storage.telemetry.count_rows() == 0
 
 
 async def test_upgrade_keeps_old_rows_without_a_reset(
@@ -146,8 +150,8 @@ async def test_upgrade_keeps_old_rows_without_a_reset(
             )
         assert await s.pending_migrations() == MIGRATIONS[1:]
         assert await s.migrate(up_to=2) == ["0002_counter_reset"]
-        await s.write(energy_rows("m1", {2: "replacement"}, 3)[2:])
-        stored = await s.readings(device="m1")
+        await s.telemetry.write(energy_rows("m1", {2: "replacement"}, 3)[2:])
+        stored = await s.telemetry.readings(device="m1")
     assert [(r.seq, r.value, r.reset) for r in stored] == [
         (1, 5.0, None),
         (2, 2.0, "replacement"),
@@ -155,35 +159,41 @@ async def test_upgrade_keeps_old_rows_without_a_reset(
 
 
 async def test_offsets_are_committed_with_the_rows(storage: Storage) -> None:
-    await storage.write(rows_for("m1", 10), offsets=[KafkaOffset("g", "t", 0, 10)])
-    await storage.write(
+    await storage.telemetry.write(
+        rows_for("m1", 10), offsets=[KafkaOffset("g", "t", 0, 10)]
+    )
+    await storage.telemetry.write(
         rows_for("m1", 20)[10:],
         offsets=[KafkaOffset("g", "t", 0, 20), KafkaOffset("g", "t", 3, 7)],
     )
-    assert await storage.load_offsets("g", "t") == {0: 20, 3: 7}
-    assert await storage.load_offsets("other", "t") == {}
+    assert await storage.offsets.load("g", "t") == {0: 20, 3: 7}
+    assert await storage.offsets.load("other", "t") == {}
 
 
 async def test_failed_write_commits_neither_rows_nor_offsets(storage: Storage) -> None:
-    await storage.write(rows_for("m1", 5), offsets=[KafkaOffset("g", "t", 0, 5)])
+    await storage.telemetry.write(
+        rows_for("m1", 5), offsets=[KafkaOffset("g", "t", 0, 5)]
+    )
     batch = rows_for("m2", 300, start=T0 - timedelta(days=3))
     # The rows insert fine; the offsets violate next_offset >= 0 afterwards, so the
     # transaction fails after the rows were written into it.
     with pytest.raises(StorageError):
-        await storage.write(
+        await storage.telemetry.write(
             batch, offsets=[KafkaOffset("g", "t", 0, 305), KafkaOffset("g", "t", 1, -1)]
         )
-    assert await storage.count_rows(device="m2") == 0
-    assert await storage.load_offsets("g", "t") == {0: 5}
-    await storage.refresh_rollups()
-    day = await storage.rollup(
+    assert await storage.telemetry.count_rows(device="m2") == 0
+    assert await storage.offsets.load("g", "t") == {0: 5}
+    await storage.telemetry.refresh_rollups()
+    day = await storage.telemetry.rollup(
         RollupLevel.DAY, start=T0 - timedelta(days=9), end=T0 + timedelta(days=9)
     )
     assert {r.device for r in day} == {"m1"}
     # The same batch goes through once the cause is gone (retry is safe).
-    result = await storage.write(batch, offsets=[KafkaOffset("g", "t", 0, 305)])
+    result = await storage.telemetry.write(
+        batch, offsets=[KafkaOffset("g", "t", 0, 305)]
+    )
     assert result.inserted == 300
-    assert await storage.load_offsets("g", "t") == {0: 305}
+    assert await storage.offsets.load("g", "t") == {0: 305}
 
 
 async def test_partition_is_created_on_demand_for_an_old_day(storage: Storage) -> None:
@@ -192,17 +202,20 @@ async def test_partition_is_created_on_demand_for_an_old_day(storage: Storage) -
     name = f"telemetry_p{old:%Y%m%d}"
     assert name not in before
     batch = rows_for("m1", 3, start=old) + rows_for("m1", 3, start=T0)
-    assert (await storage.write(batch)).inserted == 6
+    assert (await storage.telemetry.write(batch)).inserted == 6
     after = (await storage.info()).partitions
     assert set(after) - set(before) == {name}
-    assert len(await storage.readings(device="m1", end=T0 - timedelta(days=1))) == 3
+    assert (
+        len(await storage.telemetry.readings(device="m1", end=T0 - timedelta(days=1)))
+        == 3
+    )
 
 
 async def test_a_partition_dropped_elsewhere_is_recreated_on_retry(
     storage: Storage, pg_dsn: str, db_schema: str
 ) -> None:
     old = T0 - timedelta(days=100)
-    await storage.write(rows_for("m1", 2, start=old))
+    await storage.telemetry.write(rows_for("m1", 2, start=old))
     with psycopg.connect(pg_dsn, autocommit=True) as conn:  # e.g. another retention
         conn.execute(
             sql.SQL("DROP TABLE {}").format(
@@ -211,24 +224,26 @@ async def test_a_partition_dropped_elsewhere_is_recreated_on_retry(
         )
     batch = rows_for("m1", 3, start=old)
     with pytest.raises(StorageError):  # the cached belief fails once, retriably
-        await storage.write(batch)
-    assert (await storage.write(batch)).inserted == 3
+        await storage.telemetry.write(batch)
+    assert (await storage.telemetry.write(batch)).inserted == 3
 
 
 async def test_retention_drops_old_partitions_and_keeps_rollups(
     storage: Storage,
 ) -> None:
-    await storage.write(rows_for("m1", 4, start=T0 - timedelta(days=40)))
-    await storage.write(rows_for("m1", 4, start=T0))
-    await storage.refresh_rollups()
-    dropped = await storage.apply_retention(keep_days=30)
+    await storage.telemetry.write(rows_for("m1", 4, start=T0 - timedelta(days=40)))
+    await storage.telemetry.write(rows_for("m1", 4, start=T0))
+    await storage.telemetry.refresh_rollups()
+    dropped = await storage.telemetry.apply_retention(keep_days=30)
     assert dropped == ["telemetry_p20260120"]
-    assert await storage.count_rows() == 4
-    daily = await storage.rollup(
+    assert await storage.telemetry.count_rows() == 4
+    daily = await storage.telemetry.rollup(
         RollupLevel.DAY, start=T0 - timedelta(days=50), end=T0 + timedelta(days=1)
     )
     assert [r.bucket.date() for r in daily] == [date(2026, 1, 20), date(2026, 3, 1)]
-    assert await storage.ensure_partitions() == []  # the window around today exists
+    assert (
+        await storage.telemetry.ensure_partitions() == []
+    )  # the window around today exists
 
 
 async def test_rollups_equal_a_group_by_over_the_raw_rows(
@@ -246,14 +261,14 @@ async def test_rollups_equal_a_group_by_over_the_raw_rows(
     ]  # fmt: skip
     # Overlapping, shuffled batches: every row is delivered one to three times.
     for i in range(6):
-        await storage.write(rng.sample(universe, 1200))
+        await storage.telemetry.write(rng.sample(universe, 1200))
         if i % 2:  # refreshes in between: buckets are recomputed, never added twice
-            await storage.refresh_rollups()
-    await storage.write(universe)
-    assert await storage.refresh_rollups() > 0
-    assert await storage.refresh_rollups() == 0  # the log is empty now
+            await storage.telemetry.refresh_rollups()
+    await storage.telemetry.write(universe)
+    assert await storage.telemetry.refresh_rollups() > 0
+    assert await storage.telemetry.refresh_rollups() == 0  # the log is empty now
 
-    stored = await storage.readings()
+    stored = await storage.telemetry.readings()
     expected: dict[RollupLevel, dict[tuple[object, ...], list[float]]] = {}
     for level, width in ((RollupLevel.MINUTE, 60), (RollupLevel.HOUR, 3600),
                          (RollupLevel.DAY, 86400)):  # fmt: skip
@@ -264,7 +279,7 @@ async def test_rollups_equal_a_group_by_over_the_raw_rows(
             groups[(bucket, r.park, r.enterprise, r.device, r.metric)].append(r.value)
         expected[level] = groups
     for level, groups in expected.items():
-        got = await storage.rollup(
+        got = await storage.telemetry.rollup(
             level, start=T0 - timedelta(days=1), end=T0 + timedelta(days=4)
         )
         assert len(got) == len(groups)
@@ -285,33 +300,28 @@ async def test_rollups_equal_a_group_by_over_the_raw_rows(
                 " sum(value) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
             ).format(sql.Identifier(db_schema, "telemetry"))
         ).fetchall()
-    hourly = await storage.rollup(
+    hourly = await storage.telemetry.rollup(
         RollupLevel.HOUR, start=T0 - timedelta(days=1), end=T0 + timedelta(days=4)
     )
     assert raw == sorted((r.bucket, r.device, r.metric, r.n, r.sum) for r in hourly)
 
 
 async def test_late_rows_update_an_already_refreshed_bucket(storage: Storage) -> None:
-    await storage.write(rows_for("m1", 6))  # one minute: 0, 10 .. 50 s
-    await storage.refresh_rollups()
+    await storage.telemetry.write(rows_for("m1", 6))  # one minute: 0, 10 .. 50 s
+    await storage.telemetry.refresh_rollups()
     late = [r._replace(seq=100, time=r.time + timedelta(seconds=5), value=100.0)
             for r in rows_for("m1", 1)]  # fmt: skip
-    await storage.write(late)
-    await storage.refresh_rollups()
-    [minute] = await storage.rollup(
+    await storage.telemetry.write(late)
+    await storage.telemetry.refresh_rollups()
+    [minute] = await storage.telemetry.rollup(
         RollupLevel.MINUTE, start=T0, end=T0 + timedelta(minutes=1)
     )
     assert (minute.n, minute.sum, minute.min, minute.max) == (7, 115.0, 0.0, 100.0)
-    [day] = await storage.rollup(RollupLevel.DAY, start=T0 - timedelta(days=1), end=T0)
+    [day] = await storage.telemetry.rollup(
+        RollupLevel.DAY, start=T0 - timedelta(days=1), end=T0
+    )
     assert day.bucket == datetime(2026, 3, 1, tzinfo=UTC)
     assert day.n == 7
-
-
-async def test_unknown_bulk_method_is_a_config_error(
-    pg_dsn: str, db_schema: str
-) -> None:
-    with pytest.raises(ConfigError, match="bulk_method"):
-        Storage(settings(pg_dsn, db_schema, bulk_method="magic"))
 
 
 async def test_unreachable_database_is_a_storage_error(db_schema: str) -> None:

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import SecretStr
 
-from ingest.storage import Storage, TelemetryRow
 from smartpark.settings import DatabaseSettings
+from storage import Storage, TelemetryRow
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ async def test_insert_path_messages_stay_under_64_kib(
     ]  # fmt: skip
     async with Storage(settings) as storage:
         await storage.migrate()
-        result = await storage.write(rows)
+        result = await storage.telemetry.write(rows)
         assert result.inserted == len(rows)
     binds = [size for kind, size in r.sizes if kind == "B"]
     assert binds, r.sizes

@@ -7,18 +7,21 @@ There is no COPY there, so the INSERT path (bulk_method="insert") is what runs.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
-from ingest.storage import Dialect, KafkaOffset, RollupLevel, Storage, TelemetryRow
 from smartpark.errors import ConfigError
-from smartpark.settings import DatabaseSettings
+from smartpark.settings import DatabaseSettings, DialectSetting
+from storage import Dialect, KafkaOffset, RollupLevel, Storage, TelemetryRow
+from storage.migrate import COMMON, available, migrations_root
 
 pytestmark = [pytest.mark.integration, pytest.mark.timescale]
 
@@ -35,7 +38,9 @@ def ts_schema(timescale_dsn: str, uid: str) -> Iterator[str]:
         )
 
 
-def ts_settings(dsn: str, schema: str, dialect: str = "auto") -> DatabaseSettings:
+def ts_settings(
+    dsn: str, schema: str, dialect: DialectSetting = "auto"
+) -> DatabaseSettings:
     return DatabaseSettings(
         dsn=SecretStr(dsn), schema=schema, dialect=dialect, bulk_method="insert"
     )
@@ -113,18 +118,22 @@ async def test_writes_are_idempotent_and_rollups_match_the_raw_rows(
     batch = rows(3000)
     async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
         await s.migrate()
-        first = await s.write(batch[:2000], offsets=[KafkaOffset("g", "t", 0, 10)])
-        again = await s.write(batch, offsets=[KafkaOffset("g", "t", 0, 20)])
+        first = await s.telemetry.write(
+            batch[:2000], offsets=[KafkaOffset("g", "t", 0, 10)]
+        )
+        again = await s.telemetry.write(batch, offsets=[KafkaOffset("g", "t", 0, 20)])
         assert (first.inserted, first.duplicates) == (2000, 0)
         assert (again.inserted, again.duplicates) == (1000, 2000)
-        assert await s.count_rows() == 3000
-        assert await s.load_offsets("g", "t") == {0: 20}
+        assert await s.telemetry.count_rows() == 3000
+        assert await s.offsets.load("g", "t") == {0: 20}
         # Real-time aggregation already shows the rows; the refresh materialises
         # them, and both must agree with the raw table.
-        before = await s.rollup(RollupLevel.HOUR, start=T0, end=T0 + timedelta(days=1))
-        await s.refresh_rollups()
+        before = await s.telemetry.rollup(
+            RollupLevel.HOUR, start=T0, end=T0 + timedelta(days=1)
+        )
+        await s.telemetry.refresh_rollups()
         levels = {
-            level: await s.rollup(
+            level: await s.telemetry.rollup(
                 level, start=T0 - timedelta(days=1), end=T0 + timedelta(days=2)
             )
             for level in RollupLevel
@@ -180,9 +189,9 @@ async def test_reset_column_is_added_over_a_compressed_chunk(
     ]  # fmt: skip
     async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
         assert await s.migrate(up_to=2) == ["0002_counter_reset"]
-        first = await s.write(later)
-        again = await s.write(later)  # ON CONFLICT into the compressed chunk
-        stored = await s.readings(device="m1")
+        first = await s.telemetry.write(later)
+        again = await s.telemetry.write(later)  # ON CONFLICT into the compressed chunk
+        stored = await s.telemetry.readings(device="m1")
     assert (first.inserted, again.duplicates) == (3, 3)
     assert len(stored) == 103
     assert {r.seq: r.reset for r in stored if r.reset is not None} == {
@@ -199,8 +208,10 @@ async def test_policies_run_through_run_job(timescale_dsn: str, ts_schema: str) 
     recent = [r._replace(time=base + (r.time - T0)) for r in rows(200)]
     async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
         await s.migrate()
-        await s.write(rows(200, device="old"))  # months old: due for compression
-        await s.write(recent)
+        await s.telemetry.write(
+            rows(200, device="old")
+        )  # months old: due for compression
+        await s.telemetry.write(recent)
     with psycopg.connect(timescale_dsn, autocommit=True) as conn:
         # Continuous-aggregate policies are listed under the view's name.
         jobs = conn.execute(
@@ -244,3 +255,58 @@ async def test_policies_run_through_run_job(timescale_dsn: str, ts_schema: str) 
     assert sorted(compressed) == [(False, False)] * (len(compressed) - 1) + [
         (True, True)
     ]
+
+
+def _common_tables() -> list[str]:
+    """Tables created by the migrations both dialects share, plus the two that 0001
+    writes identically in each (offsets, bookkeeping)."""
+    names = {"kafka_offsets", "schema_migrations"}
+    for mig in available(Dialect.POSTGRES):
+        if (migrations_root() / COMMON / f"{mig.version:04d}_{mig.name}.sql").exists():
+            names |= set(re.findall(r"CREATE TABLE (\w+)", mig.sql))
+    return sorted(names)
+
+
+def _shape(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str, Any]:
+    """Columns, constraints and indexes of ``schema.table``, schema name removed."""
+    columns = conn.execute(
+        "SELECT column_name, data_type, is_nullable, column_default"
+        " FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+        " ORDER BY ordinal_position",
+        (schema, table),
+    ).fetchall()
+    constraints = conn.execute(
+        "SELECT conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
+        " JOIN pg_class t ON t.oid = c.conrelid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE n.nspname = %s AND t.relname = %s ORDER BY conname",
+        (schema, table),
+    ).fetchall()
+    indexes = conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes"
+        " WHERE schemaname = %s AND tablename = %s ORDER BY indexname",
+        (schema, table),
+    ).fetchall()
+    shape = {"columns": columns, "constraints": constraints, "indexes": indexes}
+    text = repr(shape).replace(f"{schema}.", "").replace(f'"{schema}".', "")
+    return {"table": table, "shape": text, "columns": len(columns)}
+
+
+async def test_both_dialects_end_at_the_same_schema_for_the_common_tables(
+    timescale_dsn: str, ts_schema: str, pg_dsn: str, db_schema: str
+) -> None:
+    async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
+        await s.migrate()
+    plain = DatabaseSettings(
+        dsn=SecretStr(pg_dsn), schema=db_schema, dialect="postgres"
+    )
+    async with Storage(plain) as s:
+        await s.migrate()
+    tables = _common_tables()
+    assert {"alert_events", "alerts", "rule_state", "webhook_deliveries"} <= set(tables)
+    with psycopg.connect(timescale_dsn) as conn:
+        on_timescale = [_shape(conn, ts_schema, t) for t in tables]
+    with psycopg.connect(pg_dsn) as conn:
+        on_postgres = [_shape(conn, db_schema, t) for t in tables]
+    assert all(t["columns"] > 0 for t in on_postgres), on_postgres
+    assert on_timescale == on_postgres

@@ -21,15 +21,14 @@ from typing import Any
 import pytest
 import yaml
 
-from ingest.storage import Storage
-from ingest.storage.webhooks import WebhookStore
+from notifier import events, signing
+from notifier.signing import WebhookVerificationError
 from rules.engine import Engine
-from rules.notifier import events, signing
-from rules.notifier.signing import WebhookVerificationError
 from rules.pack import parse_pack
 from rules.runner import RulesRunner
 from smartpark import wire
 from smartpark.settings import Settings
+from storage import DeliveryRow, Storage
 from tests.support.notifier import (
     T0,
     alert_events,
@@ -122,7 +121,7 @@ async def test_alerts_from_the_runner_arrive_signed_and_verifiable(
                             x["alert_id"] for x in e1_events if x["kind"] == "resolved"
                         }
                     )  # fmt: skip
-                    await storage.acknowledge_alert(opened["alert_id"], by="duty-1")
+                    await storage.alerts.acknowledge(opened["alert_id"], by="duty-1")
                     got = await asyncio.to_thread(
                         enterprise.wait_for, lambda r: len(r) > len(e1_events), 30
                     )
@@ -216,7 +215,7 @@ async def test_a_killed_notifier_and_a_failing_receiver_lose_nothing(
                     return len(ok) == len(evts)
 
                 got = await asyncio.to_thread(receiver.wait_for, all_ok, 90)
-                store = WebhookStore(storage)
+                store = storage.webhooks
 
                 async def recorded() -> bool:
                     pending = await store.deliveries(status="pending")
@@ -226,7 +225,7 @@ async def test_a_killed_notifier_and_a_failing_receiver_lose_nothing(
             finally:
                 rc = proc.stop()
             rows = await store.deliveries(subscription_id="sub-1")
-            first = await store.attempts(rows[0]["delivery_id"])
+            first = await store.attempts(rows[0].delivery_id)
     assert rc == 0, log.read_text()
 
     expected = [e["event_id"] for e in evts]
@@ -251,11 +250,11 @@ async def test_a_killed_notifier_and_a_failing_receiver_lose_nothing(
                 if x["alert_id"] == e["alert_id"] and x["kind"] == "opened"
             )
             assert first_ok[opened["event_id"]] < first_seen[e["event_id"]]
-    assert {row["status"] for row in rows} == {"delivered"}
+    assert {row.status for row in rows} == {"delivered"}
     assert len(rows) == len(evts)  # queued once each, across restarts
-    assert first[0]["status_code"] == 500
-    assert first[0]["outcome"] == "retry"
-    assert "database is down" in first[0]["error"]
+    assert first[0].status_code == 500
+    assert first[0].outcome == "retry"
+    assert "database is down" in (first[0].error or "")
 
 
 async def test_a_dead_endpoint_does_not_delay_a_healthy_one(
@@ -270,16 +269,16 @@ async def test_a_dead_endpoint_does_not_delay_a_healthy_one(
             async with running_notifier(settings):
                 baseline = await _latencies(settings, live, park_id, "base", dead=False)
                 loaded = await _latencies(settings, live, park_id, "load", dead=True)
-            store = WebhookStore(storage)
+            store = storage.webhooks
             dead_rows = await store.deliveries(subscription_id="sub-dead")
             dead_attempts = [
-                a for row in dead_rows for a in await store.attempts(row["delivery_id"])
+                a for row in dead_rows for a in await store.attempts(row.delivery_id)
             ]
     print(f"healthy endpoint latency: alone max {max(baseline):.3f} s, "
           f"beside a dead endpoint max {max(loaded):.3f} s")  # fmt: skip
     assert dead_attempts
-    assert {a["outcome"] for a in dead_attempts} == {"retry"}
-    assert all(a["error"].startswith("timeout") for a in dead_attempts)
+    assert {a.outcome for a in dead_attempts} == {"retry"}
+    assert all((a.error or "").startswith("timeout") for a in dead_attempts)
     assert len(dead_attempts) >= 2  # the dead endpoint was being tried meanwhile
     assert max(loaded) < max(baseline) + 0.5
     assert max(loaded) < 1.5  # the dead endpoint's timeout is 2 s
@@ -390,18 +389,18 @@ async def test_subscription_lifecycle_with_the_real_commands(
                     signing.verify(new_secret, r.headers, r.body)
                     signing.verify(old_secret, r.headers, r.body)
 
-                store = WebhookStore(storage)
+                store = storage.webhooks
                 rows = await store.deliveries(subscription_id=sid)
-                one = next(r for r in rows if r["event_type"] == "alert.opened")
+                one = next(r for r in rows if r.event_type == "alert.opened")
                 again = await asyncio.to_thread(
-                    _cli, "redeliver", str(one["delivery_id"]), env=env
+                    _cli, "redeliver", str(one.delivery_id), env=env
                 )
                 assert again.returncode == 0, again.stderr
                 got = await asyncio.to_thread(
                     receiver.wait_for, lambda r: len(r) >= 2 + len(evts), 30
                 )
-                assert got[-1].headers["webhook-id"] == one["event_id"]
-                since = (one["created_at"]).isoformat()
+                assert got[-1].headers["webhook-id"] == one.event_id
+                since = one.created_at.isoformat()
                 ranged = await asyncio.to_thread(
                     _cli, "redeliver", "--subscription", sid, "--since", since, env=env
                 )
@@ -417,14 +416,14 @@ async def test_subscription_lifecycle_with_the_real_commands(
                 more = [{**more[0], "event_id": "late-1", "alert_id": "late-1"}]
                 await produce_events(settings, more)
 
-                async def failed() -> list[dict[str, Any]]:
+                async def failed() -> list[DeliveryRow]:
                     return await store.deliveries(subscription_id=sid, status="failed")
 
                 await until(failed, what="the failed delivery")
                 [bad] = await failed()
-                tried = await store.attempts(bad["delivery_id"])
-                assert [a["status_code"] for a in tried] == [502, 502, 502]
-                assert [a["outcome"] for a in tried] == ["retry"] * 3
+                tried = await store.attempts(bad.delivery_id)
+                assert [a.status_code for a in tried] == [502, 502, 502]
+                assert [a.outcome for a in tried] == ["retry"] * 3
                 shown = await asyncio.to_thread(
                     _cli, "deliveries", "--status", "failed", env=env
                 )
@@ -453,7 +452,7 @@ async def test_subscription_lifecycle_with_the_real_commands(
                     "failed": 1,
                 }
                 [queued] = await store.deliveries(subscription_id=sid, status="pending")
-                assert queued["event_id"] == "late-2"
+                assert queued.event_id == "late-2"
                 receiver.set_respond(lambda r: Reply(204))
                 enabled = await asyncio.to_thread(_cli, "enable", sid, env=env)
                 assert enabled.returncode == 0
@@ -558,11 +557,11 @@ async def test_retry_after_is_honoured(
                 first, second = await asyncio.to_thread(
                     receiver.wait_for, at_least(2), 30
                 )
-            [delivery] = await WebhookStore(storage).deliveries()
-            tried = await WebhookStore(storage).attempts(delivery["delivery_id"])
+            [delivery] = await storage.webhooks.deliveries()
+            tried = await storage.webhooks.attempts(delivery.delivery_id)
     assert 2.0 <= second.at_s - first.at_s < 3.0
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
-    assert [(a["status_code"], a["outcome"]) for a in tried] == [
+    assert [(a.status_code, a.outcome) for a in tried] == [
         (status, "retry_after"),
         (200, "delivered"),
     ]
@@ -594,10 +593,10 @@ async def test_deliveries_go_on_after_the_database_restarts(
 
             await until(all_delivered, what="every delivery recorded", timeout_s=60)
         async with Storage(settings.database) as storage:
-            rows = await WebhookStore(storage).deliveries()
+            rows = await storage.webhooks.deliveries()
     assert sorted(set(ids(got))) == sorted(expected)
     assert len(rows) == len(evts)
-    assert {r["status"] for r in rows} == {"delivered"}
+    assert {r.status for r in rows} == {"delivered"}
 
 
 @pytest.mark.parametrize(

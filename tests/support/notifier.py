@@ -12,14 +12,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from ingest.kafka import ensure_topics
-from ingest.storage import Storage
-from ingest.storage.webhooks import Subscription, WebhookStore
+from notifier import events, signing
+from notifier.service import Notifier
 from rules.engine import Engine
 from rules.model import Obs
-from rules.notifier import events, signing
-from rules.notifier.service import Notifier
 from smartpark.settings import NotifierSettings, Settings
+from storage import Storage, Subscription
+from stream.kafka import ensure_topics
 from tests.support.webhooks import Received
 
 T0 = 1_704_067_200_000
@@ -100,7 +99,7 @@ async def subscribe(
     """A subscription stored directly (the CLI's SSRF check is tested apart); its
     secret."""
     secret = signing.generate_secret()
-    await WebhookStore(storage).create_subscription(
+    await storage.webhooks.create_subscription(
         Subscription(sid, park, enterprise, url, tuple(types)), secret
     )
     return secret

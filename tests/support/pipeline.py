@@ -16,8 +16,8 @@ from edge_agent.outbox import Outbox
 from edge_agent.sample import utc_now
 from ingest.bridge import Bridge
 from ingest.sink import Sink
-from ingest.storage import Storage
 from smartpark.settings import Settings
+from storage import Storage
 from tests.support.clients import wait_for
 
 
@@ -58,7 +58,10 @@ def expected_keys(
 
 
 async def stored_keys(storage: Storage, park: str) -> list[tuple[str, int, str]]:
-    return [(k.device, k.seq, k.metric) for k in await storage.reading_keys(park=park)]
+    return [
+        (k.device, k.seq, k.metric)
+        for k in await storage.telemetry.reading_keys(park=park)
+    ]
 
 
 async def wait_stored(

@@ -9,12 +9,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ingest.storage import Storage
 from rules.engine import Engine
 from rules.model import Obs
 from rules.pack import load_pack
 from smartpark import wire
 from smartpark.settings import Settings
+from storage import Storage
 
 FAR_FUTURE_MS = 2**62
 
@@ -73,7 +73,7 @@ async def wait_caught_up(storage: Storage, settings: Settings, records: int) -> 
     """Until the runner's stored offsets cover ``records`` telemetry records."""
     async with asyncio.timeout(120):
         while True:
-            states = await storage.load_rule_states(
+            states = await storage.alerts.states(
                 settings.rules.group_id, settings.kafka.telemetry_topic
             )
             if sum(s.next_offset for s in states) >= records:

@@ -1,4 +1,4 @@
-"""Alert events → webhook types, recipients and bodies (rules.notifier.events)."""
+"""Alert events → webhook types, recipients and bodies (notifier.events)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from notifier import events
 from rules.engine import Engine
 from rules.model import Obs
-from rules.notifier import events
 from rules.pack import parse_pack
 
 T0 = 1_704_067_200_000

@@ -1,4 +1,4 @@
-"""One webhook delivery attempt (rules.notifier.http.Sender) against real local peers.
+"""One webhook delivery attempt (notifier.http.Sender) against real local peers.
 
 Every peer is a real socket on the loopback interface: the recording
 :class:`~tests.support.webhooks.Receiver` (HTTP or TLS with ``trustme``
@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import trustme
 
-from rules.notifier import signing
-from rules.notifier.http import AttemptResult, Sender
-from rules.notifier.retry import Outcome, classify
+from notifier import signing
+from notifier.http import AttemptResult, Sender
+from notifier.retry import Outcome, classify
 from tests.support.webhooks import (
     Receiver,
     Reply,

@@ -1,4 +1,4 @@
-"""Delivery outcome classification and the retry schedule (rules.notifier.retry)."""
+"""Delivery outcome classification and the retry schedule (notifier.retry)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from rules.notifier.retry import (
+from notifier.retry import (
     DEFAULT_SCHEDULE,
     HOUR_MS,
     MINUTE_MS,

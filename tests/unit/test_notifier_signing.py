@@ -1,4 +1,4 @@
-"""Standard Webhooks signing and verification (rules.notifier.signing)."""
+"""Standard Webhooks signing and verification (notifier.signing)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from rules.notifier.signing import (
+from notifier.signing import (
     WebhookVerificationError,
     decode_secret,
     generate_secret,

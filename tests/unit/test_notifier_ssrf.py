@@ -1,4 +1,4 @@
-"""The webhook destination policy (rules.notifier.ssrf), with an injected resolver."""
+"""The webhook destination policy (notifier.ssrf), with an injected resolver."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from rules.notifier.ssrf import (
+from notifier.ssrf import (
     ResolvedTarget,
     UnsafeDestination,
     check_redirect,

@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ingest.storage import Dialect, TelemetryRow, rows_from_batch
-from ingest.storage.migrate import available
-from ingest.storage.rollups import touched_minutes
 from smartpark.wire import Reading, TelemetryBatch
+from storage import Dialect, TelemetryRow, rows_from_batch
+from storage.migrate import available
+from storage.rollups import touched_minutes
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Webhook subscriptions, secrets, the delivery outbox and the attempt log (0004).
 
-:class:`WebhookStore` works on an open :class:`~ingest.storage.Storage` (its pool);
+:class:`WebhookStore` works on an open :class:`~storage.Storage` (its pool);
 every method raises :class:`~smartpark.errors.StorageError` when the database
 fails. Times cross this API as epoch milliseconds from the caller's clock, so the
 notifier's schedule is testable. Contracts:
@@ -18,14 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 from psycopg import sql
+from psycopg.rows import class_row
 
-from ingest.storage import statements
-from ingest.storage.migrate import Conn
-from ingest.storage.model import KafkaOffset
-from ingest.storage.store import Storage, storage_errors
+from storage import offsets as offset_sql
+from storage.base import Conn, Database, storage_errors, table
+from storage.model import KafkaOffset
+
+_Row = TypeVar("_Row")
 
 _STATUSES = ("pending", "delivered", "failed")
 _SUBSCRIPTION_COLUMNS = (
@@ -83,6 +86,36 @@ class DueDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A delivery as the log shows it (without its body)."""
+
+    delivery_id: int
+    subscription_id: str
+    event_id: str
+    event_type: str
+    status: str  # pending | delivered | failed
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    finished_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One logged attempt of a delivery."""
+
+    delivery_id: int
+    attempt: int
+    started_at: datetime
+    latency_ms: int
+    status_code: int | None
+    error: str | None
+    outcome: str
+    address: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptRecord:
     delivery_id: int
     attempt: int
@@ -102,37 +135,40 @@ def _sub(row: Sequence[Any]) -> Subscription:
 
 
 class WebhookStore:
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
-        self._schema = storage.schema
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
-    def _t(self, table: str) -> sql.Identifier:
-        return sql.Identifier(self._schema, table)
+    def _t(self, name: str) -> sql.Identifier:
+        return table(self._db.schema, name)
 
     async def _fetch(
         self, what: str, query: sql.Composed, params: Sequence[Any] = ()
     ) -> list[Any]:
         with storage_errors(what):
-            async with self._storage.connection() as conn:
+            async with self._db.connection() as conn:
                 cur = await conn.execute(query, params)
                 return list(await cur.fetchall())
 
-    async def _fetch_dicts(
-        self, what: str, query: sql.Composed, params: Sequence[Any]
-    ) -> list[dict[str, Any]]:
+    async def _fetch_rows(
+        self,
+        what: str,
+        row: type[_Row],
+        query: sql.Composed,
+        params: Sequence[Any],
+    ) -> list[_Row]:
         with storage_errors(what):
-            async with self._storage.connection() as conn:
-                cur = await conn.execute(query, params)
-                names = [d.name for d in cur.description or ()]
-                return [
-                    dict(zip(names, row, strict=True)) for row in await cur.fetchall()
-                ]
+            async with (
+                self._db.connection() as conn,
+                conn.cursor(row_factory=class_row(row)) as cur,
+            ):
+                await cur.execute(query, params)
+                return await cur.fetchall()
 
     # -- subscriptions ----------------------------------------------------------
 
     async def create_subscription(self, sub: Subscription, secret: str) -> None:
         with storage_errors("create webhook subscription"):
-            async with self._storage.connection() as conn, conn.transaction():
+            async with self._db.connection() as conn, conn.transaction():
                 await conn.execute(
                     sql.SQL(
                         "INSERT INTO {} (subscription_id, park, enterprise, url,"
@@ -189,7 +225,7 @@ class WebhookStore:
         """Enable or disable (with the reason shown to operators); False: no such
         subscription."""
         with storage_errors("update webhook subscription"):
-            async with self._storage.connection() as conn:
+            async with self._db.connection() as conn:
                 cur = await conn.execute(
                     sql.SQL(
                         "UPDATE {} SET enabled = %s, disabled_reason = %s,"
@@ -205,7 +241,7 @@ class WebhookStore:
         """Make ``secret`` current; the secrets signing until now keep signing until
         ``old_until_ms`` (the overlap). False: no such subscription."""
         with storage_errors("rotate webhook secret"):
-            async with self._storage.connection() as conn, conn.transaction():
+            async with self._db.connection() as conn, conn.transaction():
                 cur = await conn.execute(
                     sql.SQL(
                         "SELECT 1 FROM {} WHERE subscription_id = %s FOR UPDATE"
@@ -255,15 +291,11 @@ class WebhookStore:
         """Queue deliveries (due at ``now_ms``) and set offsets in one transaction;
         the number of deliveries new."""
         with storage_errors(f"queue {len(deliveries)} webhook deliveries"):
-            async with self._storage.connection() as conn, conn.transaction():
+            async with self._db.connection() as conn, conn.transaction():
                 new = await _insert_deliveries(
                     conn, self._t("webhook_deliveries"), deliveries, now_ms
                 )
-                if offsets:
-                    await conn.execute(
-                        statements.upsert_offsets(self._schema),
-                        statements.offset_arrays(offsets),
-                    )
+                await offset_sql.upsert(conn, self._db.schema, offsets)
                 return new
 
     async def due_subscriptions(
@@ -318,7 +350,7 @@ class WebhookStore:
         ``next_attempt_ms``, 'delivered' or 'failed'); with ``disable_reason``, disable
         ``subscription_id`` in the same transaction."""
         with storage_errors("record a webhook attempt"):
-            async with self._storage.connection() as conn, conn.transaction():
+            async with self._db.connection() as conn, conn.transaction():
                 await conn.execute(
                     sql.SQL(
                         "INSERT INTO {} (delivery_id, attempt, started_at, latency_ms,"
@@ -366,12 +398,13 @@ class WebhookStore:
         since_ms: int | None = None,
         until_ms: int | None = None,
         limit: int = 1000,
-    ) -> list[dict[str, Any]]:
+    ) -> list[DeliveryRow]:
         """Deliveries (without bodies), oldest first, filtered by subscription, status
         and creation time [since, until)."""
         clause, params = _filters(subscription_id, status, since_ms, until_ms)
-        return await self._fetch_dicts(
+        return await self._fetch_rows(
             "read webhook deliveries",
+            DeliveryRow,
             sql.SQL(
                 "SELECT delivery_id, subscription_id, event_id, event_type, status,"
                 " attempts, next_attempt_at, created_at, finished_at, last_error"
@@ -405,9 +438,10 @@ class WebhookStore:
         )
         return str(rows[0][0]) if rows else None
 
-    async def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
-        return await self._fetch_dicts(
+    async def attempts(self, delivery_id: int) -> list[AttemptRow]:
+        return await self._fetch_rows(
             "read webhook attempts",
+            AttemptRow,
             sql.SQL(
                 "SELECT delivery_id, attempt, started_at, latency_ms, status_code,"
                 " error, outcome, address FROM {} WHERE delivery_id = %s"
@@ -437,7 +471,7 @@ class WebhookStore:
             if not params:
                 return 0
         with storage_errors("redeliver webhooks"):
-            async with self._storage.connection() as conn:
+            async with self._db.connection() as conn:
                 cur = await conn.execute(
                     sql.SQL(
                         "UPDATE {} SET status = 'pending', scheduled = 0,"
@@ -451,7 +485,7 @@ class WebhookStore:
     async def queue_one(self, delivery: NewDelivery, *, now_ms: int) -> int:
         """Queue one delivery outside the consumer (a test ping); its id."""
         with storage_errors("queue a webhook delivery"):
-            async with self._storage.connection() as conn:
+            async with self._db.connection() as conn:
                 await _insert_deliveries(
                     conn, self._t("webhook_deliveries"), [delivery], now_ms
                 )

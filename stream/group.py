@@ -34,7 +34,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from smartpark.errors import StorageError
-from smartpark.settings import KafkaSettings
+from smartpark.settings import ConsumerSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +52,17 @@ class DbPositionedConsumer(ABC):
     def __init__(
         self,
         kafka: KafkaSettings,
+        consumer: ConsumerSettings,
         *,
         topic: str,
-        group: str,
         client_id: str,
-        batch_max_records: int,
-        batch_max_wait_ms: int,
     ) -> None:
         self._kafka = kafka
         self._topic = topic
-        self._group = group
+        self._group = consumer.group_id
         self._client_id = client_id
-        self._batch_max_records = batch_max_records
-        self._batch_max_wait_ms = batch_max_wait_ms
+        self._batch_max_records = consumer.batch_max_records
+        self._batch_max_wait_ms = consumer.batch_max_wait_ms
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         # Held while a batch is between getmany() and its commit, and while

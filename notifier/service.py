@@ -2,20 +2,20 @@
 
 ``async with Notifier(settings) as n: await n.run()``. Two halves:
 
-- **Queueing** (a :class:`~ingest.group.DbPositionedConsumer` on the alerts topic):
+- **Queueing** (a :class:`~stream.group.DbPositionedConsumer` on the alerts topic):
   each batch's events become one delivery per matching enabled subscription
-  (:mod:`rules.notifier.events`) made before the record reached the topic (a new
+  (:mod:`notifier.events`) made before the record reached the topic (a new
   subscription does not receive the topic's history), written with the topic
-  offsets in one transaction (:meth:`~ingest.storage.webhooks.WebhookStore.enqueue`):
+  offsets in one transaction (:meth:`~storage.webhooks.WebhookStore.enqueue`):
   after a crash the batch is read again and queues nothing twice. A record that
   is not an alert event is logged with its place and counted, and never blocks
   the partition.
 - **Delivering** (a dispatcher task): every ``poll_ms``, or at once when something
   was queued, each enabled subscription with a due delivery gets a worker, up to
   ``max_endpoints`` at a time. A worker sends its endpoint's due deliveries one at a
-  time (:meth:`~ingest.storage.webhooks.WebhookStore.next_due`: the events of one
+  time (:meth:`~storage.webhooks.WebhookStore.next_due`: the events of one
   alert in order), records each attempt with its outcome
-  (:mod:`rules.notifier.retry`) and stops when nothing is due. So a slow or dead
+  (:mod:`notifier.retry`) and stops when nothing is due. So a slow or dead
   endpoint occupies its own worker only, and memory holds at most one delivery per
   worker.
 
@@ -43,19 +43,9 @@ import psycopg
 from aiokafka import TopicPartition
 from psycopg import sql
 
-from ingest.group import Batch, DbPositionedConsumer
-from ingest.kafka import ensure_topics
-from ingest.storage import KafkaOffset, Storage
-from ingest.storage.webhooks import (
-    AttemptRecord,
-    DueDelivery,
-    NewDelivery,
-    Subscription,
-    WebhookStore,
-)
-from rules.notifier import events
-from rules.notifier.http import AttemptResult, Sender
-from rules.notifier.retry import (
+from notifier import events
+from notifier.http import AttemptResult, Sender
+from notifier.retry import (
     DEFAULT_SCHEDULE,
     Outcome,
     UniformRandom,
@@ -65,6 +55,17 @@ from rules.notifier.retry import (
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import StorageError
 from smartpark.settings import Settings
+from storage import (
+    AttemptRecord,
+    DueDelivery,
+    KafkaOffset,
+    NewDelivery,
+    Storage,
+    Subscription,
+    WebhookStore,
+)
+from stream.group import Batch, DbPositionedConsumer
+from stream.kafka import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -346,11 +347,9 @@ class Notifier(DbPositionedConsumer):
         cfg = settings.notifier
         super().__init__(
             settings.kafka,
+            cfg,
             topic=settings.kafka.alerts_topic,
-            group=cfg.group_id,
             client_id=f"{settings.kafka.client_id}-notifier",
-            batch_max_records=cfg.batch_max_records,
-            batch_max_wait_ms=cfg.batch_max_wait_ms,
         )
         self._settings = settings
         self._cfg = cfg
@@ -358,7 +357,7 @@ class Notifier(DbPositionedConsumer):
         self._storage = Storage(
             settings.database, clock=clock, pool_size=min(cfg.max_endpoints, 16) + 2
         )
-        self._store = WebhookStore(self._storage)
+        self._store = self._storage.webhooks
         self._sender = Sender(
             allow=cfg.allow,
             connect_timeout_s=cfg.connect_timeout_s,
@@ -399,7 +398,7 @@ class Notifier(DbPositionedConsumer):
     # -- queueing -------------------------------------------------------------------
 
     async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
-        return await self._storage.load_offsets(self._group, self._topic)
+        return await self._storage.offsets.load(self._group, self._topic)
 
     async def process(self, batch: Batch) -> dict[TopicPartition, int]:
         now_ms = self._clock()

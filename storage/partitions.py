@@ -15,10 +15,11 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from storage.base import Conn
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Partitions:
             self._known.clear()
             raise
 
-    async def existing(self, conn: psycopg.AsyncConnection[Any]) -> dict[date, str]:
+    async def existing(self, conn: Conn) -> dict[date, str]:
         """The daily partitions in the catalogue, by day (refreshes the cache)."""
         cur = await conn.execute(
             "SELECT c.relname FROM pg_inherits i"
@@ -76,9 +77,7 @@ class Partitions:
         self._known = set(found)
         return found
 
-    async def ensure_days(
-        self, conn: psycopg.AsyncConnection[Any], days: Iterable[date]
-    ) -> list[str]:
+    async def ensure_days(self, conn: Conn, days: Iterable[date]) -> list[str]:
         """Make sure a partition exists for each day; return the names created.
 
         Each CREATE commits on its own (``conn`` is in autocommit mode) so that a
@@ -95,17 +94,13 @@ class Partitions:
             self._known.add(day)
         return created
 
-    async def ensure_window(
-        self, conn: psycopg.AsyncConnection[Any], today: date
-    ) -> list[str]:
+    async def ensure_window(self, conn: Conn, today: date) -> list[str]:
         """Partitions for ``today - DAYS_BEHIND`` .. ``today + DAYS_AHEAD``."""
         days = [today + timedelta(days=d) for d in range(-DAYS_BEHIND, DAYS_AHEAD + 1)]
         self._known.clear()
         return await self.ensure_days(conn, days)
 
-    async def drop_before(
-        self, conn: psycopg.AsyncConnection[Any], cutoff: date
-    ) -> list[str]:
+    async def drop_before(self, conn: Conn, cutoff: date) -> list[str]:
         """Drop the partitions of days before ``cutoff``; return their names.
 
         Only raw rows go: the rollup tables keep their history.
@@ -124,7 +119,7 @@ class Partitions:
             log.info("retention dropped %d partitions: %s", len(dropped), dropped)
         return dropped
 
-    async def _create(self, conn: psycopg.AsyncConnection[Any], day: date) -> bool:
+    async def _create(self, conn: Conn, day: date) -> bool:
         stmt = sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
         ).format(

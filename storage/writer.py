@@ -24,11 +24,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ingest.storage import statements
-from ingest.storage.model import TelemetryRow
+from smartpark.settings import BulkMethod
+from storage import statements
+from storage.base import Conn
+from storage.model import TelemetryRow
 
-Conn = psycopg.AsyncConnection[Any]
-BULK_METHODS = ("copy", "insert")
 # PGlite refuses client messages of 64 KiB or more; the INSERT path keeps each
 # statement (text + array parameters) under this many bytes.
 MAX_STATEMENT_BYTES = 56 * 1024
@@ -39,8 +39,7 @@ _ROW_OVERHEAD_BYTES = 120
 
 
 class RowWriter:
-    def __init__(self, schema: str, bulk_method: str) -> None:
-        assert bulk_method in BULK_METHODS, bulk_method
+    def __init__(self, schema: str, bulk_method: BulkMethod) -> None:
         self._copy = bulk_method == "copy"
         self._from_staging = statements.insert_rows(schema, statements.STAGING)
         self._direct = statements.copy_into_telemetry(schema)

@@ -85,7 +85,7 @@ class TransportError(StrEnum):
     DNS = "dns"  # the host did not resolve
     TLS = "tls"  # handshake or certificate verification failed
     PROTOCOL = "protocol"  # malformed HTTP response, connection closed mid-response
-    UNSAFE_DESTINATION = "unsafe_destination"  # rules.notifier.ssrf refused it
+    UNSAFE_DESTINATION = "unsafe_destination"  # notifier.ssrf refused it
 
 
 class UniformRandom(Protocol):

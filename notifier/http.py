@@ -1,17 +1,17 @@
 """One webhook delivery attempt over HTTP: check, sign, POST, read a little, report.
 
 :meth:`Sender.send` makes exactly one attempt and returns an :class:`AttemptResult`;
-whether and when to try again is :mod:`rules.notifier.retry`'s decision.
+whether and when to try again is :mod:`notifier.retry`'s decision.
 
 Contracts:
 
 - ``send`` never raises for anything the network, DNS or the receiver does: every
   such failure is an :class:`AttemptResult` with ``status=None``, an ``error_kind``
-  that is a :class:`~rules.notifier.retry.TransportError` value and an ``error``
+  that is a :class:`~notifier.retry.TransportError` value and an ``error``
   that starts with that kind and names the reason. It raises only for the
   caller's mistakes: a bad secret or ``msg_id`` (``ValueError``, from
-  :mod:`~rules.notifier.signing`) or a bad allow-list entry (``ConfigError``).
-- Every attempt checks the URL again with :func:`~rules.notifier.ssrf.check_url`
+  :mod:`~notifier.signing`) or a bad allow-list entry (``ConfigError``).
+- Every attempt checks the URL again with :func:`~notifier.ssrf.check_url`
   (DNS may have changed; the blocking resolver runs in a thread) and connects only
   to the checked addresses, in resolver order. It moves to the next address only
   when no connection was made (refused, unreachable, connect timeout), so a
@@ -44,9 +44,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from rules.notifier import signing
-from rules.notifier.retry import TransportError, parse_retry_after
-from rules.notifier.ssrf import Resolver, UnsafeDestination, check_url, system_resolve
+from notifier import signing
+from notifier.retry import TransportError, parse_retry_after
+from notifier.ssrf import Resolver, UnsafeDestination, check_url, system_resolve
 from smartpark.clock import MsClock, system_ms
 
 USER_AGENT = "smartpark-webhooks/1"
@@ -87,7 +87,7 @@ class _Progress:
 class Sender:
     """Makes delivery attempts through one ``httpx.AsyncClient`` (use ``async with``).
 
-    ``allow`` is the SSRF allow-list (:func:`~rules.notifier.ssrf.check_url`);
+    ``allow`` is the SSRF allow-list (:func:`~notifier.ssrf.check_url`);
     ``tls_context`` replaces the default certificate verification (tests pass one
     trusting their own CA).
     """

@@ -1,4 +1,4 @@
--- Alert webhooks (rules/notifier): subscriptions, their signing secrets, the
+-- Alert webhooks (notifier): subscriptions, their signing secrets, the
 -- delivery outbox and the log of every attempt.
 
 -- Acknowledging an alert is an event of its life too: enterprises subscribe to it.

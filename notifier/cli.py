@@ -2,7 +2,7 @@
 manage who receives them.
 
 ``smartpark notifier [--stats-every S]`` runs the notifier
-(:mod:`rules.notifier.service`) until SIGINT/SIGTERM. Settings from the
+(:mod:`notifier.service`) until SIGINT/SIGTERM. Settings from the
 environment (``SMARTPARK_DATABASE__DSN``, ``SMARTPARK_KAFKA__BOOTSTRAP``,
 ``SMARTPARK_NOTIFIER__ALLOW='["10.20.0.0/16"]'``...).
 
@@ -25,15 +25,17 @@ environment (``SMARTPARK_DATABASE__DSN``, ``SMARTPARK_KAFKA__BOOTSTRAP``,
 - ``ping ID``: send a signed ``webhook.ping`` now, from this process, through the
   same checks, signing and log as any delivery; prints the attempt.
 
-Times (``--since``/``--until``) are ISO 8601 with a zone. Exit codes: 0, 1 when
-something asked for does not exist or a ping failed, 2 for bad input or an
-unavailable database.
+Times (``--since``/``--until``) are ISO 8601 with a zone. Exit codes as every
+``smartpark`` command (:mod:`smartpark.cli`): 0; 1 when something asked for does not
+exist, a ping was not delivered, nothing was queued again, or the database is
+unavailable; 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -43,34 +45,31 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from ingest.storage import Storage
-from ingest.storage.webhooks import DueDelivery, NewDelivery, Subscription, WebhookStore
-from rules.notifier import events, signing
-from rules.notifier.ssrf import UnsafeDestination, check_url
+from notifier import events, signing
+from notifier.ssrf import UnsafeDestination, check_url
 from smartpark import logs
+from smartpark.cli import command
 from smartpark.clock import system_ms
-from smartpark.errors import ConfigError, StorageError
-from smartpark.settings import Settings
+from smartpark.errors import NotFound, UsageError
+from smartpark.settings import Settings, load_settings
+from storage import DueDelivery, NewDelivery, Storage, Subscription, WebhookStore
 
 log = logging.getLogger("smartpark.notifier")
 
 STATUSES = ("pending", "delivered", "failed")
 
 
-class UsageError(Exception):
-    pass
-
-
+@command("notifier")
 def notifier_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="smartpark notifier", description="deliver alert webhooks"
     )
     parser.add_argument("--stats-every", type=float, default=10.0, metavar="S")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from ingest.service import run_until_signalled
-    from rules.notifier.service import Notifier
+    from notifier.service import Notifier
+    from stream.service import run_until_signalled
 
-    settings = Settings()
+    settings = load_settings()
     logs.configure(settings.log_level)
 
     async def go() -> None:
@@ -81,17 +80,11 @@ def notifier_main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             await run_until_signalled(notifier, stats_every_s=args.stats_every, log=log)
 
-    try:
-        asyncio.run(go())
-    except ConfigError as exc:
-        print(f"smartpark notifier: {exc}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"smartpark notifier: database unavailable: {exc}", file=sys.stderr)
-        return 1
+    asyncio.run(go())
     return 0
 
 
+@command("webhooks")
 def main(argv: list[str] | None = None) -> int:
     """``smartpark webhooks ...``"""
     parser = argparse.ArgumentParser(prog="smartpark webhooks", description=__doc__)
@@ -130,21 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     ping.add_argument("subscription_id")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    settings = Settings()
+    settings = load_settings()
     logs.configure(settings.log_level)
-    command: Callable[[WebhookStore, Settings, argparse.Namespace], Awaitable[int]]
-    command = _COMMANDS[args.command]
+    run: Callable[[WebhookStore, Settings, argparse.Namespace], Awaitable[int]]
+    run = _COMMANDS[args.command]
 
     async def go() -> int:
         async with Storage(settings.database) as storage:
             await storage.require_migrated()
-            return await command(WebhookStore(storage), settings, args)
+            return await run(storage.webhooks, settings, args)
 
-    try:
-        return asyncio.run(go())
-    except (ConfigError, StorageError, UsageError) as exc:
-        print(f"smartpark webhooks {args.command}: {exc}", file=sys.stderr)
-        return 2
+    return asyncio.run(go())
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -222,8 +211,7 @@ async def _disable(
 
 def _found(subscription_id: str, found: bool) -> int:
     if not found:
-        print(f"no subscription {subscription_id}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no subscription {subscription_id}")
     print(subscription_id)
     return 0
 
@@ -264,7 +252,7 @@ async def _deliveries(
         limit=args.limit,
     )
     for row in rows:
-        _print(row)
+        _print(dataclasses.asdict(row))
     return 0
 
 
@@ -272,11 +260,10 @@ async def _attempts(
     store: WebhookStore, settings: Settings, args: argparse.Namespace
 ) -> int:
     rows = await store.attempts(args.delivery_id)
-    for row in rows:
-        _print(row)
     if not rows and await store.delivery_body(args.delivery_id) is None:
-        print(f"no delivery {args.delivery_id}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no delivery {args.delivery_id}")
+    for row in rows:
+        _print(dataclasses.asdict(row))
     return 0
 
 
@@ -303,8 +290,8 @@ async def _redeliver(
 async def _ping(
     store: WebhookStore, settings: Settings, args: argparse.Namespace
 ) -> int:
-    from rules.notifier.http import Sender
-    from rules.notifier.service import Deliverer
+    from notifier.http import Sender
+    from notifier.service import Deliverer
 
     sub = await store.subscription(args.subscription_id)
     if sub is None:
@@ -334,8 +321,8 @@ async def _ping(
         )  # fmt: skip
     rows = await store.attempts(delivery_id)
     for row in rows:
-        _print(row)
-    return 0 if rows and rows[-1]["outcome"] == "delivered" else 1
+        _print(dataclasses.asdict(row))
+    return 0 if rows and rows[-1].outcome == "delivered" else 1
 
 
 _COMMANDS: dict[

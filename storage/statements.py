@@ -7,11 +7,7 @@ session-local temporary table (``pg_temp``), one per connection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from psycopg import sql
-
-from ingest.storage.model import KafkaOffset
 
 COLUMNS = (
     "time", "park", "enterprise", "device", "metric", "value", "quality", "seq",
@@ -72,26 +68,3 @@ def insert_rows(schema: str, source: sql.Composable) -> sql.Composed:
         "INSERT INTO {table} ({cols}) SELECT {cols} FROM {source}"
         " ON CONFLICT DO NOTHING"
     ).format(table=sql.Identifier(schema, "telemetry"), cols=_cols, source=source)
-
-
-def upsert_offsets(schema: str) -> sql.Composed:
-    """Set the next offsets from four arrays: group, topic, partition, next offset."""
-    return sql.SQL(
-        "INSERT INTO {} (consumer_group, topic, partition, next_offset, updated_at)"
-        " SELECT g, t, p, o, now()"
-        " FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int8[]) AS u (g, t, p, o)"
-        " ON CONFLICT (consumer_group, topic, partition) DO UPDATE"
-        " SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at"
-    ).format(sql.Identifier(schema, "kafka_offsets"))
-
-
-def offset_arrays(
-    offsets: Sequence[KafkaOffset],
-) -> tuple[list[str], list[str], list[int], list[int]]:
-    """The parameters of :func:`upsert_offsets`."""
-    return (
-        [o.group for o in offsets],
-        [o.topic for o in offsets],
-        [o.partition for o in offsets],
-        [o.next_offset for o in offsets],
-    )

@@ -42,7 +42,7 @@ CREATE TABLE kafka_offsets (
 -- the old one, so redelivered, late or retried rows never count twice. Buckets are
 -- date_bin() from the Unix epoch: the same boundaries as TimescaleDB's time_bucket()
 -- for these widths. (Upserting the rollups inside the write transaction was measured
--- at three times the cost of the write itself; see ingest/storage/rollups.py.)
+-- at three times the cost of the write itself; see storage/rollups.py.)
 CREATE TABLE rollup_pending (
     bucket      timestamptz PRIMARY KEY
 );

@@ -1,9 +1,15 @@
 """Versioned schema migrations, per dialect, with bookkeeping in ``schema_migrations``.
 
-Migrations are SQL files ``migrations/<dialect>/NNNN_name.sql`` shipped with the
-package. :func:`apply_migrations` applies the missing ones in version order, each in
-its own transaction together with its bookkeeping row, so a failed migration leaves
-the schema at the previous version. It is idempotent, and concurrent callers are
+Migrations are SQL files ``NNNN_name.sql`` shipped with the package, in
+``migrations/common/`` when both dialects run the same statements (alerts, webhooks,
+registry tables) and in ``migrations/<dialect>/`` only where they really differ
+(telemetry as a hypertable with continuous aggregates, or as a partitioned table
+with rollup tables). The two folders are merged by version; a version lives in
+exactly one of them.
+
+:func:`apply_migrations` applies the missing ones in version order, each in its own
+transaction together with its bookkeeping row, so a failed migration leaves the
+schema at the previous version. It is idempotent, and concurrent callers are
 serialised by an advisory lock on the schema name.
 
 The dialect of a schema is fixed by its first migration: a schema migrated as plain
@@ -15,16 +21,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from ingest.storage.model import AppliedMigration, Dialect
 from smartpark.errors import ConfigError, StorageError
+from smartpark.settings import DialectSetting
+from storage.base import Conn
+from storage.model import AppliedMigration, Dialect
 
-Conn = psycopg.AsyncConnection[Any]
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -35,19 +42,41 @@ class Migration:
     sql: str
 
 
+COMMON = "common"
+
+
 def available(dialect: Dialect) -> list[Migration]:
-    """The migrations shipped for ``dialect``, in version order."""
-    folder = resources.files("ingest.storage") / "migrations" / dialect.value
+    """The migrations shipped for ``dialect`` (its own and the common ones), in
+    version order. Raises :class:`StorageError` if a version is shipped twice."""
+    by_version: dict[int, tuple[str, Migration]] = {}
+    for folder in (COMMON, dialect.value):
+        for mig in _folder(folder):
+            if mig.version in by_version:
+                other = by_version[mig.version][0]
+                raise StorageError(
+                    f"migration {mig.version:04d} is shipped twice: in {other}/"
+                    f" and in {folder}/"
+                )
+            by_version[mig.version] = (folder, mig)
+    return [mig for _, (_, mig) in sorted(by_version.items())]
+
+
+def migrations_root() -> Path:
+    """The folder the shipped migrations are read from."""
+    return Path(str(resources.files("storage") / "migrations"))
+
+
+def _folder(name: str) -> list[Migration]:
+    folder = resources.files("storage") / "migrations" / name
     found = []
     for entry in folder.iterdir():
         m = _FILE_RE.match(entry.name)
         if m is not None:
             found.append(Migration(int(m[1]), m[2], entry.read_text("utf-8")))
-    found.sort(key=lambda mig: mig.version)
     return found
 
 
-async def detect_dialect(conn: Conn, wanted: str) -> Dialect:
+async def detect_dialect(conn: Conn, wanted: DialectSetting) -> Dialect:
     """Resolve the ``dialect`` setting (``auto|timescale|postgres``) for a new schema.
 
     ``auto`` picks TimescaleDB when the extension is installed in the database or
@@ -62,11 +91,6 @@ async def detect_dialect(conn: Conn, wanted: str) -> Dialect:
                 field="database.dialect",
             )
         return dialect
-    if wanted != "auto":
-        raise ConfigError(
-            f"unknown dialect {wanted!r}; expected auto, timescale or postgres",
-            field="database.dialect",
-        )
     return Dialect.TIMESCALE if await _timescale_usable(conn) else Dialect.POSTGRES
 
 

@@ -1,4 +1,5 @@
-"""Kafka conventions shared by the bridge, the sink and (later) the rules runner.
+"""Kafka conventions shared by every service: the bridge, the sink, the rules runner
+and the notifier.
 
 Topics come from :class:`smartpark.settings.KafkaSettings`. Telemetry records are keyed
 by enterprise so every device of an enterprise lands in one partition, in order.

@@ -8,13 +8,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from ingest.storage.model import ReadingKey, RollupLevel, RollupRow, TelemetryRow
+from storage.base import Conn
+from storage.model import ReadingKey, RollupLevel, RollupRow, TelemetryRow
 
-Conn = psycopg.AsyncConnection[Any]
 _TABLES = ("telemetry", "telemetry_1m", "telemetry_1h", "telemetry_1d", "kafka_offsets")
 
 
@@ -124,17 +123,6 @@ async def rollup(
             params,
         )
         return await cur.fetchall()
-
-
-async def offsets(conn: Conn, schema: str, group: str, topic: str) -> dict[int, int]:
-    cur = await conn.execute(
-        sql.SQL(
-            "SELECT partition, next_offset FROM {}"
-            " WHERE consumer_group = %s AND topic = %s"
-        ).format(sql.Identifier(schema, "kafka_offsets")),
-        (group, topic),
-    )
-    return {int(p): int(o) for p, o in await cur.fetchall()}
 
 
 async def table_counts(conn: Conn, schema: str) -> dict[str, int]:

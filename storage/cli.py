@@ -1,6 +1,7 @@
 """``smartpark db``: migrate the schema, show what is in it, run maintenance.
 
-Settings come from the environment (``SMARTPARK_DATABASE__DSN``,
+Exit codes as every ``smartpark`` command (:mod:`smartpark.cli`). Settings come
+from the environment (``SMARTPARK_DATABASE__DSN``,
 ``SMARTPARK_DATABASE__SCHEMA``, ``SMARTPARK_DATABASE__DIALECT`` = auto | timescale |
 postgres; see :mod:`smartpark.settings`).
 
@@ -19,19 +20,15 @@ import json
 import sys
 from dataclasses import asdict
 
-from ingest.storage import Storage, StorageInfo
 from smartpark import logs
-from smartpark.errors import ConfigError, StorageError
-from smartpark.settings import Settings
+from smartpark.cli import command
+from smartpark.settings import Settings, load_settings
+from storage import Storage, StorageInfo
 
 
 def _out(line: str) -> None:
     # Command output for people and scripts (ruff's T20 flags print in services).
     sys.stdout.write(line + "\n")
-
-
-def _err(line: str) -> None:
-    sys.stderr.write(line + "\n")
 
 
 async def _migrate(storage: Storage) -> None:
@@ -73,12 +70,12 @@ async def _info(storage: Storage, as_json: bool) -> None:
 
 async def _maintain(storage: Storage, retention_days: int | None) -> None:
     await storage.require_migrated()
-    created = await storage.ensure_partitions()
+    created = await storage.telemetry.ensure_partitions()
     _out(f"partitions created: {', '.join(created) or 'none'}")
-    refreshed = await storage.refresh_rollups()
+    refreshed = await storage.telemetry.refresh_rollups()
     _out(f"rollups refreshed ({refreshed} one-minute buckets recomputed)")
     if retention_days is not None:
-        dropped = await storage.apply_retention(keep_days=retention_days)
+        dropped = await storage.telemetry.apply_retention(keep_days=retention_days)
         _out(f"partitions dropped: {', '.join(dropped) or 'none'}")
 
 
@@ -92,7 +89,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> None:
             await _maintain(storage, args.retention_days)
 
 
-def main(argv: list[str]) -> int:
+@command("db")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="smartpark db",
         description="database: migrate | info | maintain",
@@ -109,11 +107,7 @@ def main(argv: list[str]) -> int:
         help="drop raw partitions older than N days (plain PostgreSQL)",
     )
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = load_settings()
     logs.configure(settings.log_level)
-    try:
-        asyncio.run(_run(settings, args))
-    except (ConfigError, StorageError) as exc:
-        _err(f"smartpark db {args.command}: {exc}")
-        return 2 if isinstance(exc, ConfigError) else 1
+    asyncio.run(_run(settings, args))
     return 0

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
-Conn = psycopg.AsyncConnection[Any]
+from storage.base import Conn
+
 _MINUTE = timedelta(minutes=1)
 _LEVELS = (  # (relation, bucket width, source relation, source time column)
     ("telemetry_1m", timedelta(minutes=1), "telemetry", "time"),

@@ -1,0 +1,196 @@
+"""Telemetry: the write path, reads, rollups and (plain PostgreSQL) partitions.
+
+The write contract (:meth:`TelemetryStore.write`): rows and Kafka offsets are
+committed in one transaction. If ``write()`` raises, nothing of the batch is
+committed — neither rows nor offsets — and calling it again with the same batch is
+safe; if it returns, both are durable. Rows already stored (same device, metric,
+time) are counted as duplicates and left untouched, so redelivery and retries never
+duplicate a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+
+from psycopg import sql
+
+from smartpark.settings import BulkMethod
+from storage import offsets as offset_sql
+from storage import reads, rollups
+from storage.base import Conn, Database, storage_errors
+from storage.model import (
+    Dialect,
+    KafkaOffset,
+    ReadingKey,
+    RollupLevel,
+    RollupRow,
+    TelemetryRow,
+    WriteResult,
+)
+from storage.partitions import Partitions
+from storage.writer import RowWriter
+
+
+class TelemetryStore:
+    """Readings of one schema, in the schema's dialect (given once it is known)."""
+
+    def __init__(self, db: Database, dialect: Dialect, bulk_method: BulkMethod) -> None:
+        self._db = db
+        self._schema = db.schema
+        self._dialect = dialect
+        self._partitions = Partitions(self._schema)
+        self._writer = RowWriter(self._schema, bulk_method)
+
+    @property
+    def partitions(self) -> Partitions:
+        return self._partitions
+
+    def _today(self) -> date:
+        return datetime.fromtimestamp(self._db.clock() / 1000, UTC).date()
+
+    # -- write path ---------------------------------------------------------------
+
+    async def write(
+        self, rows: Sequence[TelemetryRow], *, offsets: Sequence[KafkaOffset] = ()
+    ) -> WriteResult:
+        """Store ``rows`` and set ``offsets`` in one transaction.
+
+        ``rows`` carry aware datetimes. If this raises :class:`StorageError`,
+        nothing of the batch is committed; retrying the same call is safe. (If the
+        connection drops during COMMIT the outcome is unknown to us, which is why
+        retrying must be, and is, idempotent.)
+        """
+        plain = self._dialect is Dialect.POSTGRES
+        minutes = rollups.touched_minutes(r.time for r in rows) if plain else []
+        with storage_errors(f"write of {len(rows)} rows"), self._partitions.unsure():
+            async with self._db.connection() as conn:
+                if minutes:
+                    days = {m.date() for m in minutes}
+                    await self._partitions.ensure_days(conn, days)
+                await self._writer.prepare(conn)
+                async with conn.transaction():
+                    inserted = await self._writer.insert(conn, rows)
+                    if inserted and minutes:
+                        await conn.execute(rollups.mark(self._schema), (minutes,))
+                    await offset_sql.upsert(conn, self._schema, offsets)
+        return WriteResult(inserted, len(rows) - inserted)
+
+    # -- maintenance --------------------------------------------------------------
+
+    async def ensure_partitions(self, *, today: date | None = None) -> list[str]:
+        """Plain PostgreSQL: partitions for today-1 .. today+7; no-op on TimescaleDB."""
+        if self._dialect is not Dialect.POSTGRES:
+            return []
+        with storage_errors("ensure partitions"):
+            async with self._db.connection() as conn:
+                return await self._partitions.ensure_window(
+                    conn, today or self._today()
+                )
+
+    async def apply_retention(self, *, keep_days: int) -> list[str]:
+        """Plain PostgreSQL: drop raw partitions older than ``keep_days`` days.
+
+        TimescaleDB has a retention policy instead (see its migration); there this
+        returns ``[]``.
+        """
+        if self._dialect is not Dialect.POSTGRES:
+            return []
+        cutoff = self._today() - timedelta(days=keep_days)
+        with storage_errors("apply retention"):
+            async with self._db.connection() as conn:
+                return await self._partitions.drop_before(conn, cutoff)
+
+    async def refresh_rollups(
+        self, start: datetime | None = None, end: datetime | None = None
+    ) -> int:
+        """Bring the rollups up to date; ``[start, end)`` is recomputed in any case.
+
+        Plain PostgreSQL: recompute the buckets the write path logged (and the given
+        range); returns the number of one-minute buckets recomputed. TimescaleDB:
+        refresh the continuous aggregates finest first (each level reads the one
+        below) over the range (None: unbounded); returns 0. Either way, afterwards
+        the rollups equal a GROUP BY over the raw rows.
+        """
+        with storage_errors("refresh rollups"):
+            async with self._db.connection() as conn:
+                if self._dialect is Dialect.POSTGRES:
+                    extra = (start, end) if start and end else None
+                    return await rollups.refresh(conn, self._schema, extra)
+                await self._refresh_aggregates(conn, start, end)
+        return 0
+
+    async def _refresh_aggregates(
+        self, conn: Conn, start: datetime | None, end: datetime | None
+    ) -> None:
+        for level in RollupLevel:
+            await conn.execute(
+                "CALL refresh_continuous_aggregate("
+                "%s::regclass, %s::timestamptz, %s::timestamptz)",
+                (
+                    sql.Identifier(self._schema, f"telemetry_{level.value}").as_string(
+                        conn
+                    ),
+                    start,
+                    end,
+                ),
+            )
+
+    # -- reads --------------------------------------------------------------------
+
+    async def count_rows(
+        self,
+        *,
+        park: str | None = None,
+        enterprise: str | None = None,
+        device: str | None = None,
+    ) -> int:
+        with storage_errors("count rows"):
+            async with self._db.connection() as conn:
+                return await reads.count_rows(
+                    conn, self._schema, park=park, enterprise=enterprise, device=device
+                )
+
+    async def reading_keys(
+        self, *, park: str | None = None, device: str | None = None
+    ) -> list[ReadingKey]:
+        """(device, seq, metric) of every stored reading, sorted: exactness checks."""
+        with storage_errors("read keys"):
+            async with self._db.connection() as conn:
+                return await reads.reading_keys(
+                    conn, self._schema, park=park, device=device
+                )
+
+    async def readings(
+        self,
+        *,
+        device: str | None = None,
+        park: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[TelemetryRow]:
+        """Stored rows in time order, filtered; ``[start, end)``."""
+        with storage_errors("read rows"):
+            async with self._db.connection() as conn:
+                return await reads.readings(
+                    conn, self._schema, device=device, park=park, start=start, end=end
+                )
+
+    async def rollup(
+        self,
+        level: RollupLevel,
+        *,
+        start: datetime,
+        end: datetime,
+        park: str | None = None,
+        enterprise: str | None = None,
+        device: str | None = None,
+        metric: str | None = None,
+    ) -> list[RollupRow]:
+        """Rollup rows with ``start <= bucket < end`` by bucket, device, metric."""
+        with storage_errors("read rollup"):
+            async with self._db.connection() as conn:
+                return await reads.rollup(
+                    conn, self._schema, level, start=start, end=end, park=park,
+                    enterprise=enterprise, device=device, metric=metric,
+                )  # fmt: skip

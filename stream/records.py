@@ -1,0 +1,23 @@
+"""Decoding a telemetry record as every consumer of the telemetry topic does.
+
+The sink stores what this accepts and dead-letters what it refuses; the rules
+runner evaluates what it accepts and counts what it refuses. Both must agree, so
+both call :func:`decode_record`.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from smartpark.wire import TelemetryBatch, decode_batch
+
+# The bridge already refused readings from the future with its own clock; this check
+# only guards against a consumer's clock far behind (replays are in the past).
+MAX_FUTURE_MS = 24 * 3600 * 1000
+
+
+def decode_record(value: bytes, *, now_ms: int) -> TelemetryBatch:
+    """Decode one telemetry record's value (:class:`PayloadError` if it is bad)."""
+    return decode_batch(
+        value, now_ms=now_ms, max_future_ms=MAX_FUTURE_MS, loads=orjson.loads
+    )
