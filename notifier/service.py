@@ -39,9 +39,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 import orjson
-import psycopg
 from aiokafka import TopicPartition
-from psycopg import sql
 
 from notifier import events
 from notifier.http import AttemptResult, Sender
@@ -64,6 +62,7 @@ from storage import (
     Subscription,
     WebhookStore,
 )
+from storage.locks import SessionLock
 from stream.group import Batch, DbPositionedConsumer
 from stream.kafka import ensure_topics
 
@@ -206,7 +205,11 @@ class Dispatcher:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._draining = False
-        self._lock_conn: psycopg.AsyncConnection[object] | None = None
+        self._lock = SessionLock(
+            settings.database,
+            "smartpark-notifier",
+            application_name="smartpark-notifier-lock",
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._dispatch(), name="webhook dispatcher")
@@ -289,48 +292,22 @@ class Dispatcher:
             log.warning("webhook worker for %s stopped: %s", subscription_id, exc)
 
     async def _hold_lock(self) -> bool:
-        if self._lock_conn is not None:
-            try:  # a server restart drops the lock with the connection
-                await self._lock_conn.execute("SELECT 1")
-            except psycopg.Error:
-                await self._lock_conn.close()
-            else:
-                return True
-        self._lock_conn = None
-        if self.stats.leader:
-            log.warning("lost the delivery lock's connection; delivering paused")
-            self.stats.leader = False
-            for task in self._workers.values():
-                task.cancel()
+        losses = self._lock.losses
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                self._settings.database.dsn.get_secret_value(),
-                autocommit=True,
-                application_name="smartpark-notifier-lock",
-            )
-        except psycopg.Error as exc:
-            raise StorageError(f"connect for the delivery lock failed: {exc}") from exc
-        try:
-            cur = await conn.execute(
-                sql.SQL("SELECT pg_try_advisory_lock(hashtext(%s))"),
-                (f"{self._settings.database.schema_}.smartpark-notifier",),
-            )
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            await conn.close()
-            raise StorageError(f"take the delivery lock: {exc}") from exc
-        if not (row and row[0]):
-            await conn.close()
-            return False
-        self._lock_conn = conn
-        self.stats.leader = True
-        log.info("delivering webhooks (holding the notifier lock)")
-        return True
+            held = await self._lock.hold()
+        finally:
+            if self.stats.leader and self._lock.losses != losses:
+                log.warning("lost the delivery lock's connection; delivering paused")
+                self.stats.leader = False
+                for task in self._workers.values():
+                    task.cancel()
+        if held and not self.stats.leader:
+            self.stats.leader = True
+            log.info("delivering webhooks (holding the notifier lock)")
+        return held
 
     async def _release_lock(self) -> None:
-        if self._lock_conn is not None:
-            await self._lock_conn.close()  # the server releases the lock
-            self._lock_conn = None
+        await self._lock.release()  # the server releases the lock
         self.stats.leader = False
 
 

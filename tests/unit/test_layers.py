@@ -65,9 +65,14 @@ IO_LIBRARIES = {
 }  # fmt: skip
 
 # Per room, libraries it must not import even though it does I/O of another kind.
+# Services reach the database only through storage.
 ROOM_BANS: dict[str, set[str]] = {
     "storage": {"aiokafka", "paho", "httpx", "fastapi"},
     "stream": {"psycopg", "psycopg_pool", "paho", "httpx", "fastapi"},
+    "ingest": {"psycopg", "psycopg_pool"},
+    "rules": {"psycopg", "psycopg_pool"},
+    "notifier": {"psycopg", "psycopg_pool"},
+    "api": {"psycopg", "psycopg_pool"},
 }
 
 
