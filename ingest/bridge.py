@@ -6,7 +6,11 @@ keyed by enterprise with ``acks=all``. **The MQTT message is acknowledged only a
 Kafka acknowledged the record** (paho's manual acknowledgement), so a crash at any
 point leaves the message with the broker, which redelivers it: at least once.
 Invalid messages are produced to the dead-letter topic with their original bytes and
-the reason, then acknowledged: they never block the stream.
+the reason, then acknowledged: they never block the stream. A message larger than
+``bridge.max_payload_bytes`` is invalid too, and a record Kafka refuses for good (too
+large, corrupt) becomes a dead letter instead of being retried: only errors a retry
+can cure are retried in order, so one bad message never holds up the others. A dead
+letter keeps at most the first 64 KiB of the original, with its size and SHA-256.
 
 Threads: paho runs its network loop in its own thread and hands each message to the
 asyncio loop; everything else runs on the loop. Acknowledgements go out in the order
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections import deque
@@ -44,7 +49,7 @@ from smartpark.clock import MsClock, system_ms
 from smartpark.errors import PayloadError
 from smartpark.settings import Settings
 from smartpark.wire import decode_batch, decode_status, parse_topic
-from stream.kafka import DeadLetter, ensure_topics, make_producer
+from stream.kafka import DeadLetter, ensure_topics, make_producer, refused_for_good
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,10 @@ class BridgeStats:
     # bridge's session even while the bridge is down.
     subscribed: bool = False
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    # Records Kafka refused for good (too large, corrupt), sent as dead letters.
+    refused_by_kafka: int = 0
+    # Dead letters Kafka refused too: acknowledged, logged with size and SHA-256.
+    dropped: int = 0
 
 
 @dataclass(slots=True)
@@ -76,11 +85,14 @@ class _Inbound:
     session: int
 
 
+_Record = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
+
+
 @dataclass(slots=True)
 class _Pending:
     msg: _Inbound
-    record: tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
-    delivery: asyncio.Future[RecordMetadata]
+    record: _Record
+    delivery: asyncio.Future[RecordMetadata | None]
 
 
 class Bridge:
@@ -247,28 +259,52 @@ class Bridge:
                 timeout,
             )
 
-    def _to_record(
-        self, msg: _Inbound
-    ) -> tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]:
+    def _to_record(self, msg: _Inbound) -> _Record:
         """The Kafka record for ``msg``: its validated value, or a dead letter."""
         try:
             return self._validated(msg)
         except PayloadError as exc:
-            self.stats.dead_letters += 1
             kind = type(exc).__name__ + ":" + exc.path.split("[")[0]
-            reasons = self.stats.dead_letter_reasons
-            reasons[kind] = reasons.get(kind, 0) + 1
-            log.warning("dead letter from %s: %s", msg.topic, exc)
-            letter = DeadLetter(
-                msg.payload, str(exc), f"mqtt:{msg.topic}", msg.received_ms
-            )
-            topic = self._settings.kafka.deadletter_topic
-            return topic, msg.payload, _enterprise_key(msg.topic), letter.headers()
+            return self._dead_letter(msg, str(exc), kind)
 
-    def _validated(
-        self, msg: _Inbound
-    ) -> tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]:
+    def _dead_letter(self, msg: _Inbound, reason: str, kind: str) -> _Record:
+        self.stats.dead_letters += 1
+        reasons = self.stats.dead_letter_reasons
+        reasons[kind] = reasons.get(kind, 0) + 1
+        log.warning("dead letter from %s: %s", msg.topic, reason)
+        letter = DeadLetter(msg.payload, reason, f"mqtt:{msg.topic}", msg.received_ms)
+        topic = self._settings.kafka.deadletter_topic
+        return topic, letter.value, _enterprise_key(msg.topic), letter.headers()
+
+    def _refused(
+        self, msg: _Inbound, record: _Record, exc: Exception
+    ) -> _Record | None:
+        """What to send instead of a record Kafka refused for good: its dead letter;
+        None if it was the dead letter that was refused (then it is dropped, counted
+        and logged with the original's size and SHA-256)."""
+        if record[0] == self._settings.kafka.deadletter_topic:
+            self.stats.dropped += 1
+            log.error(
+                "dead letter from %s refused by Kafka (%s); dropped: %d bytes,"
+                " sha256 %s",
+                msg.topic, exc, len(msg.payload),
+                hashlib.sha256(msg.payload).hexdigest(),
+            )  # fmt: skip
+            return None
+        self.stats.refused_by_kafka += 1
+        return self._dead_letter(
+            msg, f"Kafka refused the record: {exc}", f"Kafka:{type(exc).__name__}"
+        )
+
+    def _validated(self, msg: _Inbound) -> _Record:
         kafka = self._settings.kafka
+        limit = self._settings.bridge.max_payload_bytes
+        if len(msg.payload) > limit:
+            raise PayloadError(
+                "payload",
+                f"{len(msg.payload)} bytes, more than the {limit} a device message"
+                " may have (bridge.max_payload_bytes)",
+            )
         park, enterprise, device, channel = parse_topic(msg.topic)
         if channel == "telemetry":
             batch = decode_batch(
@@ -300,9 +336,10 @@ class Bridge:
 
     async def _forward(self, msg: _Inbound) -> None:
         self.stats.received += 1
-        topic, value, key, headers = record = self._to_record(msg)
+        record: _Record | None = self._to_record(msg)
         attempt = 0
-        while True:
+        while record is not None:
+            topic, value, key, headers = record
             try:
                 async with self._producer_lock:
                     assert self._producer is not None
@@ -313,9 +350,14 @@ class Bridge:
                     # whole queue, in order, and must see this record in it.
                     self._pending.append(_Pending(msg, record, delivery))
             except KafkaError as exc:
+                if refused_for_good(exc):
+                    record = self._refused(msg, record, exc)
+                    continue
                 attempt = await self._backoff(attempt, exc)
             else:
                 break
+        if record is None:  # dropped: acknowledged in its turn
+            self._pending.append(_Pending(msg, ("", b"", None, None), _done()))
         self._pending_changed.set()
 
     async def _replace_producer(self, exc: KafkaError) -> None:
@@ -346,6 +388,8 @@ class Bridge:
                     self._producer = producer
             for pending in self._pending:
                 topic, value, key, headers = pending.record
+                if not topic:  # dropped, nothing to send
+                    continue
                 pending.delivery = await self._producer.send(
                     topic, value, key=key, headers=headers
                 )
@@ -369,9 +413,13 @@ class Bridge:
             try:
                 await head.delivery
             except KafkaError as exc:
-                await self._replace_producer(exc)
+                if refused_for_good(exc):
+                    await self._resend_refused(head, exc)
+                else:
+                    await self._replace_producer(exc)
                 continue
-            self.stats.produced += 1
+            if head.record[0]:
+                self.stats.produced += 1
             self._pending.popleft()
             if head.msg.session == self._session:
                 self._client.ack(head.msg.mid, head.msg.qos)
@@ -379,6 +427,38 @@ class Bridge:
             else:
                 self.stats.redelivery_expected += 1
             self._pending_changed.set()
+
+    async def _resend_refused(self, head: _Pending, exc: KafkaError) -> None:
+        """Kafka refused ``head``'s record for good after accepting it for sending
+        (the broker's own size limit): send its dead letter in its place."""
+        record = self._refused(head.msg, head.record, exc)
+        while record is not None:
+            head.record = record
+            topic, value, key, headers = record
+            try:
+                async with self._producer_lock:
+                    assert self._producer is not None
+                    head.delivery = await self._producer.send(
+                        topic, value, key=key, headers=headers
+                    )
+            except KafkaError as send_exc:
+                if not refused_for_good(send_exc):
+                    await self._replace_producer(send_exc)
+                    return
+                record = self._refused(head.msg, record, send_exc)
+            else:
+                return
+        head.record = ("", b"", None, None)
+        head.delivery = _done()
+
+
+def _done() -> asyncio.Future[RecordMetadata | None]:
+    """A delivery already settled: a dropped message waits for nothing."""
+    future: asyncio.Future[RecordMetadata | None] = (
+        asyncio.get_running_loop().create_future()
+    )
+    future.set_result(None)
+    return future
 
 
 def _enterprise_key(topic: str) -> bytes | None:

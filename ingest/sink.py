@@ -190,7 +190,7 @@ class Sink(DbPositionedConsumer):
             log.warning("dead letter %s: %s", letter.source, letter.reason)
         futures = [
             await producer.send(
-                topic, letter.original, key=letter.key, headers=letter.headers()
+                topic, letter.value, key=letter.key, headers=letter.headers()
             )
             for letter in letters
         ]

@@ -74,6 +74,10 @@ class DatabaseSettings(BaseModel):
 
 class BridgeSettings(BaseModel):
     max_future_ms: int = 5 * 60 * 1000
+    # A device message larger than this is a dead letter (its first 64 KiB, size and
+    # SHA-256 are kept), never a record Kafka would refuse. The local broker caps
+    # MQTT packets at the same size (deploy/local/services: max_packet_size).
+    max_payload_bytes: int = Field(default=256 * 1024, gt=0, le=900 * 1024)
     # On stop, how long to wait for Kafka to acknowledge what is in flight; what
     # is left stays unacknowledged on MQTT and is delivered again.
     drain_timeout_s: float = 10.0
