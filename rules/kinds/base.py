@@ -174,34 +174,90 @@ def scope_from_key(key: str) -> Scope:
     return Scope(park, enterprise, device, metric)
 
 
-class LimitFields(StrictModel):
-    """A limit with hysteresis, for the kinds that compare a value with one.
+class LimitOverride(StrictModel):
+    """A stricter (or other) limit for some outlets: an enterprise's stack or
+    outfall, as its permit says. Shell patterns; the first that matches wins."""
+
+    enterprise: str = "*"
+    device: str = "*"
+    limit: float
+    clear: float | None = None
+    source: str = ""  # e.g. the permit number the value comes from
+
+    def matches(self, scope: Scope) -> bool:
+        return _match_part(self.enterprise, scope.enterprise) and _match_part(
+            self.device, scope.device
+        )
+
+
+def _match_part(pattern: str, value: str | None) -> bool:
+    return pattern == "*" or (value is not None and _match(pattern, value))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limit in force for one scope, with its hysteresis.
 
     ``direction: above`` breaches when ``value > limit`` and, once in breach, clears
     only when ``value <= clear`` (default: the limit itself); ``below`` mirrors it.
-    A value hovering around the limit therefore opens one alert, not one per reading.
     """
 
     limit: float
-    direction: Literal["above", "below"] = "above"
-    clear: float | None = None
-
-    @model_validator(mode="after")
-    def _clear_side(self) -> LimitFields:
-        if self.clear is not None:
-            above = self.direction == "above"
-            if (self.clear > self.limit) if above else (self.clear < self.limit):
-                side = "at or below" if above else "at or above"
-                raise located(f"clear must be {side} the limit {self.limit:g}", "clear")
-        return self
+    direction: Literal["above", "below"]
+    clear: float | None
+    override: str | None = None  # the override's source, when one applies
 
     def next_state(self, breaching: bool, value: float) -> bool:
         """Whether the scope is in breach after ``value``, given it was or not."""
         level = self.limit if not breaching or self.clear is None else self.clear
         return value > level if self.direction == "above" else value < level
 
-    def limit_evidence(self) -> JSON:
-        return {"limit": self.limit, "direction": self.direction, "clear": self.clear}
+    def evidence(self) -> JSON:
+        out: JSON = {
+            "limit": self.limit, "direction": self.direction, "clear": self.clear,
+        }  # fmt: skip
+        if self.override is not None:
+            out["limit_override"] = self.override
+        return out
+
+
+def _check_clear(
+    limit: float, clear: float | None, direction: str, at: tuple[str | int, ...]
+) -> None:
+    if clear is not None:
+        above = direction == "above"
+        if (clear > limit) if above else (clear < limit):
+            side = "at or below" if above else "at or above"
+            raise located(f"clear must be {side} the limit {limit:g}", *at)
+
+
+class LimitFields(StrictModel):
+    """A limit with hysteresis, for the kinds that compare a value with one.
+
+    ``clear`` is the level a breach must come back to before it resolves: a value
+    hovering around the limit therefore opens one alert, not one per window.
+    ``outlets`` sets other limits for some scopes (the permit of one stack).
+    """
+
+    limit: float
+    direction: Literal["above", "below"] = "above"
+    clear: float | None = None
+    outlets: tuple[LimitOverride, ...] = ()
+
+    @model_validator(mode="after")
+    def _clear_side(self) -> LimitFields:
+        _check_clear(self.limit, self.clear, self.direction, ("clear",))
+        for i, o in enumerate(self.outlets):
+            _check_clear(o.limit, o.clear, self.direction, ("outlets", i, "clear"))
+        return self
+
+    def limits_for(self, scope: Scope) -> Limits:
+        """The limits in force for ``scope``: the first matching outlet's, else the
+        rule's."""
+        for o in self.outlets:
+            if o.matches(scope):
+                return Limits(o.limit, self.direction, o.clear, o.source or "outlet")
+        return Limits(self.limit, self.direction, self.clear)
 
 
 def jsonable(value: Any) -> Any:

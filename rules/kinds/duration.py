@@ -38,6 +38,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rules.kinds.base import (
     LimitFields,
+    Limits,
     PackContext,
     RuleSpec,
     check_unit,
@@ -121,13 +122,14 @@ class DurationEvaluator:
         if obs.quality not in spec.valid_flags:
             dev.run_start = None
             return []
+        limits = spec.limits_for(scope)
         if dev.breaching:
-            if spec.next_state(True, obs.value):
+            if limits.next_state(True, obs.value):
                 return []
             dev.breaching, dev.run_start = False, None
-            evidence = {"reading": obs.to_json(), **self._limit()}
+            evidence = {"reading": obs.to_json(), **self._limit(limits)}
             return [Finding(scope, obs.ts_ms, Verdict.OK, obs.value, evidence=evidence)]
-        if not spec.next_state(False, obs.value):
+        if not limits.next_state(False, obs.value):
             dev.run_start = None
             return []
         if dev.run_start is None or obs.ts_ms - dev.run_last > spec.gap_ms:
@@ -146,14 +148,14 @@ class DurationEvaluator:
                 "readings": dev.run_n,
                 "peak": dev.run_peak,
             },
-            **self._limit(),
+            **self._limit(limits),
         }
         dev.breaching, dev.run_start = True, None
         return [Finding(scope, obs.ts_ms, Verdict.BREACH, obs.value, evidence=evidence)]
 
-    def _limit(self) -> JSON:
+    def _limit(self, limits: Limits) -> JSON:
         return {
-            **self.spec.limit_evidence(),
+            **limits.evidence(),
             "for_ms": self.spec.for_ms,
             "max_gap_ms": self.spec.gap_ms,
         }

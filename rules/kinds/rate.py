@@ -122,7 +122,8 @@ class RateEvaluator:
         compared = abs(rate) if spec.change == "either" else rate
         if spec.change == "fall":
             compared = -rate
-        now = spec.next_state(dev.breaching, compared)
+        limits = spec.limits_for(scope)
+        now = limits.next_state(dev.breaching, compared)
         if now == dev.breaching:
             return []
         dev.breaching = now
@@ -133,7 +134,7 @@ class RateEvaluator:
             "rate": rate,
             "per_ms": spec.per,
             "change": spec.change,
-            **spec.limit_evidence(),
+            **limits.evidence(),
         }
         verdict = Verdict.BREACH if now else Verdict.OK
         return [Finding(scope, obs.ts_ms, verdict, compared, evidence=evidence)]

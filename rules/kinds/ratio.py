@@ -234,6 +234,9 @@ class RatioEvaluator:
 
     def _judge(self, key: str, start: int, period: _Period, prior: bool) -> Finding:
         num, den = period.num, period.den
+        park, enterprise = key.split("/")[:2]
+        scope = Scope(park, enterprise)
+        limits = self.spec.limits_for(scope)
         value: float | None = None
         reason = None
         if num.steps == 0:
@@ -244,7 +247,7 @@ class RatioEvaluator:
             reason = "the denominator is 0 in the period"
         if reason is None:
             value = num.amount / den.amount
-            breach = self.spec.next_state(prior, value)
+            breach = limits.next_state(prior, value)
             verdict = Verdict.BREACH if breach else Verdict.OK
         else:
             verdict = Verdict.INSUFFICIENT
@@ -262,12 +265,10 @@ class RatioEvaluator:
                 "coefficient": self._den.coefficient,
             },
             "discontinuities": num.discontinuities + den.discontinuities,
-            **self.spec.limit_evidence(),
+            **limits.evidence(),
         }
         if reason is not None:
             evidence["reason"] = reason
-        park, enterprise = key.split("/")[:2]
-        scope = Scope(park, enterprise)
         window = Window(start, period.end_ms)
         return Finding(scope, period.end_ms, verdict, value, window, evidence)
 

@@ -63,7 +63,8 @@ class ThresholdEvaluator:
             return []
         scope = device_scope(obs, metric=obs.metric)
         was = self._breaching.get(scope.key, False)
-        now = self.spec.next_state(was, obs.value)
+        limits = self.spec.limits_for(scope)
+        now = limits.next_state(was, obs.value)
         if now == was:
             return []
         self._breaching[scope.key] = now
@@ -73,7 +74,7 @@ class ThresholdEvaluator:
                 obs.ts_ms,
                 Verdict.BREACH if now else Verdict.OK,
                 obs.value,
-                evidence={"reading": obs.to_json(), **self.spec.limit_evidence()},
+                evidence={"reading": obs.to_json(), **limits.evidence()},
             )
         ]
 

@@ -259,11 +259,12 @@ class WindowEvaluator:
         summary = summarise(bucket, spec.valid_flags, spec.o2_correction)
         required = spec.required_valid(bucket.end_ms - bucket.start_ms)
         value = summary.aggregate(spec.aggregate)
+        limits = spec.limits_for(scope_from_key(key))
         evidence: JSON = {
             "aggregate": spec.aggregate,
             "required_valid": required,
             **summary.evidence,
-            **spec.limit_evidence(),
+            **limits.evidence(),
         }
         if spec.o2_correction is not None:
             evidence["o2_correction"] = spec.o2_correction.model_dump()
@@ -271,7 +272,7 @@ class WindowEvaluator:
             evidence["partial_value"] = value
             verdict, value = Verdict.INSUFFICIENT, None
         else:
-            breaching = spec.next_state(prior, value)
+            breaching = limits.next_state(prior, value)
             verdict = Verdict.BREACH if breaching else Verdict.OK
         return Finding(
             scope_from_key(key),

@@ -481,3 +481,76 @@ def test_snapshot_restore_continues_exactly() -> None:
         assert [e.to_line() for e in head + tail] == expected, f"cut at {cut}"
         if cut < len(stream):  # the engine sums its rules' counters on each feed
             assert second.stats.dropped_late == 1
+
+
+def _hovering(hours: int, means: list[float], dev: str = "s1") -> list[Obs]:
+    """One analyser-corrected SO2 reading a minute, each hour at ``means[h]``."""
+    return [
+        obs(T0 + h * H + m * MIN, means[h], "so2_corrected", dev=dev)
+        for h in range(hours)
+        for m in range(60)
+    ]
+
+
+def test_a_stack_hovering_at_its_limit_raises_one_alert_all_day() -> None:
+    # 35.01, 34.99, 35.01 ... for 24 hours: one alert, open all day; it resolves in
+    # the first hour clearly back (31.0 <= clear 31.5), not at the first 34.99.
+    pack = load_pack(PACKS / "coal-power-ultra-low.yaml")
+    means = [35.01 if h % 2 == 0 else 34.99 for h in range(24)] + [31.0]
+    events = [
+        e
+        for e in run(Engine(pack), [*_hovering(25, means), tick(T0 + 26 * H)])
+        if e.rule_id == "so2-corrected-hourly"
+    ]
+    assert [(e.kind.value, e.at_ms) for e in events] == [
+        ("opened", T0 + H),
+        ("resolved", T0 + 25 * H),
+    ]
+    assert events[1].evidence["clear"] == 31.5
+
+
+@pytest.mark.parametrize("name", ["coal-power-ultra-low", "steel-sinter-ultra-low"])
+def test_every_limit_rule_of_the_emission_packs_has_a_clear_band(name: str) -> None:
+    pack = load_pack(PACKS / f"{name}.yaml")
+    for rule in pack.rules:
+        limit, clear = getattr(rule, "limit", None), getattr(rule, "clear", None)
+        assert limit is not None and clear is not None, rule.id
+        assert clear == pytest.approx(0.9 * limit), rule.id
+
+
+def test_an_outlet_permit_sets_its_own_limit_and_band() -> None:
+    # stack-2's permit: 30, clear 27. A mean of 32 breaches there, not on stack-1
+    # (limit 35); 28 keeps stack-2's alert open (above 27), 26 resolves it.
+    outlets = [{"device": "stack-2", "limit": 30, "clear": 27, "source": "permit X"}]
+    pack = make_pack(
+        so2_rule(
+            metric="so2_corrected",
+            clear=31.5,
+            outlets=outlets,
+            expected_interval="1min",
+        )
+    )
+    stream = _hovering(3, [32, 28, 26], dev="stack-1")
+    stream += _hovering(3, [32, 28, 26], dev="stack-2")
+    stream.sort(key=lambda o: o.ts_ms)
+    events = run(Engine(pack), [*stream, tick(T0 + 3 * H)])
+    got = [(e.scope.device, e.kind.value, e.at_ms) for e in events]
+    assert got == [("stack-2", "opened", T0 + H), ("stack-2", "resolved", T0 + 3 * H)]
+    assert events[0].evidence["limit"] == 30
+    assert events[0].evidence["limit_override"] == "permit X"
+
+
+def test_an_outlet_band_on_the_wrong_side_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pack.yaml"
+    path.write_text(
+        "pack: p\nversion: '1'\nrules:\n"
+        "  - id: so2\n"
+        "    kind: window\n"
+        "    metric: so2_corrected\n"
+        "    window: 1h\n"
+        "    limit: 35\n"
+        "    outlets: [{device: stack-2, limit: 30, clear: 33}]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_pack(path)
+    assert "outlets[0].clear: clear must be at or below the limit 30" in str(info.value)
