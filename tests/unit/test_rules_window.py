@@ -514,7 +514,8 @@ def test_every_limit_rule_of_the_emission_packs_has_a_clear_band(name: str) -> N
     pack = load_pack(PACKS / f"{name}.yaml")
     for rule in pack.rules:
         limit, clear = getattr(rule, "limit", None), getattr(rule, "clear", None)
-        assert limit is not None and clear is not None, rule.id
+        assert limit is not None, rule.id
+        assert clear is not None, rule.id
         assert clear == pytest.approx(0.9 * limit), rule.id
 
 
