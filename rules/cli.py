@@ -28,6 +28,11 @@ Readings files:
   ``park``, ``enterprise``, ``device``, ``metric``, ``value`` and optionally
   ``quality``, ``seq``, ``reset``.
 
+At the end of the input the devices still silent are judged as of the newest
+reading's time (``--until ISO`` for another time, e.g. when the file was cut): a
+``missing_data`` rule reports ``opened`` for each device silent for more than its
+``max_silence`` by then, as the live runner does while a device is silent.
+
 A bad line is reported on stderr as ``FILE:LINE: reason`` and counted; the lines
 around it are still evaluated. Exit code 0, 1 if any line was bad, 2 for a bad pack
 or an unreadable file. A summary goes to stderr.
@@ -73,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="evaluate a pack over a readings file")
     check.add_argument("--pack", required=True, type=Path)
     check.add_argument("--readings", required=True, help="JSON lines or CSV; - = stdin")
+    check.add_argument(
+        "--until",
+        type=_when,
+        metavar="ISO",
+        help="judge silences as of this time at the end (default: newest reading)",
+    )
     run = sub.add_parser("run", help="the live runner on the telemetry topic")
     run.add_argument("--pack", required=True, type=Path)
     run.add_argument("--stats-every", type=float, default=10.0, metavar="S")
@@ -94,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         raise UsageError(f"{args.readings}: {exc.strerror}") from None
     with source:
-        return check_readings(pack_engine=Engine(pack), name=args.readings, text=source)
+        return check_readings(
+            pack_engine=Engine(pack),
+            name=args.readings,
+            text=source,
+            until_ms=args.until,
+        )
 
 
 def _run_live(pack: Path, stats_every_s: float) -> int:
@@ -144,8 +160,21 @@ def _open(name: str) -> TextIO:
     return Path(name).open(encoding="utf-8", newline="")
 
 
-def check_readings(*, pack_engine: Engine, name: str, text: TextIO) -> int:
-    """Feed every reading of ``text`` to the engine; print events; the exit code."""
+def _when(text: str) -> int:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not ISO 8601: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"needs a zone (e.g. +08:00 or Z): {text!r}")
+    return round(moment.timestamp() * 1000)
+
+
+def check_readings(
+    *, pack_engine: Engine, name: str, text: TextIO, until_ms: int | None = None
+) -> int:
+    """Feed every reading of ``text`` to the engine, then judge silences as of
+    ``until_ms`` (default: the newest reading); print events; the exit code."""
     bad = readings = events = 0
     rows = _csv(text) if name.endswith(".csv") else _jsonl(text)
     out = sys.stdout
@@ -156,6 +185,11 @@ def check_readings(*, pack_engine: Engine, name: str, text: TextIO) -> int:
             continue
         readings += 1
         for event in pack_engine.feed(item):
+            events += 1
+            out.write(event.to_line() + "\n")
+    end = pack_engine.newest_ms if until_ms is None else until_ms
+    if end is not None:
+        for event in pack_engine.idle(end):
             events += 1
             out.write(event.to_line() + "\n")
     out.flush()

@@ -27,6 +27,13 @@ Contracts:
   breach); ``event_id`` = hash(alert id, event kind, event time, window, verdict,
   value, and for a revision its evidence: two revisions of one window differ).
   Acknowledging an alert is a person's act and lives with the stored alerts.
+- Silence: the watermark moves only with readings, so a device that falls silent
+  with everything else in its stream would never be reported. :meth:`idle` takes a
+  *silence watermark* from the caller (the live runner: its clock minus
+  ``watermark_delay`` once it has consumed everything there is; ``rules check``:
+  the end of its input) and judges only the ``missing_data`` rules by it. The
+  offline events are the ones a later reading would have produced (same time, same
+  ids), only sooner; windows never close on it.
 - :meth:`snapshot` is JSON; ``Engine.restore(pack, snapshot)`` continues exactly
   where the snapshot was taken (the runner stores it with the consumed offsets).
 """
@@ -38,6 +45,7 @@ from dataclasses import dataclass
 
 from rules.kinds import make_evaluator
 from rules.kinds.base import Evaluator, RuleSpec
+from rules.kinds.missing import MissingDataEvaluator
 from rules.model import JSON, AlertEvent, EventKind, Finding, Obs, Verdict, stable_id
 from rules.pack import Pack
 
@@ -62,11 +70,17 @@ class Engine:
         self._max_ts: int | None = None
         self._watermark: int | None = None
         self._open: dict[str, str] = {}  # rule id + scope key -> open alert id
+        self._silence: int | None = None  # the newest silence watermark given
         self.stats = EngineStats()
 
     @property
     def watermark_ms(self) -> int | None:
         return self._watermark
+
+    @property
+    def newest_ms(self) -> int | None:
+        """The newest observation time seen (None before the first)."""
+        return self._max_ts
 
     def feed(self, obs: Obs) -> list[AlertEvent]:
         """Evaluate one observation; the alert events it causes, in order."""
@@ -89,6 +103,21 @@ class Engine:
                 events += self._lifecycle(rule, evaluator.advance(watermark))
         self.stats.events += len(events)
         self.stats.dropped_late = sum(e.dropped_late for _, e in self._rules)
+        return events
+
+    def idle(self, watermark_ms: int) -> list[AlertEvent]:
+        """Judge silences as of ``watermark_ms`` (see the module contract): the
+        ``device.offline`` events of devices silent for more than ``max_silence`` at
+        that time, while they are still silent. Only ``missing_data`` rules move;
+        a watermark not newer than the last one given does nothing."""
+        if self._silence is not None and watermark_ms <= self._silence:
+            return []
+        self._silence = watermark_ms
+        events: list[AlertEvent] = []
+        for rule, evaluator in self._rules:
+            if isinstance(evaluator, MissingDataEvaluator):
+                events += self._lifecycle(rule, evaluator.advance(watermark_ms))
+        self.stats.events += len(events)
         return events
 
     def _lifecycle(self, rule: RuleSpec, findings: list[Finding]) -> list[AlertEvent]:
@@ -163,6 +192,7 @@ class Engine:
             "max_ts": self._max_ts,
             "watermark": self._watermark,
             "open": dict(sorted(self._open.items())),
+            "silence": self._silence,
             "rules": {rule.id: ev.snapshot() for rule, ev in self._rules},
         }
 
@@ -180,6 +210,7 @@ class Engine:
         engine._max_ts = state["max_ts"]
         engine._watermark = state["watermark"]
         engine._open = dict(state["open"])
+        engine._silence = state.get("silence")  # absent in older snapshots
         for rule, evaluator in engine._rules:
             evaluator.restore(state["rules"][rule.id])
         return engine

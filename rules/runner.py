@@ -22,6 +22,16 @@ Contracts (on top of :class:`stream.group.DbPositionedConsumer`):
   outbox): after each commit, and again on start and between batches for whatever
   was not yet acknowledged by Kafka. Delivery to the topic is at least once;
   consumers de-duplicate by ``event_id``. Records are keyed by enterprise (or park).
+- Silence: between batches, each partition the runner has consumed to its end is
+  judged by a silence watermark (:meth:`~rules.engine.Engine.idle`): the newest
+  event time of the partition, moved on by the wall-clock time elapsed since its
+  last record arrived, minus the pack's ``watermark_delay``. So a device silent for
+  more than its ``max_silence`` is reported while it is still silent, even when
+  its whole partition is, within ``max_silence + watermark_delay`` (and about a
+  second) of its last reading's arrival; devices' clocks being off does not matter,
+  only time elapsed here. Those events have the ids a later reading would have
+  given them. A partition with a backlog is not judged by the clock: its records
+  decide.
 - A record that does not decode is counted and skipped (the sink dead-letters it).
 - The pack file is re-read every ``rules.reload_every_s``: a valid pack with a new
   version replaces the old one; the owned partitions continue from their current
@@ -70,6 +80,7 @@ class RunnerStats:
     reloads: int = 0
     checkpoints: int = 0
     dropped_late: int = 0
+    silence_events: int = 0  # offline events raised by the clock, while silent
 
 
 class RulesRunner(DbPositionedConsumer):
@@ -90,6 +101,8 @@ class RulesRunner(DbPositionedConsumer):
         self._storage = Storage(settings.database, clock=clock)
         self._producer: AIOKafkaProducer | None = None
         self._engines: dict[int, Engine] = {}
+        # When the newest record of each partition was processed (this clock).
+        self._seen_ms: dict[int, int] = {}
         # Next offset per partition processed since its last checkpoint.
         self._next: dict[int, int] = {}
         self._checkpoint_ms = clock()
@@ -137,6 +150,7 @@ class RulesRunner(DbPositionedConsumer):
     async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
         for tp in tps:  # whatever ran since the checkpoint is evaluated again
             self._next.pop(tp.partition, None)
+            self._seen_ms[tp.partition] = self._clock()
         stored = {
             s.partition: s
             for s in await self._storage.alerts.states(self._group, self._topic)
@@ -164,6 +178,7 @@ class RulesRunner(DbPositionedConsumer):
         for tp in revoked:
             self._engines.pop(tp.partition, None)
             self._next.pop(tp.partition, None)
+            self._seen_ms.pop(tp.partition, None)
 
     def _states(self, partitions: set[int]) -> list[RuleState]:
         """Checkpoints of the engines that moved since their last one."""
@@ -196,6 +211,8 @@ class RulesRunner(DbPositionedConsumer):
         if now - self._checked_ms >= self._settings.rules.reload_every_s * 1000:
             self._checked_ms = now
             self._maybe_reload()
+        async with self._lock:
+            await self._judge_silence(now)
         if self._next and now - self._checkpoint_ms >= self._every_ms:
             # idle since the last batch: checkpoint what moved, under the lock a
             # revocation takes too
@@ -203,6 +220,31 @@ class RulesRunner(DbPositionedConsumer):
                 await self._checkpoint(set(self._next))
             self._checkpoint_ms = now
         await self._produce_pending()
+
+    async def _judge_silence(self, now_ms: int) -> None:
+        """Offline events of silent devices, for the partitions consumed to their
+        end; stored now (their ids are deterministic, a crash only repeats them)."""
+        events: list[AlertEvent] = []
+        for tp in sorted(await self.caught_up()):
+            engine = self._engines.get(tp.partition)
+            if engine is None or engine.newest_ms is None:
+                continue
+            elapsed = now_ms - self._seen_ms.get(tp.partition, now_ms)
+            events += engine.idle(
+                engine.newest_ms + max(elapsed, 0) - self._pack.watermark_delay
+            )
+        if events:
+            pack = self._pack
+            try:
+                self.stats.events += await self._storage.alerts.write(
+                    [event_row(pack, e) for e in events], []
+                )
+            except StorageError:
+                # The engines moved past events that are not stored: back to the
+                # checkpoints, which replay and judge the silence again.
+                self._unpositioned |= self._owned
+                raise
+            self.stats.silence_events += len(events)
 
     async def process(self, batch: Batch) -> dict[TopicPartition, int]:
         try:
@@ -241,6 +283,7 @@ class RulesRunner(DbPositionedConsumer):
                     )  # fmt: skip
             next_offsets[tp] = records[-1].offset + 1
             self._next[tp.partition] = next_offsets[tp]
+            self._seen_ms[tp.partition] = now_ms
         if now_ms - self._checkpoint_ms >= self._every_ms:
             states = self._states(set(self._next))
         self.stats.events += await self._storage.alerts.write(

@@ -168,6 +168,24 @@ class DbPositionedConsumer(ABC):
             attempt = 0
             await self._commit_kafka(committed)
 
+    async def caught_up(self) -> set[TopicPartition]:
+        """The owned, positioned partitions with nothing left to consume: the
+        position has reached the high watermark of the last fetch. Call with the
+        lock held (from :meth:`maintain`, under ``self._lock``)."""
+        consumer = self._require(self._consumer)
+        done = set()
+        for tp in self._owned - self._unpositioned:
+            high = consumer.highwater(tp)
+            if high is None:
+                continue  # no fetch answered for it yet
+            try:
+                position = await consumer.position(tp)
+            except IllegalStateError:  # no longer assigned
+                continue
+            if position >= high:
+                done.add(tp)
+        return done
+
     # -- internals ------------------------------------------------------------------
 
     def _rewind(self, batch: Batch) -> None:

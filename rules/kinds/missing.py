@@ -27,8 +27,13 @@ Decisions:
 - Only devices heard from at least once are known: a registered device that never
   reported needs the device registry, which is not part of the pure core.
 - The watermark moves only with readings. If every device of the stream falls
-  silent, nothing advances it and offline is detected only when data flows again
-  (the live runner may feed device-status input later).
+  silent, nothing advances it: the engine's ``idle(watermark)`` (a silence
+  watermark from the live runner's clock, or the end of a file) advances this kind
+  alone, so offline is reported while the devices are still silent. The finding
+  is the one a later reading would have produced: same time, same evidence.
+- The boundary: offline once silent for *more* than ``max_silence`` (a device last
+  heard at T is offline when the watermark passes T + max_silence, at_ms = T +
+  max_silence); silent for exactly ``max_silence`` is still online.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from rules.model import Obs
 from rules.pack import parse_pack
 from rules.runner import RulesRunner, event_row
 from smartpark import wire
+from smartpark.clock import system_ms
 from smartpark.settings import Settings
 from storage import Storage
 from stream.kafka import ensure_topics
@@ -302,3 +304,70 @@ async def test_a_new_pack_version_is_picked_up_without_a_restart(
         ("nh3-slip", "2", "opened", 5.0),  # 5 > the new limit 4
     ]
     assert runner.stats.reloads == 1
+
+
+SILENCE_PACK = """\
+pack: silence-test
+version: "1"
+watermark_delay: 1s
+rules:
+  - {id: offline, kind: missing_data, metrics: [nh3], expected_interval: 1s,
+     max_silence: 3s}
+"""
+
+
+async def test_a_silent_partition_is_reported_offline_while_it_is_silent(
+    park_id: str, platform: Settings, tmp_path: Path
+) -> None:
+    """Every device of the enterprise (so of its partition) stops: each is reported
+    offline while still silent, within max_silence + watermark_delay (3 s + 1 s)
+    and a little of its last reading; a reading afterwards resolves it once."""
+    settings = platform
+    pack_path = tmp_path / "pack.yaml"
+    pack_path.write_text(SILENCE_PACK)
+    seq = 0
+
+    def now_batch(device: str) -> wire.TelemetryBatch:
+        nonlocal seq
+        seq += 1
+        reading = wire.Reading(seq, "nh3", 5.0, "mg/m3", system_ms())
+        return wire.TelemetryBatch(park_id, "e1", device, (reading,))
+
+    async def stored() -> list[dict[str, Any]]:
+        return [e.body for e in await storage.alerts.events(park=park_id)]
+
+    async with Storage(settings.database) as storage:
+        await storage.migrate()
+        async with RulesRunner(settings, pack_path) as runner:
+            task = asyncio.create_task(runner.run())
+            try:
+                for _ in range(4):  # both devices report for a while, then stop
+                    await produce(settings, [now_batch("d1"), now_batch("d2")])
+                    await asyncio.sleep(0.5)
+                await wait_for(
+                    lambda: runner.stats.readings == 8, timeout_s=90, what="readings"
+                )
+                last_sent = time.monotonic()
+                events: list[dict[str, Any]] = []
+                while len(events) < 2 and time.monotonic() - last_sent < 30:
+                    events = await stored()
+                    await asyncio.sleep(0.1)
+                offline_after = time.monotonic() - last_sent
+                assert [(e["kind"], e["scope"]["device"]) for e in events] == [
+                    ("opened", "d1"),
+                    ("opened", "d2"),
+                ], events
+                assert runner.stats.silence_events == 2
+                await produce(settings, [now_batch("d1")])
+                await wait_for(
+                    lambda: runner.stats.readings == 9, timeout_s=90, what="back"
+                )
+                await asyncio.sleep(2)  # d2 stays offline; nothing is raised twice
+                events = await stored()
+            finally:
+                runner.stop()
+                await task
+    # 3 s + 1 s after the last reading, plus the runner's polling and this loop's
+    assert offline_after < 4 + 3, offline_after
+    kinds = [(e["kind"], e["scope"]["device"]) for e in events]
+    assert kinds == [("opened", "d1"), ("opened", "d2"), ("resolved", "d1")]

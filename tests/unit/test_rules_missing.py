@@ -260,3 +260,94 @@ def test_the_split_stream_is_not_trivial() -> None:
         (EventKind.OPENED, "p1/ent-1/m-3/*", T0 + 700 * S, 300.0),
         (EventKind.RESOLVED, "p1/ent-1/m-1/*", T0 + 2010 * S, 1610.0),
     ]
+
+
+# --- silence judged while it lasts (Engine.idle) --------------------------------
+
+
+def test_offline_is_raised_while_the_whole_stream_is_silent() -> None:
+    # m-1 and m-2 both stop at 20 s: no reading moves event time any more.
+    engine = Engine(offline_pack())
+    assert (
+        run(engine, [reading(0), reading(0, "m-2"), reading(20), reading(20, "m-2")])
+        == []
+    )
+    # Silent for exactly max_silence (5 min) is still online ...
+    assert engine.idle(T0 + 320 * S) == []
+    # ... one millisecond more is offline, dated when the silence passed 5 min.
+    events = engine.idle(T0 + 320 * S + 1)
+    assert summary(events) == [
+        (EventKind.OPENED, "p1/ent-1/m-1/*", T0 + 320 * S, 300.0),
+        (EventKind.OPENED, "p1/ent-1/m-2/*", T0 + 320 * S, 300.0),
+    ]
+    assert engine.idle(T0 + 900 * S) == []  # reported once
+    back = run(engine, [reading(950)])  # resumption resolves it, once
+    assert summary(back) == [
+        (EventKind.RESOLVED, "p1/ent-1/m-1/*", T0 + 950 * S, 930.0)
+    ]
+    assert run(engine, [reading(960)]) == []
+
+
+def test_events_raised_while_silent_are_those_a_later_reading_gives() -> None:
+    # Live (the clock judges the silence) and replay (only readings) agree, ids too.
+    stream = [reading(0), reading(20), reading(700)]
+    replayed = run(Engine(offline_pack()), stream)
+    live_engine = Engine(offline_pack())
+    live = run(live_engine, stream[:2]) + live_engine.idle(T0 + 400 * S)
+    live += run(live_engine, stream[2:])
+    assert [e.to_line() for e in live] == [e.to_line() for e in replayed]
+    assert [e.kind for e in live] == [EventKind.OPENED, EventKind.RESOLVED]
+
+
+def test_the_silence_watermark_survives_a_snapshot() -> None:
+    engine = Engine(offline_pack())
+    run(engine, [reading(0)])
+    assert len(engine.idle(T0 + 400 * S)) == 1
+    restored = Engine.restore(engine.pack, json.loads(json.dumps(engine.snapshot())))
+    assert restored.idle(T0 + 400 * S) == []  # not raised twice after a restart
+    assert summary(run(restored, [reading(500)]))[0][0] is EventKind.RESOLVED
+
+
+def test_idle_never_closes_a_window() -> None:
+    pack = parse_pack(
+        {"pack": "w", "version": "1", "watermark_delay": 0,
+         "rules": [{"id": "so2", "kind": "window", "metric": "so2_corrected",
+                    "window": "1h", "limit": 35}]}
+    )  # fmt: skip
+    engine = Engine(pack)
+    engine.feed(Obs(T0, "p1", "e1", "s1", "so2_corrected", 50.0))
+    assert engine.idle(T0 + 5 * 3_600_000) == []
+    assert engine.watermark_ms == T0
+
+
+def test_rules_check_reports_devices_still_silent_at_the_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rules import cli
+
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(
+        "pack: offline\nversion: '1'\nwatermark_delay: 0\nrules:\n"
+        "  - {id: meter-offline, kind: missing_data, metrics: [active_power],"
+        " expected_interval: 10s, max_silence: 5min}\n"
+    )
+    readings = tmp_path / "r.jsonl"
+    lines = [
+        {"ts_ms": T0 + s * S, "park": "p1", "enterprise": "e", "device": d,
+         "metric": "active_power", "value": 1.0}
+        for s, d in [(0, "m-1"), (0, "m-2"), *((s, "m-2") for s in range(10, 400, 10))]
+    ]  # fmt: skip
+    readings.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = ["check", "--pack", str(pack), "--readings", str(readings)]
+    assert cli.main(args) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    # m-1 went silent at 0 and m-2 carried event time past 5 min: reported in the
+    # stream; nothing else was silent at the newest reading (390 s).
+    assert [(e["kind"], e["scope"]["device"]) for e in out] == [("opened", "m-1")]
+    assert cli.main([*args, "--until", "2024-01-01T00:12:00Z"]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    # judged at 12:00: m-2, silent since 390 s, is offline too (at 390 + 300 s)
+    assert [(e["kind"], e["scope"]["device"], e["at_ms"]) for e in out] == [
+        ("opened", "m-1", T0 + 300 * S),
+        ("opened", "m-2", T0 + 690 * S),
+    ]
