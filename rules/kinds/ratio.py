@@ -29,7 +29,12 @@ Contract:
 - A period closes when the watermark reaches its end: a finding at the period's
   end with the ratio, BREACH or OK (hysteresis across consecutive periods), or
   INSUFFICIENT when a side has no step in the period or the denominator is 0.
-  From its first reading on, an enterprise gets a finding for every period.
+  From its first reading on, an enterprise gets a finding for every period, with
+  one exception: while one side has never had a reading at all (its meters are not
+  mapped: the rule's device patterns match none of the enterprise's devices), the
+  first period is one INSUFFICIENT finding with ``config_warning: true`` and the
+  reason, and the periods after it give nothing until that side reports: one
+  configuration warning, not a verdict per period.
 - Evidence: both sides' amounts, steps, discontinuities and per-device amounts;
   the limit; the coefficients. A side with discontinuities is a lower bound, so
   the ratio is then uncertain either way: ``discontinuities`` counts them all.
@@ -141,6 +146,8 @@ class _Enterprise:
     next_end_ms: int
     breaching: bool = False
     periods: dict[int, _Period] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)  # sides ever read: num, den
+    warned: bool = False  # the configuration warning was given
 
 
 class RatioEvaluator:
@@ -179,6 +186,10 @@ class RatioEvaluator:
         if ent is None:
             ent = self._scopes[key] = _Enterprise(start, end)
         period = ent.periods.setdefault(start, _Period(end))
+        if self.spec.numerator.matches(obs):
+            ent.seen.add("num")
+        if self.spec.denominator.matches(obs):
+            ent.seen.add("den")
         if step.status is not StepStatus.FIRST:
             if self.spec.numerator.matches(obs):
                 period.num.add(obs.device, step, self._num.factor)
@@ -205,9 +216,37 @@ class RatioEvaluator:
             period.judged = [finding.verdict.value, finding.value, ent.breaching]
             if finding.verdict is not Verdict.INSUFFICIENT:
                 ent.breaching = finding.verdict is Verdict.BREACH
-            found.append(finding)
             ent.next_ms, ent.next_end_ms = end, self._periods.end(end)
+            unmapped = [s for s in ("num", "den") if s not in ent.seen]
+            if unmapped:
+                if not ent.warned:
+                    ent.warned = True
+                    found.append(self._config_warning(finding, unmapped))
+                continue
+            found.append(finding)
         return found
+
+    def _config_warning(self, finding: Finding, unmapped: list[str]) -> Finding:
+        sides = {"num": self.spec.numerator, "den": self.spec.denominator}
+        missing = [
+            f"{'numerator' if s == 'num' else 'denominator'} ({sides[s].metric},"
+            f" device {sides[s].device!r})"
+            for s in unmapped
+        ]
+        reason = (
+            f"no reading of the {' or the '.join(missing)} has been seen for this"
+            " enterprise: check the rule's device patterns against its meters."
+            " Reported once; the periods after this one are judged once it reports"
+        )
+        evidence = {**finding.evidence, "reason": reason, "config_warning": True}
+        return Finding(
+            finding.scope,
+            finding.at_ms,
+            Verdict.INSUFFICIENT,
+            None,
+            finding.window,
+            evidence,
+        )
 
     def _revise(self, key: str, start: int, period: _Period, obs: Obs) -> list[Finding]:
         previous = period.judged
@@ -280,6 +319,8 @@ class RatioEvaluator:
                 key: {
                     "next": [ent.next_ms, ent.next_end_ms],
                     "breaching": ent.breaching,
+                    "seen": sorted(ent.seen),
+                    "warned": ent.warned,
                     "periods": {
                         str(s): p.to_json() for s, p in sorted(ent.periods.items())
                     },
@@ -297,6 +338,9 @@ class RatioEvaluator:
                 s["next"][1],
                 s["breaching"],
                 {int(k): _Period.from_json(p) for k, p in s["periods"].items()},
+                # absent in older snapshots: both sides count as seen
+                set(s.get("seen", ["num", "den"])),
+                s.get("warned", False),
             )
             for key, s in state["scopes"].items()
         }

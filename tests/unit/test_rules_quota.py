@@ -299,6 +299,7 @@ def test_the_shipped_quota_pack_loads() -> None:
     pack = load_pack(PACKS / "energy-water-quota.yaml")
     assert {r.id: r.limit for r in pack.rules if hasattr(r, "limit")} == {
         "energy-monthly-tce": 5000,
+        "energy-daily-tce": 170,
         "energy-monthly-tce-equal-value": 12000,
         "water-daily": 1200,
         "water-monthly": 30000,

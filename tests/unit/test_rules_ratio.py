@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from rules.engine import Engine
+from rules.kinds.ratio import RatioSpec
 from rules.model import AlertEvent, EventKind, Obs, Window
 from rules.pack import Pack, load_pack, parse_pack
 from smartpark.errors import ConfigError
@@ -229,10 +230,12 @@ def test_the_gb21346_levels_of_the_shipped_pack_judge_a_month() -> None:
         # watermark_delay 2 min: March closes when event time reaches 04-01 00:02
         kwh("04-01 00:02", "pot-line-1", 1_300_001),
     ]
-    events = run(Engine(pack), stream)
+    monthly = [e for e in run(Engine(pack), stream) if not e.rule_id.endswith("-daily")]
+    events = monthly
     # 1 300 000 kWh / 100 t = 13 000 kWh/t: within the limit value 13 700, above
     # the access value 12 750 and the advanced value 12 650.
-    # The comprehensive rule's meters (ac-main-*) did not report.
+    # The comprehensive rule's meters (ac-main-*) did not report: a configuration
+    # warning.
     assert [(e.rule_id, e.kind, e.severity, e.value) for e in events] == [
         ("al-liquid-ac-access", EventKind.OPENED, "major", 13000.0),
         ("al-liquid-ac-advanced", EventKind.OPENED, "info", 13000.0),
@@ -245,6 +248,17 @@ def test_the_gb21346_levels_of_the_shipped_pack_judge_a_month() -> None:
     ]
     # March local: [02-29T16:00Z, 03-31T16:00Z)
     assert events[0].window == Window(1_709_222_400_000, 1_711_900_800_000)
+    assert events[2].evidence["config_warning"] is True
+
+
+def test_the_shipped_aluminium_pack_judges_each_level_per_day_and_month() -> None:
+    pack = load_pack(PACKS / "aluminium-gb21346-2013.yaml")
+    periods: dict[str, set[str]] = {}
+    for rule in pack.rules:
+        assert isinstance(rule, RatioSpec)
+        periods.setdefault(rule.id.removesuffix("-daily"), set()).add(rule.period)
+    assert len(periods) == 4
+    assert all(p == {"day", "month"} for p in periods.values()), periods
 
 
 @pytest.mark.parametrize(
@@ -514,3 +528,42 @@ def test_the_split_stream_is_not_trivial() -> None:
         (EventKind.REVISED, pytest.approx(17000 / 1.5)),
         (EventKind.INSUFFICIENT_DATA, None),
     ]
+
+
+def test_unmapped_meters_give_one_configuration_warning_not_a_verdict_a_day() -> None:
+    # The plant's cast meter is "ingot-1", which the rule's "*cast*" does not
+    # match. Five days of pot-line readings: one warning (the first day), not five
+    # "insufficient data" verdicts.
+    days = [f"03-0{d} 00:10" for d in range(1, 7)]
+    stream = [kwh(day, "pot-line-1", 1000 * i) for i, day in enumerate(days)]
+    stream += [Obs(at(d), "p1", "al-1", "ingot-1", "production_mass", 10.0 * i)
+               for i, d in enumerate(days)]  # fmt: skip
+    stream.sort(key=lambda o: o.ts_ms)
+    events = run(Engine(ratio_pack()), stream)
+    assert [(e.kind, e.window) for e in events] == [(EventKind.INSUFFICIENT_DATA, DAY1)]
+    evidence = events[0].evidence
+    assert evidence["config_warning"] is True
+    assert "denominator (production_mass, device '*cast*')" in evidence["reason"]
+    # once the meter is mapped (it reports under a matching name), days are judged
+    engine = Engine(ratio_pack())
+    run(engine, stream)
+    later = [cast("03-07 00:10", 0), kwh("03-07 00:10", "pot-line-1", 6000)]
+    later += [cast("03-07 12:00", 1), kwh("03-07 12:00", "pot-line-1", 7000)]
+    later += [kwh("03-08 00:10", "pot-line-1", 8000)]
+    judged = run(engine, later)
+    # 03-06 (the meter was not mapped yet) is insufficient, reported; 03-07 is
+    # judged: (6000 - 5000 + 7000 - 6000) kWh / 1 t = 2000 > 1000
+    assert [(e.kind, e.value) for e in judged] == [
+        (EventKind.INSUFFICIENT_DATA, None),
+        (EventKind.OPENED, 2000.0),
+    ]
+
+
+def test_a_missing_period_of_mapped_meters_is_still_reported() -> None:
+    # Both sides have reported before: a day without casting is insufficient data,
+    # reported, not silenced as a configuration problem.
+    stream = [*BASE, cast("03-01 12:00", 110), kwh("03-01 12:00", "pot-line-1", 2000)]
+    stream += [kwh("03-02 12:00", "pot-line-1", 3000), *CLOSE]
+    stream += [kwh("03-03 00:10", "pot-line-1", 100_000)]
+    kinds = [e.kind for e in run(Engine(ratio_pack()), stream)]
+    assert kinds.count(EventKind.INSUFFICIENT_DATA) == 1
