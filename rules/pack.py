@@ -8,6 +8,11 @@ allowed_lateness: 1h              # how long a closed window still takes late re
 watermark_delay: 2min             # how far event time trails the newest reading
 coefficients:                     # versioned data the rules refer to (tce, CO2 ...)
   tce-gbt2589: {version: "2020", unit: kgce, electricity_kwh: 0.1229}
+validity:                         # what makes a valid hour (HJ 75), versioned
+  version: "placeholder-1"
+  source: "HJ 75-2017: the rule was not retrieved"
+  verified: false                 # say so until the number is checked
+  valid_hour_fraction: 0.75       # hourly windows without their own fraction
 rules:
   - {id: so2-hourly, kind: window, ...}
 ```
@@ -32,8 +37,30 @@ from pydantic import Field, field_validator, model_validator
 from rules.kinds import KINDS, AnyRule
 from rules.kinds.base import PackContext, RuleSpec, StrictModel, parse_duration
 from rules.kinds.coefficients import coefficient_problem
+from rules.kinds.window import WindowSpec
 from smartpark.clock import check_timezone
 from smartpark.yamlfile import Loc, load_model, located, validate_model
+
+HOUR_MS = 3_600_000
+
+
+class Validity(StrictModel):
+    """When an hour of monitoring data counts as valid (HJ 75-2017), as data.
+
+    Every alert of an hourly ``window`` rule records the version, the source and
+    whether the number was verified against it."""
+
+    version: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    verified: bool = False
+    valid_hour_fraction: float = Field(gt=0, le=1)
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "source": self.source,
+            "verified": self.verified,
+        }
 
 
 class Pack(StrictModel):
@@ -43,6 +70,7 @@ class Pack(StrictModel):
     allowed_lateness: int = Field(default=3_600_000, ge=0)
     watermark_delay: int = Field(default=120_000, ge=0)
     coefficients: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    validity: Validity | None = None
     rules: tuple[AnyRule, ...] = Field(min_length=1)
 
     @field_validator("allowed_lateness", "watermark_delay", mode="before")
@@ -85,6 +113,33 @@ class Pack(StrictModel):
                 problem = coefficient_problem(use, self.coefficients)
                 if problem is not None:
                     raise located(problem[1], "rules", i, *use.at, *problem[0])
+        return self
+
+    @model_validator(mode="after")
+    def _validity_applies(self) -> Pack:
+        # Hourly windows without their own fraction take the pack's valid-hour rule.
+        if self.validity is None:
+            return self
+        rules = list(self.rules)
+        for i, rule in enumerate(rules):
+            if (
+                isinstance(rule, WindowSpec)
+                and rule.window == HOUR_MS
+                and rule.min_valid_fraction is None
+            ):
+                if rule.expected_interval is None:
+                    raise located(
+                        "the pack's validity.valid_hour_fraction needs the rule's"
+                        " expected_interval (how often readings come)",
+                        "rules", i, "expected_interval",
+                    )  # fmt: skip
+                rules[i] = rule.model_copy(
+                    update={
+                        "min_valid_fraction": self.validity.valid_hour_fraction,
+                        "validity": self.validity.evidence(),
+                    }
+                )
+        object.__setattr__(self, "rules", tuple(rules))
         return self
 
     @cached_property

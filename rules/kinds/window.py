@@ -94,6 +94,9 @@ class WindowSpec(RuleSpec, LimitFields):
     min_valid_fraction: float | None = None
     expected_interval: int | None = None
     o2_correction: O2Correction | None = None
+    # Set by the pack from its `validity` (version, source, verified) when the
+    # rule takes the pack's valid-hour fraction; recorded in the evidence.
+    validity: dict[str, Any] | None = None
 
     @field_validator("metric")
     @classmethod
@@ -268,6 +271,8 @@ class WindowEvaluator:
         }
         if spec.o2_correction is not None:
             evidence["o2_correction"] = spec.o2_correction.model_dump()
+        if spec.validity is not None:
+            evidence["validity"] = spec.validity
         if value is None or summary.counts["valid"] < required:
             evidence["partial_value"] = value
             verdict, value = Verdict.INSUFFICIENT, None

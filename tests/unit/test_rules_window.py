@@ -555,3 +555,34 @@ def test_an_outlet_band_on_the_wrong_side_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_pack(path)
     assert "outlets[0].clear: clear must be at or below the limit 30" in str(info.value)
+
+
+def test_the_valid_hour_rule_is_a_versioned_pack_setting_recorded_in_alerts() -> None:
+    pack = load_pack(PACKS / "coal-power-ultra-low.yaml")
+    assert pack.validity is not None
+    assert pack.validity.verified is False  # the HJ 75-2017 number is unconfirmed
+    # 0.75 of 60 expected readings: 45 valid minutes make a valid hour
+    for minutes, kind in ((44, "insufficient_data"), (45, "opened")):
+        engine = Engine(pack)
+        stream = [obs(T0 + m * MIN, 40.0, "so2_corrected") for m in range(minutes)]
+        events = [
+            e
+            for e in run(engine, [*stream, tick(T0 + H + 2 * MIN)])
+            if e.rule_id == "so2-corrected-hourly"
+        ]
+        assert [e.kind.value for e in events] == [kind]
+        assert events[0].evidence["required_valid"] == 45
+        assert events[0].evidence["validity"] == {
+            "version": "placeholder-1",
+            "source": pack.validity.source,
+            "verified": False,
+        }
+
+
+def test_a_pack_validity_needs_the_rules_expected_interval() -> None:
+    with pytest.raises(ConfigError, match="expected_interval"):
+        parse_pack(
+            {"pack": "p", "version": "1",
+             "validity": {"version": "1", "source": "s", "valid_hour_fraction": 0.75},
+             "rules": [so2_rule()]}
+        )  # fmt: skip
