@@ -19,11 +19,16 @@ once. Correctness rests on the database, not on Kafka:
   retries with exponential backoff.
 * A revocation waits for the in-flight batch to commit or fail before it returns, so
   the next owner of a partition starts exactly where this one's rows end.
+* Plain PostgreSQL: the rollups are refreshed every ``sink.rollup_refresh_ms`` by a
+  task of their own on a connection of their own, never inside the write loop, so a
+  refresh does not hold up a batch; a failed refresh is logged, counted and tried
+  again at the next interval (the minutes stay in the log).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +37,7 @@ from typing import Self
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from smartpark.clock import MsClock, system_ms
-from smartpark.errors import PayloadError
+from smartpark.errors import PayloadError, StorageError
 from smartpark.settings import Settings
 from storage import (
     Dialect,
@@ -50,9 +55,6 @@ log = logging.getLogger(__name__)
 # Daily partitions (plain PostgreSQL) are created a week ahead; refreshing that
 # window hourly keeps DDL off the hot path at midnight.
 _PARTITIONS_EVERY_MS = 3600 * 1000
-# Plain PostgreSQL rollups are recomputed from the buckets the writes logged; this is
-# how far they may lag (TimescaleDB runs its own refresh policies instead).
-ROLLUP_REFRESH_EVERY_MS = 10_000
 
 
 @dataclass
@@ -67,6 +69,9 @@ class SinkStats:
     retries: int = 0
     last_commit_ms: int | None = None
     assigned: list[str] = field(default_factory=list)
+    rollup_refreshes: int = 0
+    rollup_minutes: int = 0
+    rollup_failures: int = 0
 
 
 class Sink(DbPositionedConsumer):
@@ -88,9 +93,11 @@ class Sink(DbPositionedConsumer):
         self._settings = settings
         self._clock = clock
         self.stats = SinkStats()
-        self._storage = Storage(settings.database, clock=clock)
+        # One connection writes, one refreshes the rollups.
+        self._storage = Storage(settings.database, clock=clock, pool_size=2)
         self._producer: AIOKafkaProducer | None = None
-        self._partitions_ms = self._refreshed_ms = clock()
+        self._partitions_ms = clock()
+        self._refresher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         await self._storage.open()
@@ -103,6 +110,10 @@ class Sink(DbPositionedConsumer):
             )
             await self._producer.start()
             await self.start()
+            if self._storage.dialect is Dialect.POSTGRES:
+                self._refresher = asyncio.create_task(
+                    self._refresh_rollups(), name="rollup refresh"
+                )
         except BaseException:
             await self._close()
             raise
@@ -112,6 +123,11 @@ class Sink(DbPositionedConsumer):
         await self._close()
 
     async def _close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
         await self.close()
         if self._producer is not None:
             await self._producer.stop()
@@ -121,8 +137,23 @@ class Sink(DbPositionedConsumer):
     def storage(self) -> Storage:
         return self._storage
 
+    async def _refresh_rollups(self) -> None:
+        """Merge the logged minutes into the rollups, every interval, until closed."""
+        every_ms = self._settings.sink.rollup_refresh_ms
+        while True:
+            await asyncio.sleep(every_ms / 1000)
+            try:
+                minutes = await self._storage.telemetry.refresh_rollups()
+            except StorageError as exc:
+                self.stats.rollup_failures += 1
+                log.warning("rollup refresh failed (%s); next try in %d ms",
+                            exc, every_ms)  # fmt: skip
+                continue
+            self.stats.rollup_refreshes += 1
+            self.stats.rollup_minutes += minutes
+
     async def maintain(self) -> None:
-        """Partition window and rollup refresh, when due (plain PostgreSQL only)."""
+        """The partition window, when due (plain PostgreSQL only)."""
         self.stats.retries = self.retries
         self.stats.assigned = self.assigned
         if self._storage.dialect is not Dialect.POSTGRES:
@@ -131,9 +162,6 @@ class Sink(DbPositionedConsumer):
         if now - self._partitions_ms >= _PARTITIONS_EVERY_MS:
             await self._storage.telemetry.ensure_partitions()
             self._partitions_ms = now
-        if now - self._refreshed_ms >= ROLLUP_REFRESH_EVERY_MS:
-            await self._storage.telemetry.refresh_rollups()
-            self._refreshed_ms = now
 
     async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
         return await self._storage.offsets.load(self._group, self._topic)

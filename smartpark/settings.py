@@ -94,6 +94,9 @@ class ConsumerSettings(BaseModel):
 
 class SinkSettings(ConsumerSettings):
     group_id: str = "smartpark-sink"
+    # Plain PostgreSQL: how often the rollups are brought up to date (they lag the
+    # raw rows by at most this much); a task of its own, off the write loop.
+    rollup_refresh_ms: int = Field(default=10_000, gt=0)
 
 
 class RulesSettings(ConsumerSettings):

@@ -1,17 +1,25 @@
-"""Rollups for plain PostgreSQL: an invalidation log and a refresh, like TimescaleDB.
+"""Rollups for plain PostgreSQL: an invalidation log and an incremental refresh.
 
 Why not upsert the rollups in the write transaction: measured with
 ``bench/sink_bench.py`` it tripled the cost of a write (three upserts per stored row,
-every batch touches every series), while recomputing a bucket from the raw rows later
-costs about one read per row. So the write path only records which one-minute buckets
-it touched (``rollup_pending``, same transaction as the rows), and :func:`refresh`
-recomputes those buckets from the raw rows, then the hours and days from the level
-below. A recomputed bucket is replaced, not incremented, so the result is exact
-whatever was redelivered, late or retried.
+every batch touches every series). So the write path only records which one-minute
+buckets it touched (``rollup_pending``, same transaction as the rows), and
+:func:`refresh` brings the rollups up to date later, off the sink's write loop.
 
-Concurrency: a write that commits while a refresh runs re-marks its minutes (or its
-mark waits for the refresh's delete and then lands), so the next refresh picks it
-up; the rollups lag the raw rows by at most one refresh interval.
+Incremental: telemetry is insert-only (a stored reading never changes; a
+redelivered one is not stored again), so a touched minute's new aggregate is its
+old one plus the rows added since. :func:`refresh` recomputes each touched minute
+from the raw rows, and merges only the difference into the hour and the day (``n``
+and ``sum`` added, ``min``/``max`` folded in). The cost follows the rows of the
+touched minutes, not the size of the hour or the day: the last minute of an hour
+costs what the first did (``bench/rollup_bench.py`` measures it). A recomputed
+minute whose raw rows are gone (retention) is left as it was.
+
+Concurrency: refreshes are serialised by an advisory lock per schema (each sink
+runs one), so two never merge the same difference twice. A write that commits
+while a refresh runs re-marks its minutes (or its mark waits for the refresh's
+delete and then lands), so the next refresh picks it up; the rollups lag the raw
+rows by at most one refresh interval.
 """
 
 from __future__ import annotations
@@ -24,11 +32,6 @@ from psycopg import sql
 from storage.base import Conn
 
 _MINUTE = timedelta(minutes=1)
-_LEVELS = (  # (relation, bucket width, source relation, source time column)
-    ("telemetry_1m", timedelta(minutes=1), "telemetry", "time"),
-    ("telemetry_1h", timedelta(hours=1), "telemetry_1m", "bucket"),
-    ("telemetry_1d", timedelta(days=1), "telemetry_1h", "bucket"),
-)
 # Minutes taken off the log per transaction, so a replay of months of history is
 # refreshed in bounded steps.
 REFRESH_CHUNK_MINUTES = 1440
@@ -67,51 +70,76 @@ def _floor(t: datetime, width: timedelta) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
 
 
-async def _recompute(
-    conn: Conn, schema: str, level: int, ranges: list[tuple[datetime, datetime]]
-) -> None:
-    table, width, source, column = _LEVELS[level]
-    target = sql.Identifier(schema, table)
-    if source == "telemetry":
-        aggregates = sql.SQL("count(*), sum(value), min(value), max(value)")
-    else:
-        aggregates = sql.SQL("sum(n), sum(sum), min(min), max(max)")
-    for start, end in ranges:
-        await conn.execute(
-            sql.SQL("DELETE FROM {} WHERE bucket >= %s AND bucket < %s").format(target),
-            (start, end),
-        )
-        await conn.execute(
-            sql.SQL(
-                "INSERT INTO {target} (bucket, park, enterprise, device, metric, n,"
-                " sum, min, max)"
-                " SELECT date_bin({width}::interval, {col}, TIMESTAMPTZ 'epoch'),"
-                " park, enterprise, device, metric, {aggregates}"
-                " FROM {source} WHERE {col} >= %s AND {col} < %s"
-                " GROUP BY 1, 2, 3, 4, 5"
-            ).format(
-                target=target,
-                width=sql.Literal(f"{int(width.total_seconds())} seconds"),
-                col=sql.Identifier(column),
-                aggregates=aggregates,
-                source=sql.Identifier(schema, source),
-            ),
-            (start, end),
-        )
+def _merge_statement(schema: str) -> sql.Composed:
+    """One range of touched minutes: recompute them from the raw rows, store them,
+    and merge what changed into the hours and days. Parameters: start, end."""
+    series = sql.SQL("park, enterprise, device, metric")
+    key = sql.SQL("(device, metric, bucket, park, enterprise)")
+    cols = sql.SQL("bucket, park, enterprise, device, metric, n, sum, min, max")
+
+    def merge_into(table: str, width: str) -> sql.Composed:
+        t = sql.Identifier(schema, table)
+        return sql.SQL(
+            "INSERT INTO {t} AS r ({cols})"
+            " SELECT date_bin({width}::interval, bucket, TIMESTAMPTZ 'epoch'),"
+            " {series}, sum(dn), sum(dsum), min(min), max(max)"
+            " FROM delta GROUP BY 1, 2, 3, 4, 5"
+            " ON CONFLICT {key} DO UPDATE SET n = r.n + EXCLUDED.n,"
+            " sum = r.sum + EXCLUDED.sum, min = LEAST(r.min, EXCLUDED.min),"
+            " max = GREATEST(r.max, EXCLUDED.max)"
+        ).format(t=t, cols=cols, width=sql.Literal(width), series=series, key=key)
+
+    minute = sql.Identifier(schema, "telemetry_1m")
+    return sql.SQL(
+        "WITH fresh AS ("
+        " SELECT date_bin('60 seconds'::interval, time, TIMESTAMPTZ 'epoch') AS bucket,"
+        " {series}, count(*)::bigint AS n, sum(value) AS sum, min(value) AS min,"
+        " max(value) AS max FROM {raw} WHERE time >= %s AND time < %s"
+        " GROUP BY 1, 2, 3, 4, 5),"
+        " delta AS ("
+        " SELECT f.*, f.n - coalesce(m.n, 0) AS dn, f.sum - coalesce(m.sum, 0) AS dsum"
+        " FROM fresh f LEFT JOIN {minute} m"
+        " USING (bucket, park, enterprise, device, metric)"
+        " WHERE f.n > coalesce(m.n, 0)),"
+        " minutes AS ("
+        " INSERT INTO {minute} AS r ({cols}) SELECT {cols} FROM delta"
+        " ON CONFLICT {key} DO UPDATE SET n = EXCLUDED.n, sum = EXCLUDED.sum,"
+        " min = EXCLUDED.min, max = EXCLUDED.max),"
+        " hours AS ({hours})"
+        " {days}"
+    ).format(
+        series=series,
+        raw=sql.Identifier(schema, "telemetry"),
+        minute=minute,
+        cols=cols,
+        key=key,
+        hours=merge_into("telemetry_1h", "3600 seconds"),
+        days=merge_into("telemetry_1d", "86400 seconds"),
+    )
 
 
 async def refresh(
     conn: Conn, schema: str, extra: tuple[datetime, datetime] | None = None
 ) -> int:
-    """Recompute the buckets the log names (and ``extra``); return minutes refreshed.
+    """Merge the minutes the log names (and ``extra``); return minutes refreshed.
 
     ``conn`` is in autocommit mode; each chunk of the log is one transaction, so a
     failure leaves the untreated minutes in the log for the next call.
     """
     pending = sql.Identifier(schema, "rollup_pending")
+    merge = _merge_statement(schema)
     done = 0
     while True:
         async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                (f"smartpark.rollups:{schema}",),
+            )
+            # The touched minutes are a narrow slice of a day's partition: read it
+            # through the BRIN index on time. Without fresh statistics (a partition
+            # filling up since midnight) the planner picks a sequential scan of
+            # the whole day, whose cost then grows with every minute of the day.
+            await conn.execute("SET LOCAL enable_seqscan = off")
             cur = await conn.execute(
                 sql.SQL(
                     "DELETE FROM {p} WHERE bucket IN (SELECT bucket FROM {p}"
@@ -129,8 +157,6 @@ async def refresh(
                 extra = None
             if not minutes:
                 return done
-            buckets = minutes
-            for level, (_, width, _, _) in enumerate(_LEVELS):
-                buckets = sorted({_floor(b, width) for b in buckets})
-                await _recompute(conn, schema, level, _ranges(buckets, width))
+            for start, end in _ranges(minutes, _MINUTE):
+                await conn.execute(merge, (start, end))
         done += len(minutes)

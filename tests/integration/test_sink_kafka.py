@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -24,7 +25,7 @@ from smartpark.clock import system_ms
 from smartpark.errors import ConfigError
 from smartpark.settings import DatabaseSettings, KafkaSettings, Settings, SinkSettings
 from smartpark.wire import Reading, TelemetryBatch, encode_batch
-from storage import ReadingKey, Storage
+from storage import ReadingKey, RollupLevel, Storage
 from stream.kafka import DLQ_REASON, DLQ_SOURCE, ensure_topics, make_producer
 from tests.support.clients import consume_until
 
@@ -332,3 +333,35 @@ async def test_refuses_to_start_on_an_unmigrated_schema(settings: Settings) -> N
     with pytest.raises(ConfigError, match="smartpark db migrate"):
         async with Sink(settings):
             pass
+
+
+async def test_the_sink_keeps_the_rollups_up_to_date_off_its_write_loop(
+    settings: Settings, migrated: Storage, park_id: str
+) -> None:
+    """Plain PostgreSQL: a refresh task of the sink's own merges what was written
+    into the minute, hour and day rollups, while the write loop goes on."""
+    settings.sink.rollup_refresh_ms = 300
+    valid, keys = telemetry(park_id, 2, 2, range(1, 31))
+    await produce(settings, valid)
+
+    async def rolled_up(sink: Sink) -> bool:
+        if sink.stats.records < len(valid) or sink.stats.rollup_refreshes < 2:
+            return False
+        hours = await migrated.telemetry.rollup(
+            RollupLevel.HOUR,
+            start=datetime.now(UTC) - timedelta(days=2),
+            end=datetime.now(UTC) + timedelta(days=1),
+            park=park_id,
+        )
+        return sum(h.n for h in hours) == len(keys)
+
+    sink = await run_sink(settings, rolled_up)
+    assert sink.stats.rollup_failures == 0
+    assert sink.stats.rollup_minutes > 0
+    days = await migrated.telemetry.rollup(
+        RollupLevel.DAY,
+        start=datetime.now(UTC) - timedelta(days=2),
+        end=datetime.now(UTC) + timedelta(days=1),
+        park=park_id,
+    )
+    assert sum(d.n for d in days) == len(keys)
