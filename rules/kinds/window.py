@@ -37,6 +37,10 @@ Contract (see also :mod:`rules.kinds.base`):
   a partner whose flag is not valid, or with an O2 outside ``[0, 21)`` % is invalid
   (each counted in the evidence). A metric already corrected (``*_corrected``, HJ 212
   ``Zs*``) with ``o2_correction`` is refused at load: never correct twice.
+  A device whose O2 never arrived at all (its O2 is not mapped) gets one
+  INSUFFICIENT finding with ``config_warning: true`` and the reason, and no
+  finding for its windows after that until an O2 reading comes: one configuration
+  warning, not "insufficient data" every hour.
 - **Closing**: a window closes when the watermark reaches its end; every closed
   window with readings gives a finding (BREACH, OK or INSUFFICIENT; the engine acts
   on changes only) with ``at_ms`` = the window's end. Findings of one watermark step
@@ -195,6 +199,10 @@ class WindowEvaluator:
         self._buckets: dict[str, dict[int, Bucket]] = {}  # scope key -> start -> ...
         self._breaching: dict[str, bool] = {}  # scope key -> in breach
         self._next_due: int | None = None  # earliest watermark with work to do
+        # O2 correction: scopes that ever had an O2 reading, and those warned that
+        # they never had one.
+        self._o2_seen: set[str] = set()
+        self._o2_warned: set[str] = set()
 
     def feed(self, obs: Obs, watermark_ms: int) -> list[Finding]:
         out = self._close(watermark_ms)
@@ -203,6 +211,8 @@ class WindowEvaluator:
             self.dropped_late += 1
             return out
         key = device_scope(obs, metric=self.spec.metric).key
+        if obs.metric != self.spec.metric:
+            self._o2_seen.add(key)
         buckets = self._buckets.setdefault(key, {})
         bucket = buckets.get(start)
         if bucket is None:
@@ -240,6 +250,11 @@ class WindowEvaluator:
             bucket.verdict, bucket.value = finding.verdict.value, finding.value
             if finding.verdict is not Verdict.INSUFFICIENT:
                 self._breaching[key] = finding.verdict is Verdict.BREACH
+            if self.spec.o2_correction is not None and key not in self._o2_seen:
+                if key in self._o2_warned:
+                    continue
+                self._o2_warned.add(key)
+                finding = self._no_o2_warning(finding)
             out.append(finding)
         self._forget(watermark_ms)
         return out
@@ -256,6 +271,21 @@ class WindowEvaluator:
                     self._due(b.end_ms + self._lateness if b.closed else b.end_ms)
             if not buckets:
                 del self._buckets[key]
+
+    def _no_o2_warning(self, finding: Finding) -> Finding:
+        assert self.spec.o2_correction is not None
+        o2 = self.spec.o2_correction.o2_metric
+        reason = (
+            f"no {o2} reading has ever arrived for this device, so no"
+            f" {self.spec.metric} reading can be corrected: map the analyser's O2"
+            " (HJ 212 a19001) to this device. Reported once; its windows are judged"
+            " again once O2 arrives"
+        )
+        evidence = {**finding.evidence, "reason": reason, "config_warning": True}
+        return Finding(
+            finding.scope, finding.at_ms, finding.verdict, finding.value,
+            finding.window, evidence,
+        )  # fmt: skip
 
     def _judge(self, key: str, bucket: Bucket, prior: bool) -> Finding:
         spec = self.spec
@@ -313,6 +343,8 @@ class WindowEvaluator:
         return {
             "dropped_late": self.dropped_late,
             "breaching": dict(sorted(self._breaching.items())),
+            "o2_seen": sorted(self._o2_seen),
+            "o2_warned": sorted(self._o2_warned),
             "buckets": {
                 key: [b.to_json() for _, b in sorted(buckets.items())]
                 for key, buckets in sorted(self._buckets.items())
@@ -326,6 +358,10 @@ class WindowEvaluator:
             key: {b["start"]: Bucket.from_json(b) for b in buckets}
             for key, buckets in state["buckets"].items()
         }
+        # Older snapshots have no O2 record: count every known scope as seen.
+        known = sorted(set(self._breaching) | set(self._buckets))
+        self._o2_seen = set(state.get("o2_seen", known))
+        self._o2_warned = set(state.get("o2_warned", []))
         self._next_due = None
         for buckets in self._buckets.values():
             for b in buckets.values():

@@ -586,3 +586,37 @@ def test_a_pack_validity_needs_the_rules_expected_interval() -> None:
              "validity": {"version": "1", "source": "s", "valid_hour_fraction": 0.75},
              "rules": [so2_rule()]}
         )  # fmt: skip
+
+
+def test_a_stack_whose_o2_is_not_mapped_gets_one_configuration_warning() -> None:
+    # SO2 every minute for 4 hours, no O2 at all: one warning, not 4 verdicts.
+    pack = make_pack(so2_rule(o2_correction={"reference": 6}))
+    stream = [obs(T0 + m * MIN, 30.0) for m in range(4 * 60)]
+    events = run(Engine(pack), [*stream, tick(T0 + 4 * H)])
+    assert [e.kind.value for e in events] == ["insufficient_data"]
+    assert events[0].evidence["config_warning"] is True
+    assert "no o2 reading has ever arrived" in events[0].evidence["reason"]
+    # once O2 arrives, hours are judged again: 30 at 9 % O2 is 37.5 > 35
+    engine = Engine(pack)
+    run(engine, [*stream, tick(T0 + 4 * H)])
+    later = [
+        o
+        for m in range(60)
+        for o in (obs(T0 + 4 * H + m * MIN, 30.0), obs(T0 + 4 * H + m * MIN, 9, "o2"))
+    ]
+    judged = run(engine, [*later, tick(T0 + 5 * H)])
+    assert [(e.kind.value, e.value) for e in judged] == [("opened", 37.5)]
+
+
+def test_o2_that_goes_missing_after_it_was_seen_is_still_reported_each_hour() -> None:
+    pack = make_pack(so2_rule(o2_correction={"reference": 6}))
+    first = [
+        o
+        for m in range(60)
+        for o in (obs(T0 + m * MIN, 20.0), obs(T0 + m * MIN, 9, "o2"))
+    ]
+    rest = [obs(T0 + H + m * MIN, 30.0) for m in range(2 * 60)]
+    events = run(Engine(pack), [*first, *rest, tick(T0 + 3 * H)])
+    kinds = [e.kind.value for e in events]
+    assert kinds == ["insufficient_data", "insufficient_data"]
+    assert all("config_warning" not in e.evidence for e in events)
