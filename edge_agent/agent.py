@@ -17,6 +17,11 @@ Contracts:
 - Every device failure is counted in :class:`DeviceStats` and logged with the
   device id and the reason; a device's retained status goes offline on failure and
   online again on the next success.
+- The agent's clock stamps every poll: while it is unset or off from the
+  platform's clock (:mod:`edge_agent.clockcheck`) a poll is read but refused, not
+  stored (``clock_refused`` per device), the agent says why in its stats, status
+  and log (once per change), and ``/healthz`` answers 503. HJ 212 packets carry
+  their logger's own time and are stored as usual.
 - With an ``hj212`` section, an :class:`~edge_agent.hj212.listener.Hj212Listener`
   takes packets from data loggers; each accepted packet is stored in the same outbox
   under its series' device id (one sequence number per packet). If the outbox cannot
@@ -38,13 +43,14 @@ import logging
 import math
 from types import TracebackType
 
+from edge_agent.clockcheck import clock_problem
 from edge_agent.config import AgentConfig, DeviceConfig
 from edge_agent.counters import CounterGuard
 from edge_agent.hj212.listener import Hj212Listener
 from edge_agent.outbox import Appended, Outbox, OutboxStats
 from edge_agent.pollers import make_pollers
 from edge_agent.publisher import Publisher
-from edge_agent.sample import Clock, Sample, utc_now
+from edge_agent.sample import Clock, Sample, to_ms, utc_now
 from edge_agent.stats import AgentStats, DeviceStats
 from edge_agent.status import StatusServer
 from smartpark.errors import DeviceError, StorageError
@@ -110,6 +116,7 @@ class EdgeAgent:
             )
         self._tasks: list[asyncio.Task[None]] = []
         self._last_outbox = OutboxStats(0, None, config.outbox.max_rows, 0, 0, 0, 0)
+        self._clock_problem = ""
 
     async def __aenter__(self) -> EdgeAgent:
         await self.start()
@@ -220,6 +227,7 @@ class EdgeAgent:
                 self._listener.stats,
                 frames_rejected=self._listener.stats.frames_rejected.copy(),
             ),
+            clock_problem=self._clock_problem,
         )
 
     @property
@@ -258,7 +266,10 @@ class EdgeAgent:
         try:
             samples = await poller.read()
             stats.invalid_values = poller.invalid_values
-            self._store(device.id, samples)
+            if self._clock_refuses():
+                stats.clock_refused += 1
+            else:
+                self._store(device.id, samples)
         except (DeviceError, StorageError) as exc:
             # StorageError: the poll was read but could not be stored, so it is
             # lost; counting it as a failed poll makes that visible.
@@ -283,6 +294,23 @@ class EdgeAgent:
         stats.consecutive_failures = 0
         self.publisher.set_device_status(device.id, online=True)
         return True
+
+    def _clock_refuses(self) -> bool:
+        """Judge the clock now (see the module contract); True while it is wrong."""
+        pub = self.publisher.stats()
+        problem = clock_problem(
+            self.config.clock,
+            now_ms=to_ms(self._clock()),
+            offset_ms=pub.clock_offset_ms,
+            heard_ms=pub.clock_heard_ms,
+        )
+        if (problem or "") != self._clock_problem:
+            if problem:
+                log.error("polls refused: %s", problem)
+            else:
+                log.warning("the clock is good again; polls are stored")
+            self._clock_problem = problem or ""
+        return problem is not None
 
     def _store(self, device_id: str, samples: list[Sample]) -> Appended:
         """Append one poll or packet to the outbox and account for it."""

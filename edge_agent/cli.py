@@ -89,6 +89,7 @@ def format_stats(stats: AgentStats) -> str:
     if not pub.connected and pub.last_connect_error:
         broker += f" ({pub.last_connect_error})"
     parts = [
+        *([f"POLLS REFUSED: {stats.clock_problem}"] if stats.clock_problem else []),
         broker,
         f"outbox {ob.rows}/{ob.max_rows} rows (oldest {age}, dropped {ob.dropped_rows},"
         f" expired {ob.expired_rows}, refused polls {ob.refused_polls})",

@@ -24,6 +24,10 @@ Contracts:
   status topic, published when it changes and again after every reconnect.
 - TLS: with ``broker.tls`` the connection uses the context the config built at load
   (``TlsConfig.ssl_context()``, broker certificate and hostname always verified).
+- Clock: on every connection it subscribes (QoS 0) to the platform's clock beacon
+  (``sp/v1/clock``) and keeps the last offset between the platform's clock and the
+  agent's (:attr:`PublisherStats.clock_offset_ms`); the agent judges its clock by
+  it (:mod:`edge_agent.clockcheck`). A malformed beacon is counted and ignored.
 - A failed connection attempt (TCP or TLS error, CONNACK refusal, or the broker
   closing the connection before its CONNACK) is logged with its reason (never a
   credential) and counted in :class:`PublisherStats`: ``connect_failures`` and
@@ -52,6 +56,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.outbox import Outbox, Row
 from edge_agent.sample import Clock, to_ms
 from smartpark import wire
+from smartpark.errors import PayloadError
 
 log = logging.getLogger(__name__)
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
@@ -77,6 +82,9 @@ class PublisherStats:
     connect_failures: int = 0
     last_connect_error: str = ""  # why the last attempt failed; "" once connected
     disconnected_since_ms: int | None = None  # None while connected
+    clock_offset_ms: int | None = None  # platform clock - ours, at the last beacon
+    clock_heard_ms: int | None = None  # our clock when that beacon arrived
+    bad_beacons: int = 0
 
 
 def connect_error(exc: OSError) -> str:
@@ -120,6 +128,9 @@ class Publisher:
         self._refused = False  # a CONNACK refusal was counted; its disconnect is not
         self._paho_error = ""  # paho's last error-level log line (network thread)
         self._disconnected_since_ms: int | None = None
+        self._clock_offset_ms: int | None = None
+        self._clock_heard_ms: int | None = None
+        self._bad_beacons = 0
 
     @property
     def agent_status_topic(self) -> str:
@@ -157,6 +168,7 @@ class Publisher:
         client.on_publish = self._cb_publish
         client.on_connect_fail = self._cb_connect_fail
         client.on_log = self._cb_log
+        client.on_message = self._cb_message
         client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
         self._client = client
         client.loop_start()
@@ -191,6 +203,9 @@ class Publisher:
             connect_failures=self._connect_failures,
             last_connect_error=self._last_connect_error,
             disconnected_since_ms=since,
+            clock_offset_ms=self._clock_offset_ms,
+            clock_heard_ms=self._clock_heard_ms,
+            bad_beacons=self._bad_beacons,
         )
 
     async def stop(self, flush_timeout_s: float = 5.0) -> None:
@@ -298,6 +313,13 @@ class Publisher:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._on_connect_failed, reason)
 
+    def _cb_message(
+        self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage
+    ) -> None:
+        heard_ms = to_ms(self._clock())  # as close to the arrival as we get
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._on_beacon, bytes(msg.payload), heard_ms)
+
     def _cb_log(
         self, client: mqtt.Client, userdata: object, level: int, buf: str
     ) -> None:
@@ -322,6 +344,8 @@ class Publisher:
         self._last_connect_error = ""
         self._disconnected_since_ms = None
         self._draining = bool(self._in_flight)
+        assert self._client is not None
+        self._client.subscribe(wire.CLOCK_TOPIC, qos=0)
         log.info(
             "connected to broker %s:%d (session present: %s, %d messages to resend)",
             b.host,
@@ -364,6 +388,16 @@ class Publisher:
                 len(self._in_flight),
             )
         self._connected = False
+
+    def _on_beacon(self, payload: bytes, heard_ms: int) -> None:
+        try:
+            platform_ms = wire.decode_clock(payload)
+        except PayloadError as exc:
+            self._bad_beacons += 1
+            log.warning("clock beacon ignored: %s", exc)
+            return
+        self._clock_offset_ms = platform_ms - heard_ms
+        self._clock_heard_ms = heard_ms
 
     def _on_ack(self, mid: int) -> None:
         # Deleting rows happens in the publishing task, so a storage failure

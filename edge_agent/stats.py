@@ -26,6 +26,7 @@ class DeviceStats:
     samples: int = 0  # readings stored in the outbox
     rollovers: int = 0  # counter readings that wrapped past the register's range
     replacements: int = 0  # counter readings that went backwards otherwise
+    clock_refused: int = 0  # polls read but refused: the agent's clock was wrong
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class AgentStats:
     outbox: OutboxStats
     publisher: PublisherStats
     hj212: ListenerStats | None = None  # None when no HJ 212 listener is configured
+    clock_problem: str = ""  # why the agent's clock may not stamp readings; "" if ok
 
     @property
     def broker_connected(self) -> bool:

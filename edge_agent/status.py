@@ -20,7 +20,8 @@ connection (``Connection: close``):
   then 503 with how long and why. Readings keep going into the outbox meanwhile, so
   503 means "data is not leaving this gateway", not "restart the agent" — that
   would not bring the broker back. Device failures do not make it unhealthy: they
-  are per-device metrics.
+  are per-device metrics. A clock the agent refuses to stamp readings with
+  (:mod:`edge_agent.clockcheck`) makes it 503 at once, with the reason.
 - ``HEAD`` as ``GET`` without a body; another method on those paths → 405 (with
   ``Allow``); any other path → 404; a malformed request line → 400; a request head
   over :data:`MAX_REQUEST_HEAD` bytes → 431; a head not complete within
@@ -117,6 +118,12 @@ _DEVICE: list[tuple[str, Kind, str, Callable[[DeviceStats], Value | None]]] = [
         "counter",
         "Register values left out because they decoded to NaN or infinity.",
         lambda d: d.invalid_values,
+    ),
+    (
+        "device_clock_refused_polls_total",
+        "counter",
+        "Polls read but refused: the agent's clock was unset or off.",
+        lambda d: d.clock_refused,
     ),
 ]
 
@@ -237,6 +244,24 @@ def _families(stats: AgentStats) -> list[_Family]:
             "Messages sent and not yet acknowledged.",
             pub.in_flight,
         ),
+        _Family(
+            "clock_offset_seconds",
+            "gauge",
+            "The platform's clock minus the agent's at the last beacon (absent"
+            " before the first).",
+            [] if pub.clock_offset_ms is None else [({}, pub.clock_offset_ms / 1000)],
+        ),
+        _gauge(
+            "clock_ok",
+            "1 while the agent's clock may stamp readings; 0 while polls are refused.",
+            not stats.clock_problem,
+        ),
+        _Family(
+            "clock_problem_info",
+            "gauge",
+            "Why the agent's clock may not stamp readings, 1 while it is so.",
+            [({"reason": _cut(stats.clock_problem)}, 1)] if stats.clock_problem else [],
+        ),
     ]
     if stats.hj212 is not None:
         out += _hj212_families(stats)
@@ -338,6 +363,8 @@ def health(
 ) -> tuple[bool, str]:
     """``(healthy, one line)`` by the module's ``/healthz`` rule."""
     pub = stats.publisher
+    if stats.clock_problem:
+        return False, f"polls refused: {stats.clock_problem}"
     if pub.connected:
         return True, "ok"
     if pub.disconnected_since_ms is None:  # not started

@@ -48,7 +48,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import PayloadError
 from smartpark.settings import Settings
-from smartpark.wire import decode_batch, decode_status, parse_topic
+from smartpark.wire import (
+    CLOCK_TOPIC,
+    decode_batch,
+    decode_status,
+    encode_clock,
+    parse_topic,
+)
 from stream.kafka import DeadLetter, ensure_topics, make_producer, refused_for_good
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,7 @@ class BridgeStats:
     refused_by_kafka: int = 0
     # Dead letters Kafka refused too: acknowledged, logged with size and SHA-256.
     dropped: int = 0
+    clock_beacons: int = 0  # the platform's clock published for the edge agents
 
 
 @dataclass(slots=True)
@@ -224,6 +231,7 @@ class Bridge:
     async def run(self) -> None:
         """Bridge until :meth:`stop`; acknowledge all Kafka has before returning."""
         acker = asyncio.create_task(self._ack_in_order())
+        beacon = asyncio.create_task(self._clock_beacon(), name="clock beacon")
         try:
             while not self._stopping.is_set():
                 get = asyncio.ensure_future(self._inbox.get())
@@ -238,6 +246,19 @@ class Bridge:
             await self._drain()
         finally:
             acker.cancel()
+            beacon.cancel()
+
+    async def _clock_beacon(self) -> None:
+        """Publish the platform's clock for the edge agents (QoS 0, not retained:
+        a stale beacon must never reach an agent)."""
+        every_s = self._settings.bridge.clock_beacon_s
+        while True:
+            if self.stats.connected and self._client is not None:
+                self._client.publish(
+                    CLOCK_TOPIC, encode_clock(self._clock()), qos=0, retain=False
+                )
+                self.stats.clock_beacons += 1
+            await asyncio.sleep(every_s)
 
     async def _drain(self) -> None:
         """Wait, within the drain timeout, for Kafka to acknowledge what is pending.

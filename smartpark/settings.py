@@ -78,6 +78,9 @@ class BridgeSettings(BaseModel):
     # SHA-256 are kept), never a record Kafka would refuse. The local broker caps
     # MQTT packets at the same size (deploy/local/services: max_packet_size).
     max_payload_bytes: int = Field(default=256 * 1024, gt=0, le=900 * 1024)
+    # How often the bridge publishes the platform's clock on sp/v1/clock, by which
+    # edge agents check their own (edge_agent.clockcheck).
+    clock_beacon_s: float = Field(default=10.0, gt=0)
     # On stop, how long to wait for Kafka to acknowledge what is in flight; what
     # is left stays unacknowledged on MQTT and is delivered again.
     drain_timeout_s: float = 10.0

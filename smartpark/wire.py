@@ -144,6 +144,27 @@ def status_topic(park: str, enterprise: str, device: str) -> str:
     return f"{TOPIC_ROOT}/{park}/{enterprise}/{device}/status"
 
 
+# The platform's clock: the bridge publishes {"ts_ms": ...} here (QoS 0, not
+# retained) every few seconds, so edge agents can check their own clocks.
+CLOCK_TOPIC = f"{TOPIC_ROOT}/clock"
+
+
+def encode_clock(ts_ms: int) -> bytes:
+    return json.dumps({"ts_ms": ts_ms}, separators=(",", ":")).encode()
+
+
+def decode_clock(payload: bytes) -> int:
+    """The platform time of a clock beacon; :class:`PayloadError` if malformed."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError("", f"not JSON: {exc}") from None
+    ts = doc.get("ts_ms") if isinstance(doc, dict) else None
+    if not isinstance(ts, int) or isinstance(ts, bool) or ts < MIN_TS_MS:
+        raise PayloadError("ts_ms", f"expected integer milliseconds, got {ts!r}")
+    return ts
+
+
 def parse_topic(topic: str) -> tuple[str, str, str, str]:
     """``(park, enterprise, device, channel)`` of a device topic, else PayloadError."""
     parts = topic.split("/")

@@ -67,6 +67,7 @@ from edge_agent.config.hj212 import (
 from edge_agent.config.loader import load_config, parse_config
 from edge_agent.config.model import (
     AgentConfig,
+    ClockConfig,
     OutboxConfig,
     PublishConfig,
     SiteConfig,
@@ -79,6 +80,7 @@ __all__ = [
     "REGISTER_WIDTH",
     "AgentConfig",
     "BrokerConfig",
+    "ClockConfig",
     "DeviceConfig",
     "Hj212Config",
     "LoggerConfig",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     Field,
     ValidationInfo,
     field_validator,
@@ -49,6 +51,20 @@ class PublishConfig(StrictModel):
     max_in_flight: int = Field(default=20, ge=1, le=1000)
 
 
+class ClockConfig(StrictModel):
+    """The agent's own clock stamps every Modbus reading, so it is checked: a clock
+    that reads before ``min_valid`` is unset (a gateway without a battery-backed
+    clock after a power cut), and one more than ``max_skew_s`` away from the
+    platform's clock (the bridge's beacon on ``sp/v1/clock``, heard within
+    ``beacon_max_age_s``) is wrong. Either way the agent refuses its polls, counts
+    them and says why in its status, rather than store readings at a wrong time.
+    HJ 212 packets carry their data logger's own DataTime and are not affected."""
+
+    max_skew_s: float = Field(default=60.0, gt=0)
+    min_valid: AwareDatetime = datetime(2025, 1, 1, tzinfo=UTC)
+    beacon_max_age_s: float = Field(default=300.0, gt=0)
+
+
 class StatusConfig(StrictModel):
     """The local status endpoint (:mod:`edge_agent.status`): ``GET /metrics`` in
     Prometheus text format and ``GET /healthz``, which answers 503 once the broker
@@ -70,6 +86,7 @@ class AgentConfig(StrictModel):
     devices: tuple[DeviceConfig, ...] = ()
     hj212: Hj212Config | None = None
     status: StatusConfig | None = None  # None: no status endpoint
+    clock: ClockConfig = ClockConfig()
 
     @field_validator("status", mode="before")
     @classmethod

@@ -64,6 +64,7 @@ def make_stats(
                 rollovers=1,
                 replacements=2,
                 invalid_values=3,
+                clock_refused=4,
             ),
             "meter-2": DeviceStats(
                 errors=7,
@@ -137,6 +138,8 @@ def test_every_value_round_trips_through_the_prometheus_parser() -> None:
         ("device_counter_replacements_total", "meter-2"): 0,
         ("device_invalid_values_total", "meter-1"): 3,
         ("device_invalid_values_total", "meter-2"): 0,
+        ("device_clock_refused_polls_total", "meter-1"): 4,
+        ("device_clock_refused_polls_total", "meter-2"): 0,
         ("device_last_error_info", "meter-2"): 1,
     }
     assert (
@@ -165,6 +168,7 @@ def test_every_value_round_trips_through_the_prometheus_parser() -> None:
         "published_readings_total": 400,
         "acked_readings_total": 370,
         "in_flight_messages": 3,
+        "clock_ok": 1,
         "hj212_frames_ok_total": 9,
         "hj212_unmapped_codes_total": 4,
         "hj212_unknown_flags_total": 5,
