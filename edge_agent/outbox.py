@@ -27,6 +27,10 @@ Contracts:
   counter series of the device (:class:`edge_agent.counters.CounterGuard`'s state)
   in the same transaction as the poll, and only if the poll is stored; a refused or
   failed poll leaves it as it was. :meth:`counter_values` reads it back.
+- Epoch: a new outbox file gets a random :attr:`Outbox.epoch`, kept in the file.
+  Sequence numbers count within an epoch: an outbox deleted or replaced starts
+  again at 1 under a new epoch, which travels with every batch, so the platform
+  never reads a restart at 1 as a replay of old readings or a gap.
 - Schema version 2 (``PRAGMA user_version``): a version-1 file (no ``reset``
   column, no ``counter_values`` table) is upgraded in place, in one transaction, by
   :meth:`open`; a file newer than this agent is refused.
@@ -39,6 +43,7 @@ keeps the publisher's bookkeeping single-threaded.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -82,6 +87,10 @@ CREATE TABLE IF NOT EXISTS sequences (
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
     + _COUNTER_VALUES
@@ -145,6 +154,7 @@ class Outbox:
         self._conn: sqlite3.Connection | None = None
         self._rows = 0
         self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._epoch = ""
 
     @classmethod
     def from_config(cls, config: OutboxConfig, *, clock: Clock) -> Outbox:
@@ -180,6 +190,13 @@ class Outbox:
                 self._rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
                 for name, value in conn.execute("SELECT name, value FROM counters"):
                     self._counters[name] = value
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                    (secrets.token_hex(8),),
+                )
+                self._epoch = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'epoch'"
+                ).fetchone()[0]
             except (OSError, sqlite3.Error) as exc:
                 raise StorageError(f"{self.path}: cannot open outbox: {exc}") from exc
             self._conn = conn
@@ -198,6 +215,11 @@ class Outbox:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    @property
+    def epoch(self) -> str:
+        """This outbox file's epoch (16 hex digits); "" before :meth:`open`."""
+        return self._epoch
 
     @property
     def is_open(self) -> bool:

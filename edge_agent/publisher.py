@@ -495,6 +495,7 @@ class Publisher:
                         )
                         for r in rows
                     ),
+                    epoch=self._outbox.epoch,
                 )
                 topic = wire.telemetry_topic(site.park, site.enterprise, device)
                 if not self._publish(topic, wire.encode_batch(batch), rows=rows):

@@ -41,6 +41,7 @@ from smartpark.errors import PayloadError, StorageError
 from smartpark.settings import Settings
 from storage import (
     Dialect,
+    EpochRow,
     KafkaOffset,
     Storage,
     TelemetryRow,
@@ -98,6 +99,9 @@ class Sink(DbPositionedConsumer):
         self._producer: AIOKafkaProducer | None = None
         self._partitions_ms = clock()
         self._refresher: asyncio.Task[None] | None = None
+        # The newest outbox epoch stored per device (park/enterprise/device), so an
+        # epoch is written once, not with every batch.
+        self._epochs: dict[tuple[str, str, str], str] = {}
 
     async def __aenter__(self) -> Self:
         await self._storage.open()
@@ -173,6 +177,7 @@ class Sink(DbPositionedConsumer):
         """
         now_ms = self._clock()
         rows: list[TelemetryRow] = []
+        epochs: dict[tuple[str, str, str, str], EpochRow] = {}
         letters: list[DeadLetter] = []
         next_offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
@@ -190,7 +195,9 @@ class Sink(DbPositionedConsumer):
                         DeadLetter(rec.value, str(exc), source, now_ms, rec.key)
                     )
                     continue
-                rows.extend(rows_from_batch(decoded))
+                batch_rows = rows_from_batch(decoded)
+                rows.extend(batch_rows)
+                self._note_epoch(decoded.epoch, batch_rows, epochs)
             next_offsets[tp] = records[-1].offset + 1
         if letters:
             await self._dead_letter(letters)
@@ -200,7 +207,10 @@ class Sink(DbPositionedConsumer):
                 KafkaOffset(self._group, tp.topic, tp.partition, off)
                 for tp, off in next_offsets.items()
             ],
+            epochs=list(epochs.values()),
         )
+        for e in epochs.values():
+            self._epochs[(e.park, e.enterprise, e.device)] = e.epoch
         self.stats.records += sum(len(r) for r in batch.values())
         self.stats.rows_inserted += result.inserted
         self.stats.duplicates += result.duplicates
@@ -210,6 +220,24 @@ class Sink(DbPositionedConsumer):
         self.stats.retries = self.retries
         self.stats.assigned = self.assigned
         return next_offsets
+
+    def _note_epoch(
+        self,
+        epoch: str | None,
+        rows: Sequence[TelemetryRow],
+        into: dict[tuple[str, str, str, str], EpochRow],
+    ) -> None:
+        """Record the first poll of an epoch this sink has not stored yet."""
+        if epoch is None or not rows:
+            return
+        first = min(rows, key=lambda r: (r.seq, r.time))
+        device = (first.park, first.enterprise, first.device)
+        key = (*device, epoch)
+        if self._epochs.get(device) == epoch:
+            return
+        known = into.get(key)
+        if known is None or first.seq < known.first_seq:
+            into[key] = EpochRow(*device, epoch, first.seq, first.time)
 
     async def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         producer = self._require(self._producer)

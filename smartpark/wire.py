@@ -24,6 +24,11 @@ The key was added within schema version 1: a payload without it is unchanged, an
 platform older than the key dead-letters a batch that carries it, so the bridge and
 sink are upgraded before the agents.
 
+``epoch`` (optional, on the batch) names the edge outbox the sequence numbers come
+from (16 hex digits). A replaced or deleted outbox starts again at ``seq`` 1 under a
+new epoch, so (device, epoch, seq) identifies a poll for good. It was added within
+schema version 1 the same way as ``reset``.
+
 :func:`decode_batch` is strict: every way a payload can be wrong raises
 :class:`PayloadError` naming the field path and the reason. It imports nothing but
 the standard library, so it is cheap on the hot path.
@@ -55,6 +60,7 @@ MIN_TS_MS = 946_684_800_000
 _MAX_SEQ = 2**63 - 1
 # Integers beyond this do not fit a double (float() would raise OverflowError).
 _MAX_FLOAT_INT = 2**1023
+_EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
@@ -102,15 +108,19 @@ class TelemetryBatch:
     enterprise: str
     device: str
     readings: tuple[Reading, ...]
+    epoch: str | None = None  # the edge outbox's epoch (see the module doc)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "v": SCHEMA_VERSION,
             "park": self.park,
             "enterprise": self.enterprise,
             "device": self.device,
-            "readings": [_reading_json(r) for r in self.readings],
         }
+        if self.epoch is not None:
+            out["epoch"] = self.epoch
+        out["readings"] = [_reading_json(r) for r in self.readings]
+        return out
 
 
 def _reading_json(r: Reading) -> dict[str, Any]:
@@ -224,9 +234,14 @@ def decode_batch(
         raise PayloadError("readings", "expected a non-empty list")
     if len(raw) > MAX_READINGS:
         raise PayloadError("readings", f"{len(raw)} readings, limit {MAX_READINGS}")
-    unknown = obj.keys() - {"v", "park", "enterprise", "device", "readings"}
+    unknown = obj.keys() - {"v", "park", "enterprise", "device", "epoch", "readings"}
     if unknown:
         raise PayloadError(sorted(unknown)[0], "unknown field")
+    epoch = obj.get("epoch")
+    if epoch is not None and (
+        not isinstance(epoch, str) or _EPOCH_RE.fullmatch(epoch) is None
+    ):
+        raise PayloadError("epoch", f"expected 16 hex digits, got {epoch!r}")
     latest = now_ms + max_future_ms
     seen: set[tuple[int, str]] = set()
     readings = []
@@ -236,7 +251,7 @@ def decode_batch(
             reading = _reading(r, f"readings[{i}].", latest, seen)
         seen.add((reading.seq, reading.metric))
         readings.append(reading)
-    return TelemetryBatch(park, enterprise, device, tuple(readings))
+    return TelemetryBatch(park, enterprise, device, tuple(readings), epoch)
 
 
 _UNIT_OF = {name: m.unit for name, m in METRICS.items()}

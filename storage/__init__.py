@@ -27,6 +27,7 @@ from storage.base import Conn, Database
 from storage.model import (
     AppliedMigration,
     Dialect,
+    EpochRow,
     KafkaOffset,
     ReadingKey,
     RollupLevel,
@@ -61,6 +62,7 @@ __all__ = [
     "DeliveryRow",
     "Dialect",
     "DueDelivery",
+    "EpochRow",
     "KafkaOffset",
     "NewDelivery",
     "OffsetStore",

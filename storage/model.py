@@ -72,6 +72,18 @@ def rows_from_batch(batch: TelemetryBatch) -> list[TelemetryRow]:
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class EpochRow:
+    """The first stored poll of a device under one edge outbox epoch."""
+
+    park: str
+    enterprise: str
+    device: str
+    epoch: str
+    first_seq: int
+    first_time: datetime
+
+
 class ReadingKey(NamedTuple):
     """What identifies a reading end to end, for gap and duplicate checks."""
 

@@ -14,7 +14,10 @@ from psycopg.rows import class_row
 from storage.base import Conn
 from storage.model import ReadingKey, RollupLevel, RollupRow, TelemetryRow
 
-_TABLES = ("telemetry", "telemetry_1m", "telemetry_1h", "telemetry_1d", "kafka_offsets")
+_TABLES = (
+    "telemetry", "telemetry_1m", "telemetry_1h", "telemetry_1d", "kafka_offsets",
+    "device_epochs",
+)  # fmt: skip
 
 
 def _where(
@@ -126,9 +129,17 @@ async def rollup(
 
 
 async def table_counts(conn: Conn, schema: str) -> dict[str, int]:
-    """Exact row counts of the platform's relations (a full scan each: for ``info``)."""
+    """Exact row counts of the platform's relations (a full scan each: for
+    ``info``); a relation a pending migration has not created yet is left out."""
     counts = {}
     for table in _TABLES:
+        cur = await conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL",
+            (sql.Identifier(schema, table).as_string(conn),),
+        )
+        exists = await cur.fetchone()
+        if not (exists and exists[0]):
+            continue
         cur = await conn.execute(
             sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
         )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from psycopg import sql
+from psycopg.rows import class_row
 
 from smartpark.settings import BulkMethod
 from storage import offsets as offset_sql
@@ -21,6 +22,7 @@ from storage import reads, rollups
 from storage.base import Conn, Database, storage_errors
 from storage.model import (
     Dialect,
+    EpochRow,
     KafkaOffset,
     ReadingKey,
     RollupLevel,
@@ -52,9 +54,14 @@ class TelemetryStore:
     # -- write path ---------------------------------------------------------------
 
     async def write(
-        self, rows: Sequence[TelemetryRow], *, offsets: Sequence[KafkaOffset] = ()
+        self,
+        rows: Sequence[TelemetryRow],
+        *,
+        offsets: Sequence[KafkaOffset] = (),
+        epochs: Sequence[EpochRow] = (),
     ) -> WriteResult:
-        """Store ``rows`` and set ``offsets`` in one transaction.
+        """Store ``rows``, set ``offsets`` and record new outbox ``epochs`` (each
+        once: an epoch already recorded is left as it was) in one transaction.
 
         ``rows`` carry aware datetimes. If this raises :class:`StorageError`,
         nothing of the batch is committed; retrying the same call is safe. (If the
@@ -74,6 +81,18 @@ class TelemetryStore:
                     if inserted and minutes:
                         await conn.execute(rollups.mark(self._schema), (minutes,))
                     await offset_sql.upsert(conn, self._schema, offsets)
+                    if epochs:
+                        await conn.execute(
+                            _insert_epochs(self._schema),
+                            (
+                                [e.park for e in epochs],
+                                [e.enterprise for e in epochs],
+                                [e.device for e in epochs],
+                                [e.epoch for e in epochs],
+                                [e.first_seq for e in epochs],
+                                [e.first_time for e in epochs],
+                            ),
+                        )
         return WriteResult(inserted, len(rows) - inserted)
 
     # -- maintenance --------------------------------------------------------------
@@ -138,6 +157,23 @@ class TelemetryStore:
 
     # -- reads --------------------------------------------------------------------
 
+    async def epochs(self, *, device: str | None = None) -> list[EpochRow]:
+        """The recorded outbox epochs, oldest first (of one device, or all)."""
+        where = sql.SQL(" WHERE device = %s") if device is not None else sql.SQL("")
+        with storage_errors("read epochs"):
+            async with (
+                self._db.connection() as conn,
+                conn.cursor(row_factory=class_row(EpochRow)) as cur,
+            ):
+                await cur.execute(
+                    sql.SQL(
+                        "SELECT park, enterprise, device, epoch, first_seq, first_time"
+                        " FROM {}{} ORDER BY first_time, device, epoch"
+                    ).format(sql.Identifier(self._schema, "device_epochs"), where),
+                    (device,) if device is not None else (),
+                )
+                return await cur.fetchall()
+
     async def count_rows(
         self,
         *,
@@ -194,3 +230,11 @@ class TelemetryStore:
                     conn, self._schema, level, start=start, end=end, park=park,
                     enterprise=enterprise, device=device, metric=metric,
                 )  # fmt: skip
+
+
+def _insert_epochs(schema: str) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {} (park, enterprise, device, epoch, first_seq, first_time)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+        " %s::int8[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
+    ).format(sql.Identifier(schema, "device_epochs"))

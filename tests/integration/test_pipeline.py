@@ -64,6 +64,13 @@ async def test_every_polled_reading_is_stored_exactly_once(
         expected = expected_keys(configs, after)
         stored = await wait_stored(storage, park_id, expected, timeout_s=60)
         served = park.served_polls()
+        epochs = await storage.telemetry.epochs()
+    # Each gateway's outbox epoch travelled with its batches: one per device, from
+    # its first poll.
+    assert sorted((e.device, e.first_seq) for e in epochs) == sorted(
+        (device, 1) for device in after.last_seq
+    )
+    assert len({e.epoch for e in epochs}) == len(configs)
     # Every poll the simulators answered became a stored sequence number, except at
     # most the one a device was answering when its agent was told to stop.
     assert served.keys() == after.last_seq.keys()

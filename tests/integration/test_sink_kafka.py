@@ -365,3 +365,33 @@ async def test_the_sink_keeps_the_rollups_up_to_date_off_its_write_loop(
         park=park_id,
     )
     assert sum(d.n for d in days) == len(keys)
+
+
+async def test_a_new_outbox_epoch_is_recorded_once_with_its_first_poll(
+    settings: Settings, migrated: Storage, park_id: str
+) -> None:
+    """A gateway whose outbox was replaced starts at seq 1 again under a new epoch:
+    both epochs are recorded (once each, with their first poll), and the readings of
+    both are stored."""
+    now = system_ms()
+    device = f"{park_id}-m1"
+    old, new = "00000000000000aa", "00000000000000bb"
+
+    def batch(epoch: str | None, seq: int, ts: int) -> Record:
+        reading = Reading(seq, "active_power", float(seq), "kW", ts)
+        b = TelemetryBatch(park_id, "e0", device, (reading,), epoch)
+        return b"e0", encode_batch(b)
+
+    records = [batch(old, s, now - 100_000 + s * 1000) for s in range(1, 6)]
+    records += [batch(new, s, now - 50_000 + s * 1000) for s in range(1, 4)]
+    records += [batch(None, 4, now - 40_000)]  # an agent without epochs still works
+    records += records[:2]  # redelivered: nothing recorded twice
+    await produce(settings, records)
+
+    async def all_consumed(sink: Sink) -> bool:
+        return sink.stats.records == len(records)
+
+    await run_sink(settings, all_consumed)
+    epochs = await migrated.telemetry.epochs(device=device)
+    assert [(e.epoch, e.first_seq) for e in epochs] == [(old, 1), (new, 1)]
+    assert await migrated.telemetry.count_rows(park=park_id) == 9

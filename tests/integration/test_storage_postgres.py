@@ -27,7 +27,10 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TODAY_MS = int(T0.timestamp() * 1000)
-MIGRATIONS = ["0001_telemetry", "0002_counter_reset", "0003_alerts", "0004_webhooks"]
+MIGRATIONS = [
+    "0001_telemetry", "0002_counter_reset", "0003_alerts", "0004_webhooks",
+    "0005_device_epochs",
+]  # fmt: skip
 
 
 def settings(
@@ -74,6 +77,7 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (2, "counter_reset", Dialect.POSTGRES),
             (3, "alerts", Dialect.POSTGRES),
             (4, "webhooks", Dialect.POSTGRES),
+            (5, "device_epochs", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:

@@ -64,6 +64,7 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0002_counter_reset",
             "0003_alerts",
             "0004_webhooks",
+            "0005_device_epochs",
         ]
         assert await s.migrate() == []
         await s.require_migrated()

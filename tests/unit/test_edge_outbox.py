@@ -75,6 +75,22 @@ def test_seq_continues_across_restarts(tmp_path: Path) -> None:
     box.close()
 
 
+def test_an_outbox_keeps_its_epoch_and_a_new_file_gets_a_new_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.db"
+    first = Outbox(path, max_rows=10, max_age_s=3600, overflow="drop_oldest",
+                   clock=lambda: datetime(2026, 1, 1, tzinfo=UTC))  # fmt: skip
+    with first:
+        epoch = first.epoch
+    assert len(epoch) == 16
+    with first:  # reopened: the same file, the same epoch
+        assert first.epoch == epoch
+    path.unlink()  # the outbox is deleted: seq starts again at 1, a new epoch
+    with first:
+        assert first.epoch not in ("", epoch)
+
+
 def test_file_is_in_wal_mode(tmp_path: Path) -> None:
     box = make(tmp_path / "o.db", FakeClock())
     box.append("a", samples(1))

@@ -70,6 +70,17 @@ def test_a_counter_reset_round_trips_and_is_sent_only_when_set(reset: str) -> No
     assert decode_batch(encode_batch(batch), now_ms=NOW) == batch
 
 
+def test_an_outbox_epoch_round_trips_and_a_bad_one_is_named() -> None:
+    doc = {**good(), "epoch": "0123456789abcdef"}
+    batch = decode_batch(json.dumps(doc), now_ms=NOW)
+    assert batch.epoch == "0123456789abcdef"
+    assert decode_batch(encode_batch(batch), now_ms=NOW) == batch
+    assert "epoch" not in decode_batch(json.dumps(good()), now_ms=NOW).to_json()
+    for bad in ("0123456789ABCDEF", "0123", 7, "0123456789abcdef\n"):
+        with pytest.raises(PayloadError, match=r"^epoch: expected 16 hex digits"):
+            decode_batch(json.dumps({**good(), "epoch": bad}), now_ms=NOW)
+
+
 def _set(path: str, value: Any) -> dict[str, Any]:
     doc = good()
     target: Any = doc
