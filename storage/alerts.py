@@ -187,10 +187,6 @@ class AlertStore:
                 )
 
 
-def _t(schema: str, name: str) -> sql.Identifier:
-    return table(schema, name)
-
-
 async def write(
     conn: Conn,
     schema: str,
@@ -209,7 +205,7 @@ async def write(
                 " severity, park, enterprise, device, metric, at, body)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
                 " to_timestamp(%s / 1000.0), %s) ON CONFLICT (event_id) DO NOTHING"
-            ).format(_t(schema, "alert_events")),
+            ).format(table(schema, "alert_events")),
             (
                 e.event_id, e.alert_id, e.kind, e.pack, e.rule_id, e.rule_version,
                 e.severity, e.park, e.enterprise, e.device, e.metric, e.at_ms,
@@ -227,7 +223,7 @@ async def write(
                     " last_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
                     " 'open', to_timestamp(%s / 1000.0), %s)"
                     " ON CONFLICT (alert_id) DO NOTHING"
-                ).format(_t(schema, "alerts")),
+                ).format(table(schema, "alerts")),
                 (
                     e.alert_id, e.pack, e.rule_id, e.rule_version, e.severity, e.park,
                     e.enterprise, e.device, e.metric, e.at_ms, e.event_id,
@@ -239,7 +235,7 @@ async def write(
                     "UPDATE {} SET status = 'resolved',"
                     " resolved_at = to_timestamp(%s / 1000.0), last_event_id = %s"
                     " WHERE alert_id = %s"
-                ).format(_t(schema, "alerts")),
+                ).format(table(schema, "alerts")),
                 (e.at_ms, e.event_id, e.alert_id),
             )
     for s in states:
@@ -252,7 +248,7 @@ async def write(
                 " pack = EXCLUDED.pack, pack_version = EXCLUDED.pack_version,"
                 " next_offset = EXCLUDED.next_offset, snapshot = EXCLUDED.snapshot,"
                 " updated_at = EXCLUDED.updated_at"
-            ).format(_t(schema, "rule_state")),
+            ).format(table(schema, "rule_state")),
             (
                 s.group, s.topic, s.partition, s.pack, s.pack_version, s.next_offset,
                 Jsonb(s.snapshot),
@@ -278,7 +274,7 @@ async def acknowledge(
             " WHERE alert_id = %s AND status = 'open'"
             " RETURNING pack, rule_id, rule_version, severity, park, enterprise,"
             " device, metric"
-        ).format(_t(schema, "alerts")),
+        ).format(table(schema, "alerts")),
         (now_ms, by, alert_id),
     )
     row = await cur.fetchone()
@@ -309,7 +305,7 @@ async def acknowledge(
         await write(conn, schema, [ack], [])
     cur = await conn.execute(
         sql.SQL("SELECT status FROM {} WHERE alert_id = %s").format(
-            _t(schema, "alerts")
+            table(schema, "alerts")
         ),
         (alert_id,),
     )
