@@ -31,9 +31,11 @@ Contracts:
   Sequence numbers count within an epoch: an outbox deleted or replaced starts
   again at 1 under a new epoch, which travels with every batch, so the platform
   never reads a restart at 1 as a replay of old readings or a gap.
-- Schema version 2 (``PRAGMA user_version``): a version-1 file (no ``reset``
-  column, no ``counter_values`` table) is upgraded in place, in one transaction, by
-  :meth:`open`; a file newer than this agent is refused.
+- Schema version 3 (``PRAGMA user_version``): an older file is upgraded in place,
+  in one transaction, by :meth:`open` (version 1 lacks the ``reset`` column and the
+  ``counter_values`` table, version 2 the series columns ``data_type`` and
+  ``stat``, which read as real-time values); a file newer than this agent is
+  refused.
 
 Threading: every public method takes one internal lock, so an :class:`Outbox` may
 be shared by the asyncio thread and paho's network thread. The agent nevertheless
@@ -55,7 +57,7 @@ from edge_agent.config import OutboxConfig
 from edge_agent.sample import Clock, Sample, to_ms
 from smartpark.errors import StorageError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _COUNTERS = ("dropped_rows", "expired_rows", "refused_polls", "refused_rows")
 _COUNTER_VALUES = """
 CREATE TABLE IF NOT EXISTS counter_values (
@@ -76,7 +78,9 @@ CREATE TABLE IF NOT EXISTS readings (
     ts_ms     INTEGER NOT NULL,
     quality   TEXT    NOT NULL,
     stored_ms INTEGER NOT NULL,
-    reset     TEXT                -- smartpark.wire.Reset value; NULL: continues
+    reset     TEXT,               -- smartpark.wire.Reset value; NULL: continues
+    data_type TEXT    NOT NULL DEFAULT 'realtime',  -- smartpark.wire.DataType
+    stat      TEXT    NOT NULL DEFAULT 'value'      -- smartpark.wire.Stat
 );
 CREATE INDEX IF NOT EXISTS readings_device ON readings (device, id);
 CREATE INDEX IF NOT EXISTS readings_stored ON readings (stored_ms);
@@ -96,8 +100,19 @@ CREATE TABLE IF NOT EXISTS meta (
     + _COUNTER_VALUES
     + ";\n"
 )
-# Version 1 -> 2, run in one transaction by open().
-_UPGRADE_FROM_1 = ("ALTER TABLE readings ADD COLUMN reset TEXT", _COUNTER_VALUES)
+# Upgrades by version, each run in one transaction by open().
+_SERIES_COLUMNS = (
+    "ALTER TABLE readings ADD COLUMN data_type TEXT NOT NULL DEFAULT 'realtime'",
+    "ALTER TABLE readings ADD COLUMN stat TEXT NOT NULL DEFAULT 'value'",
+)
+_UPGRADES = {
+    1: (
+        "ALTER TABLE readings ADD COLUMN reset TEXT",
+        _COUNTER_VALUES,
+        *_SERIES_COLUMNS,
+    ),
+    2: _SERIES_COLUMNS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +126,8 @@ class Row:
     ts_ms: int
     quality: str
     reset: str | None = None
+    data_type: str = "realtime"
+    stat: str = "value"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,14 +194,14 @@ class Outbox:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, 1, SCHEMA_VERSION):
+                if version not in (0, *_UPGRADES, SCHEMA_VERSION):
                     conn.close()
                     raise StorageError(
                         f"{self.path}: outbox schema {version}, "
                         f"this agent reads {SCHEMA_VERSION}"
                     )
-                if version == 1:
-                    self._upgrade_from_1(conn)
+                if version in _UPGRADES:
+                    self._upgrade(conn, _UPGRADES[version])
                 conn.executescript(_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
@@ -202,13 +219,13 @@ class Outbox:
             self._conn = conn
 
     @staticmethod
-    def _upgrade_from_1(conn: sqlite3.Connection) -> None:
+    def _upgrade(conn: sqlite3.Connection, statements: tuple[str, ...]) -> None:
         # DDL and user_version are transactional in SQLite: a crash mid-upgrade
         # leaves a version-1 file, upgraded again at the next open.
         # (execute, not executescript: that would COMMIT before running.)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _UPGRADE_FROM_1:
+            for statement in statements:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -319,7 +336,8 @@ class Outbox:
             self._count(db, "dropped_rows", dropped)
         db.executemany(
             "INSERT INTO readings (device, seq, metric, value, unit, ts_ms, quality,"
-            " stored_ms, reset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " stored_ms, reset, data_type, stat)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     device,
@@ -331,6 +349,8 @@ class Outbox:
                     s.quality,
                     now_ms,
                     s.reset,
+                    s.data_type,
+                    s.stat,
                 )
                 for s in samples
             ],
@@ -358,8 +378,8 @@ class Outbox:
     ) -> list[Row]:
         """Up to ``limit`` rows with ``id > after_id`` (of ``device``), oldest first."""
         sql = (
-            "SELECT id, device, seq, metric, value, unit, ts_ms, quality, reset"
-            " FROM readings WHERE id > ?"
+            "SELECT id, device, seq, metric, value, unit, ts_ms, quality, reset,"
+            " data_type, stat FROM readings WHERE id > ?"
         )
         args: tuple[object, ...] = (after_id,)
         if device is not None:

@@ -492,6 +492,8 @@ class Publisher:
                             r.ts_ms,
                             r.quality,
                             r.reset,
+                            r.data_type,
+                            r.stat,
                         )
                         for r in rows
                     ),

@@ -3,7 +3,10 @@
 A :class:`Sample` is one canonical reading before the outbox gives it a sequence
 number: the metric's catalogue unit, a finite value, the event time in UTC ms, and
 for a counter that does not continue from its previous reading the reason
-(``reset``, set by :class:`edge_agent.counters.CounterGuard`).
+(``reset``, set by :class:`edge_agent.counters.CounterGuard`). ``data_type`` and
+``stat`` name the series (``dt`` and ``stat`` in :mod:`smartpark.wire`): a meter's
+reading and an HJ 212 real-time value are ``realtime``/``value``; a logger's
+interval data says which interval and which of its values.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from smartpark.wire import Quality
+from smartpark.wire import DataType, Quality, Stat
 
 Clock = Callable[[], datetime]
 """Returns the current time as an aware UTC ``datetime``; injected for tests."""
@@ -35,3 +38,5 @@ class Sample:
     ts_ms: int
     quality: str = Quality.NORMAL.value
     reset: str | None = None  # a smartpark.wire.Reset value, counters only
+    data_type: str = DataType.REALTIME.value
+    stat: str = Stat.VALUE.value

@@ -42,10 +42,20 @@ class Metric:
     domain: Domain
     kind: Kind
     description: str
+    # The unit of an HJ 212 interval's total (``-Cou``) of this metric, when it has
+    # one: the mass emitted for a concentration, the volume for a flow.
+    total_unit: str | None = None
 
 
-def _m(name: str, unit: str, domain: Domain, kind: Kind, description: str) -> Metric:
-    return Metric(name, unit, domain, kind, description)
+def _m(  # noqa: PLR0917 - one line per metric in the table below
+    name: str,
+    unit: str,
+    domain: Domain,
+    kind: Kind,
+    description: str,
+    total: str | None = None,
+) -> Metric:
+    return Metric(name, unit, domain, kind, description, total)
 
 
 _E, _A, _W, _P, _X = (
@@ -66,42 +76,59 @@ METRICS: dict[str, Metric] = {
         _m("reactive_energy", "kvarh", _E, _C, "cumulative reactive energy"),
         _m("power_factor", "1", _E, _G, "total power factor"),
         _m("steam_mass", "t", _E, _C, "cumulative steam mass"),
-        _m("steam_flow", "t/h", _E, _G, "steam mass flow"),
+        _m("steam_flow", "t/h", _E, _G, "steam mass flow", total="t"),
         _m("steam_heat", "GJ", _E, _C, "cumulative steam heat"),
         _m("natural_gas_volume", "m3", _E, _C, "cumulative natural gas volume (std)"),
-        _m("natural_gas_flow", "m3/h", _E, _G, "natural gas flow (std)"),
+        _m("natural_gas_flow", "m3/h", _E, _G, "natural gas flow (std)", total="m3"),
         _m("coal_mass", "t", _E, _C, "cumulative raw coal fed"),
         # water
         _m("water_volume", "m3", _W, _C, "cumulative fresh water intake"),
-        _m("water_flow", "m3/h", _W, _G, "fresh water flow"),
+        _m("water_flow", "m3/h", _W, _G, "fresh water flow", total="m3"),
         _m("reused_water_volume", "m3", _W, _C, "cumulative reused water"),
         _m("wastewater_volume", "m3", _W, _C, "cumulative wastewater discharge"),
-        _m("wastewater_flow", "m3/h", _W, _G, "wastewater discharge flow"),
-        _m("cod", "mg/L", _W, _G, "chemical oxygen demand (HJ 212 w01018)"),
-        _m("ammonia_nitrogen", "mg/L", _W, _G, "ammonia nitrogen (HJ 212 w21003)"),
-        _m("total_nitrogen", "mg/L", _W, _G, "total nitrogen (HJ 212 w21001)"),
-        _m("total_phosphorus", "mg/L", _W, _G, "total phosphorus (HJ 212 w21011)"),
-        _m("suspended_solids", "mg/L", _W, _G, "suspended solids (HJ 212 w01012)"),
+        _m("wastewater_flow", "m3/h", _W, _G, "wastewater discharge flow", total="m3"),
+        _m("cod", "mg/L", _W, _G, "chemical oxygen demand (HJ 212 w01018)", total="kg"),
+        _m(
+            "ammonia_nitrogen", "mg/L", _W, _G, "ammonia nitrogen (HJ 212 w21003)", "kg"
+        ),
+        _m(
+            "total_nitrogen",
+            "mg/L",
+            _W,
+            _G,
+            "total nitrogen (HJ 212 w21001)",
+            total="kg",
+        ),
+        _m(
+            "total_phosphorus", "mg/L", _W, _G, "total phosphorus (HJ 212 w21011)", "kg"
+        ),
+        _m(
+            "suspended_solids", "mg/L", _W, _G, "suspended solids (HJ 212 w01012)", "kg"
+        ),
         _m("ph", "pH", _W, _G, "pH (HJ 212 w01001)"),
         # production
         _m("production_mass", "t", _P, _C, "cumulative product output"),
         _m("production_rate", "t/h", _P, _G, "product output rate"),
         # emissions, measured (raw) and corrected to the reference O2 (HJ 212 Zs*)
-        _m("so2", "mg/m3", _A, _G, "SO2, measured (HJ 212 a21026)"),
+        _m("so2", "mg/m3", _A, _G, "SO2, measured (HJ 212 a21026)", total="kg"),
         _m("so2_corrected", "mg/m3", _A, _G, "SO2 at reference O2 (a21026 Zs)"),
-        _m("nox", "mg/m3", _A, _G, "NOx, measured (HJ 212 a21002)"),
+        _m("nox", "mg/m3", _A, _G, "NOx, measured (HJ 212 a21002)", total="kg"),
         _m("nox_corrected", "mg/m3", _A, _G, "NOx at reference O2 (a21002 Zs)"),
-        _m("particulate", "mg/m3", _A, _G, "particulate, measured (a34013)"),
+        _m(
+            "particulate", "mg/m3", _A, _G, "particulate, measured (a34013)", total="kg"
+        ),
         _m("particulate_corrected", "mg/m3", _A, _G, "particulate at ref O2 (Zs)"),
-        _m("co", "mg/m3", _A, _G, "CO (HJ 212 a21005)"),
-        _m("nh3", "mg/m3", _A, _G, "NH3 slip (HJ 212 a21001)"),
-        _m("fluoride", "mg/m3", _A, _G, "fluoride (aluminium electrolysis)"),
+        _m("co", "mg/m3", _A, _G, "CO (HJ 212 a21005)", total="kg"),
+        _m("nh3", "mg/m3", _A, _G, "NH3 slip (HJ 212 a21001)", total="kg"),
+        _m(
+            "fluoride", "mg/m3", _A, _G, "fluoride (aluminium electrolysis)", total="kg"
+        ),
         _m("o2", "%", _A, _G, "flue-gas O2 (HJ 212 a19001)"),
         _m("flue_temperature", "degC", _A, _G, "flue temperature (a01012)"),
         _m("flue_velocity", "m/s", _A, _G, "flue velocity (a01011)"),
         _m("flue_pressure", "kPa", _A, _G, "flue pressure (a01013)"),
         _m("flue_humidity", "%", _A, _G, "flue humidity (a01014)"),
-        _m("flue_gas_flow", "m3/h", _A, _G, "flue-gas flow (a00000)"),
+        _m("flue_gas_flow", "m3/h", _A, _G, "flue-gas flow (a00000)", total="m3"),
         # process
         _m("temperature", "degC", _X, _G, "process temperature"),
         _m("pressure", "kPa", _X, _G, "process pressure"),

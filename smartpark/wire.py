@@ -29,6 +29,18 @@ from (16 hex digits). A replaced or deleted outbox starts again at ``seq`` 1 und
 new epoch, so (device, epoch, seq) identifies a poll for good. It was added within
 schema version 1 the same way as ``reset``.
 
+``dt`` (optional, on a reading) is the HJ 212 data type of the series the reading
+belongs to: ``"minute"``, ``"hour"`` or ``"day"`` for a logger's interval data (CN
+2051, 2061, 2031; ``ts_ms`` is the interval's start), absent (or ``"realtime"``)
+for real-time data (CN 2011) and every meter reading. ``stat`` (optional, interval
+data only) says which of the interval's values it is: absent (or ``"value"``) for
+the interval's mean (``-Avg``), ``"min"``, ``"max"``, or ``"cou"`` for the
+interval's total (``-Cou``: emitted mass or volume, in the metric's ``total_unit``
+from the catalogue, e.g. kg for a concentration). A reading's series is (device,
+metric, dt, stat): two series never mix, in a window or in storage. Both keys were
+added within schema version 1 the same way as ``reset``; a batch without them is
+real-time data, as it always was.
+
 :func:`decode_batch` is strict: every way a payload can be wrong raises
 :class:`PayloadError` naming the field path and the reason. It imports nothing but
 the standard library, so it is cheap on the hot path.
@@ -90,6 +102,30 @@ class Reset(StrEnum):
 _RESETS = frozenset(r.value for r in Reset)
 
 
+class DataType(StrEnum):
+    """The HJ 212 data type of a series (``dt`` on the wire)."""
+
+    REALTIME = "realtime"
+    MINUTE = "minute"
+    HOUR = "hour"
+    DAY = "day"
+
+
+class Stat(StrEnum):
+    """Which value of an interval a reading is (``stat`` on the wire)."""
+
+    VALUE = "value"  # real-time: the value; interval: the mean (-Avg)
+    MIN = "min"
+    MAX = "max"
+    TOTAL = "cou"  # the interval's total (-Cou), in the metric's total unit
+
+
+_DATA_TYPES = frozenset(d.value for d in DataType)
+_STATS = frozenset(s.value for s in Stat)
+_REALTIME = DataType.REALTIME.value
+_VALUE = Stat.VALUE.value
+
+
 class Reading(NamedTuple):
     """One reading; a named tuple because the bridge and the sink make millions."""
 
@@ -100,6 +136,8 @@ class Reading(NamedTuple):
     ts_ms: int
     quality: str = Quality.NORMAL.value
     reset: str | None = None  # a Reset value; only on counter metrics
+    data_type: str = DataType.REALTIME.value  # a DataType value (``dt``)
+    stat: str = Stat.VALUE.value  # a Stat value; not VALUE only on interval data
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +172,10 @@ def _reading_json(r: Reading) -> dict[str, Any]:
     }
     if r.reset is not None:
         out["reset"] = r.reset
+    if r.data_type != _REALTIME:
+        out["dt"] = r.data_type
+    if r.stat != _VALUE:
+        out["stat"] = r.stat
     return out
 
 
@@ -243,24 +285,27 @@ def decode_batch(
     ):
         raise PayloadError("epoch", f"expected 16 hex digits, got {epoch!r}")
     latest = now_ms + max_future_ms
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, str, str, str]] = set()
     readings = []
     for i, r in enumerate(raw):
         reading = _valid_reading(r, latest, seen)
         if reading is None:
             reading = _reading(r, f"readings[{i}].", latest, seen)
-        seen.add((reading.seq, reading.metric))
+        seen.add((reading.seq, reading.metric, reading.data_type, reading.stat))
         readings.append(reading)
     return TelemetryBatch(park, enterprise, device, tuple(readings), epoch)
 
 
 _UNIT_OF = {name: m.unit for name, m in METRICS.items()}
+_TOTAL_UNIT_OF = {name: m.total_unit for name, m in METRICS.items() if m.total_unit}
 _COUNTERS = frozenset(name for name, m in METRICS.items() if m.kind is Kind.COUNTER)
-_READING_KEYS = frozenset({"seq", "metric", "value", "unit", "ts_ms", "q", "reset"})
+_READING_KEYS = frozenset(
+    {"seq", "metric", "value", "unit", "ts_ms", "q", "reset", "dt", "stat"}
+)
 
 
 def _valid_reading(
-    r: Any, latest_ms: int, seen: set[tuple[int, str]]
+    r: Any, latest_ms: int, seen: set[tuple[int, str, str, str]]
 ) -> Reading | None:
     """The reading if ``r`` is valid, else None (then :func:`_reading` says why).
 
@@ -269,13 +314,23 @@ def _valid_reading(
     """
     if type(r) is not dict:
         return None
-    # Beyond the five required keys only "q" and a non-null "reset" may be present;
-    # the common case (six keys, "q" among them) costs one lookup, as before "reset".
+    # Beyond the five required keys only the optional ones may be present; the
+    # common case (six keys, "q" among them) costs one lookup.
     size = len(r)
     reset = None
+    data_type, stat = _REALTIME, _VALUE
     if size != 5 and (size != 6 or "q" not in r):
         reset = r.get("reset")
-        if reset is None or size != (7 if "q" in r else 6):
+        data_type = r.get("dt", _REALTIME)
+        stat = r.get("stat", _VALUE)
+        optional = ("q" in r) + (reset is not None) + ("dt" in r) + ("stat" in r)
+        if size != 5 + optional:
+            return None
+        if type(data_type) is not str or data_type not in _DATA_TYPES:
+            return None
+        if type(stat) is not str or stat not in _STATS:
+            return None
+        if stat != _VALUE and data_type == _REALTIME:
             return None
     try:
         seq, name, value, unit, ts_ms = (
@@ -287,19 +342,21 @@ def _valid_reading(
         )
     except KeyError:
         return None
+    if type(name) is not str:
+        return None
     quality = r.get("q", "N")
     value_type = type(value)
+    # An unknown metric's unit is (), equal to no JSON value (None is null).
+    units = _TOTAL_UNIT_OF if stat == "cou" else _UNIT_OF
     if (
         type(seq) is not int
         or not 0 <= seq <= _MAX_SEQ
-        or type(name) is not str
-        # An unknown metric's unit is (), equal to no JSON value (None is null).
-        or _UNIT_OF.get(name, ()) != unit
+        or units.get(name, ()) != unit
         or type(ts_ms) is not int
         or not MIN_TS_MS <= ts_ms <= latest_ms
         or type(quality) is not str
         or quality not in _QUALITIES
-        or (seq, name) in seen
+        or (seq, name, data_type, stat) in seen
     ):
         return None
     if reset is not None and (
@@ -312,10 +369,12 @@ def _valid_reading(
         value = float(value)
     elif value_type is not float or not math.isfinite(value):
         return None
-    return Reading(seq, name, value, unit, ts_ms, quality, reset)
+    return Reading(seq, name, value, unit, ts_ms, quality, reset, data_type, stat)
 
 
-def _reading(r: Any, path: str, latest_ms: int, seen: set[tuple[int, str]]) -> Reading:
+def _reading(
+    r: Any, path: str, latest_ms: int, seen: set[tuple[int, str, str, str]]
+) -> Reading:
     if not isinstance(r, dict):
         raise PayloadError(path.rstrip("."), "expected an object")
     seq = _need(r, "seq", path)
@@ -336,8 +395,17 @@ def _reading(r: Any, path: str, latest_ms: int, seen: set[tuple[int, str]]) -> R
         raise PayloadError(f"{path}value", f"expected a number, got {value!r}")
     if not math.isfinite(value):
         raise PayloadError(f"{path}value", f"non-finite value {value!r}")
+    data_type, stat = _series_tags(r, path)
     unit = _need(r, "unit", path)
-    if unit != m.unit:
+    if stat == Stat.TOTAL.value:
+        if m.total_unit is None:
+            raise PayloadError(f"{path}stat", f"{name} has no interval total")
+        if unit != m.total_unit:
+            raise PayloadError(
+                f"{path}unit",
+                f"the total of {name} is in {m.total_unit!r}, got {unit!r}",
+            )
+    elif unit != m.unit:
         raise PayloadError(f"{path}unit", f"{name} is in {m.unit!r}, got {unit!r}")
     ts_ms = _need(r, "ts_ms", path)
     if type(ts_ms) is not int:
@@ -366,9 +434,32 @@ def _reading(r: Any, path: str, latest_ms: int, seen: set[tuple[int, str]]) -> R
     extra = r.keys() - _READING_KEYS
     if extra:
         raise PayloadError(f"{path}{sorted(extra)[0]}", "unknown field")
-    if (seq, name) in seen:
-        raise PayloadError(f"{path}seq", f"duplicate reading seq={seq} metric={name}")
-    return Reading(seq, name, value, unit, ts_ms, quality, reset)
+    if (seq, name, data_type, stat) in seen:
+        raise PayloadError(
+            f"{path}seq",
+            f"duplicate reading seq={seq} metric={name} dt={data_type} stat={stat}",
+        )
+    return Reading(seq, name, value, unit, ts_ms, quality, reset, data_type, stat)
+
+
+def _series_tags(r: dict[str, Any], path: str) -> tuple[str, str]:
+    """``(dt, stat)`` of a reading, defaults applied (see the module doc)."""
+    data_type = r.get("dt", _REALTIME)
+    if not isinstance(data_type, str) or data_type not in _DATA_TYPES:
+        raise PayloadError(
+            f"{path}dt",
+            f"expected one of {sorted(_DATA_TYPES)} (or no key), got {data_type!r}",
+        )
+    stat = r.get("stat", _VALUE)
+    if not isinstance(stat, str) or stat not in _STATS:
+        raise PayloadError(
+            f"{path}stat", f"expected one of {sorted(_STATS)} (or no key), got {stat!r}"
+        )
+    if stat != _VALUE and data_type == _REALTIME:
+        raise PayloadError(
+            f"{path}stat", f"{stat!r} needs interval data (dt minute, hour or day)"
+        )
+    return data_type, stat
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,19 +93,15 @@ class LoggerConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> LoggerConfig:
+        # An interval may name the logger's own device: every reading carries its
+        # data type, so the series never mix (smartpark.wire, "dt").
         self._password = read_secret(self.password_file, self.password_env)
-        seen = {self.device: "device"}
-        for key in HJ212_INTERVALS:
-            name = getattr(self, key)
-            if name in seen:
-                raise located(f"device {name!r} is already {seen[name]}", key)
-            if name is not None:
-                seen[name] = key
         return self
 
     @property
     def series(self) -> dict[str, str]:
-        """Platform device id per series: ``device`` plus the enabled intervals."""
+        """Platform device id per series: ``device`` plus the enabled intervals
+        (an interval may name ``device`` itself)."""
         out = {"real_time": self.device}
         out.update({k: v for k in HJ212_INTERVALS if (v := getattr(self, k))})
         return out

@@ -100,8 +100,11 @@ class AgentConfig(StrictModel):
             raise located("give at least one device or an hj212 listener", "devices")
         ids = {d.id: f"devices[{i}]" for i, d in enumerate(self.devices)}
         for i, logger in enumerate(self.hj212.loggers if self.hj212 else ()):
+            own = f"hj212.loggers[{i}]."
             for key, name in logger.series.items():
                 at = "device" if key == "real_time" else key
+                if ids.get(name, "").startswith(own):
+                    continue  # the logger's series may share its device (data type)
                 if name in ids:
                     raise located(
                         f"device id {name!r} is already used by {ids[name]}",

@@ -29,11 +29,17 @@ Mapping choices (where the standard leaves the platform free):
   a value is never corrected twice, the logger's Zs value is taken as is.
 - Interval data (CN 2051 minute, 2061 hourly, 2031 daily) is a series of its own:
   it is taken only for the CNs the logger's :class:`LoggerMapping` lists in
-  ``intervals``, each CN onto its own platform device id (e.g. ``stack-1.hour``),
-  so a logger's hourly average never collides with, or is mistaken for, a
-  real-time value of the same metric. ``-Avg``/``-ZsAvg`` become readings of the
-  code's metrics, timestamped with DataTime (the interval start, as commonly sent;
-  unverified); ``-Min``/``-Max``/``-Cou`` are dropped.
+  ``intervals``, and every reading of it carries its data type (``minute``,
+  ``hour``, ``day``; :class:`smartpark.wire.DataType`), so a logger's hourly mean
+  never mixes with, or is mistaken for, a real-time value of the same metric, in
+  a window or in storage. ``-Avg``/``-ZsAvg`` are the interval's value (``stat``
+  ``value``), ``-Min``/``-Max`` (and ``-ZsMin``/``-ZsMax``) its extremes (``min``,
+  ``max``), ``-Cou`` its total (``cou``: mass or volume, read in the metric's
+  catalogue ``total_unit``, e.g. kg; the unit loggers send is unverified). All are
+  timestamped with DataTime (the interval start, as commonly sent; unverified).
+  Each interval CN goes to the device id ``intervals`` names: the logger's own
+  device (the data type keeps the series apart) or, as configured before data
+  types existed, a device of its own (e.g. ``stack-1.hour``).
 - When the mapping has a ``password``, a packet whose PW differs is rejected (kind
   ``password``): any host that can reach the port could otherwise write data for a
   monitoring point.
@@ -62,6 +68,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
 from types import TracebackType
 from zoneinfo import ZoneInfo
 
@@ -81,12 +88,26 @@ from edge_agent.sample import Clock, Sample, to_ms, utc_now
 from smartpark.catalogue import metric as catalogue_metric
 from smartpark.catalogue import to_canonical
 from smartpark.errors import SmartparkError
-from smartpark.wire import Quality
+from smartpark.wire import DataType, Quality, Stat
 
 log = logging.getLogger(__name__)
 
 REAL_TIME = "2011"
 INTERVAL_CNS = frozenset({"2051", "2061", "2031"})
+DATA_TYPES = {
+    REAL_TIME: DataType.REALTIME.value,
+    "2051": DataType.MINUTE.value,
+    "2061": DataType.HOUR.value,
+    "2031": DataType.DAY.value,
+}
+# Interval values: (Pollutant attribute of the measured value, of the corrected
+# value, stat) in the order they are emitted.
+_INTERVAL_VALUES = (
+    ("avg", "zs_avg", Stat.VALUE.value),
+    ("min", "zs_min", Stat.MIN.value),
+    ("max", "zs_max", Stat.MAX.value),
+    ("cou", None, Stat.TOTAL.value),
+)
 REJECTED_KEPT = 100
 _QUALITIES = frozenset(q.value for q in Quality)
 _READ_SIZE = 65536
@@ -121,9 +142,8 @@ class LoggerMapping:
         unknown = set(self.intervals) - INTERVAL_CNS
         if unknown:
             raise ValueError(f"intervals must be among 2051/2061/2031: {unknown}")
-        devices = [self.device_id, *self.intervals.values()]
-        if len(set(devices)) != len(devices) or not all(devices):
-            raise ValueError(f"each series needs its own device id: {devices}")
+        if not all(self.intervals.values()):
+            raise ValueError(f"an interval without a device id: {self.intervals}")
         for table in (self.metrics, self.corrected):
             for code, name in table.items():
                 catalogue_metric(name)  # PayloadError if unknown
@@ -191,7 +211,7 @@ def packet_samples(
     if packet.data_time is None:
         raise _Reject("datatime", "packet has no DataTime")
     ts_ms = to_ms(parse_time(packet.data_time, mapping.tz).astimezone(UTC))
-    real_time = packet.cn == REAL_TIME
+    data_type = DATA_TYPES[packet.cn]
     out: list[Sample] = []
     for p in packet.pollutants:
         quality = p.flag or Quality.NORMAL.value
@@ -199,17 +219,58 @@ def packet_samples(
             if strict:
                 raise _Reject("flag", f"{p.code}-Flag={quality!r} is not a data flag")
             continue
-        raw, zs = (p.rtd, p.zs_rtd) if real_time else (p.avg, p.zs_avg)
-        for value, table in ((raw, mapping.metrics), (zs, mapping.corrected)):
-            name = table.get(p.code)
-            if value is None or name is None:
-                continue
-            unit = catalogue_metric(name).unit
-            number = to_canonical(name, float(value), mapping.units.get(p.code, unit))
-            if not math.isfinite(number):
-                raise _Reject("number", f"{p.code}: {value} is out of float range")
-            out.append(Sample(name, number, unit, ts_ms, quality))
+        if packet.cn == REAL_TIME:
+            values = [(p.rtd, p.zs_rtd, Stat.VALUE.value)]
+        else:
+            values = [
+                (getattr(p, raw), None if zs is None else getattr(p, zs), stat)
+                for raw, zs, stat in _INTERVAL_VALUES
+            ]
+        for measured, corrected, stat in values:
+            for value, table in (
+                (measured, mapping.metrics),
+                (corrected, mapping.corrected),
+            ):
+                name = table.get(p.code)
+                if value is None or name is None:
+                    continue
+                out.append(
+                    _sample(
+                        name,
+                        value,
+                        p,
+                        mapping,
+                        ts_ms=ts_ms,
+                        quality=quality,
+                        data_type=data_type,
+                        stat=stat,
+                    )
+                )
     return out
+
+
+def _sample(
+    name: str,
+    value: Decimal,
+    p: Pollutant,
+    mapping: LoggerMapping,
+    *,
+    ts_ms: int,
+    quality: str,
+    data_type: str,
+    stat: str,
+) -> Sample:
+    m = catalogue_metric(name)
+    if stat == Stat.TOTAL.value:
+        if m.total_unit is None:
+            raise _Reject("number", f"{p.code}-Cou: {name} has no interval total")
+        unit, number = m.total_unit, float(value)
+    else:
+        unit = m.unit
+        number = to_canonical(name, float(value), mapping.units.get(p.code, unit))
+    if not math.isfinite(number):
+        raise _Reject("number", f"{p.code}: {value} is out of float range")
+    return Sample(name, number, unit, ts_ms, quality, data_type=data_type, stat=stat)
 
 
 def _unmapped(p: Pollutant, mapping: LoggerMapping) -> bool:

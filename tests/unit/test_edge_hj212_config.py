@@ -106,12 +106,6 @@ def test_good_file_maps_each_logger(tmp_path: Path) -> None:
             " already used by hj212.loggers[0].hourly",
         ),
         (
-            "hourly: stack-1-cems.hour",
-            "hourly: stack-1-cems",
-            "agent.yaml:9: hj212.loggers[0].hourly: device 'stack-1-cems' is already"
-            " device",
-        ),
-        (
             "timezone: UTC",
             "timezone: Mars/Olympus",
             "agent.yaml:17: hj212.loggers[1].timezone: unknown time zone"
@@ -171,3 +165,16 @@ def test_nothing_to_read_is_a_mistake(tmp_path: Path) -> None:
     assert str(info.value) == (
         "agent.yaml:1: devices: give at least one device or an hj212 listener"
     )
+
+
+def test_an_interval_may_share_the_loggers_device(tmp_path: Path) -> None:
+    """Interval readings carry their data type, so they need no device of their
+    own; configurations that give them one keep working."""
+    config = load_config(
+        write(
+            tmp_path, GOOD.replace("hourly: stack-1-cems.hour", "hourly: stack-1-cems")
+        )
+    )
+    assert config.hj212 is not None
+    mapping = config.hj212.loggers[0].mapping()
+    assert mapping.series_device("2061") == mapping.device_id == "stack-1-cems"

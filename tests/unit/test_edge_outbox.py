@@ -253,12 +253,29 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     assert box.counter_values() == {("a", "active_energy"): 1.0}
     box.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
     # Opening the upgraded file again changes nothing.
     box = make(path, FakeClock())
     assert len(box.pending(10)) == 3
     assert box.counter_values() == {("a", "active_energy"): 1.0}
+    box.close()
+
+
+def test_a_version_2_file_keeps_its_rows_as_real_time_values(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    v1_file(path)
+    make(path, FakeClock()).close()  # now version 3; make it look like version 2
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE readings DROP COLUMN data_type")
+        conn.execute("ALTER TABLE readings DROP COLUMN stat")
+        conn.execute("PRAGMA user_version=2")
+    conn.close()
+    box = make(path, FakeClock())
+    assert {(r.data_type, r.stat) for r in box.pending(10)} == {("realtime", "value")}
+    hourly = Sample("so2", 1.5, "kg", 1_767_225_600_000, data_type="hour", stat="cou")
+    box.append("a", [hourly])
+    assert (box.pending(10)[-1].data_type, box.pending(10)[-1].stat) == ("hour", "cou")
     box.close()
 
 

@@ -167,11 +167,53 @@ async def test_interval_cn_is_its_own_series_when_enabled() -> None:
         await until(
             lambda: lst.stats.frames_ok + lst.stats.frames_rejected.total() == 3
         )
+    hour = {"data_type": "hour"}
     assert got == [
-        ("cems-1.hour", [Sample("so2", 9.5, "mg/m3", TS_MS, "N")]),
+        (
+            "cems-1.hour",
+            [
+                Sample("so2", 9.5, "mg/m3", TS_MS, "N", **hour),
+                Sample("so2", 1.0, "mg/m3", TS_MS, "N", stat="min", **hour),
+            ],
+        ),
         ("cems-1", [Sample("so2", 3.5, "mg/m3", TS_MS, "N")]),
     ]
     assert lst.stats.frames_rejected == {"cn": 1}
+
+
+def test_interval_values_keep_min_max_and_total_on_the_loggers_device() -> None:
+    """Avg, Min, Max, Cou (and the corrected Zs values) each become a reading of
+    their own series, tagged with the data type; nothing of the packet is dropped,
+    and the interval may go to the logger's own device."""
+    from edge_agent.hj212.listener import packet_samples
+
+    mapping = LoggerMapping(
+        device_id="cems-1",
+        metrics={"a21026": "so2"},
+        corrected={"a21026": "so2_corrected"},
+        intervals={"2031": "cems-1"},
+    )
+    d = Decimal
+    packet = Packet(
+        st="31", cn="2031", mn=MN, data_time="20240101000000",
+        pollutants=(Pollutant("a21026", min=d(2), avg=d("10.5"), max=d(20),
+                              cou=d("3.25"), zs_avg=d(12), zs_min=d(3),
+                              zs_max=d(24), flag="N"),),
+    )  # fmt: skip
+    got = [
+        (s.metric, s.stat, s.value, s.unit, s.data_type)
+        for s in packet_samples(packet, mapping, strict=True)
+    ]
+    assert got == [
+        ("so2", "value", 10.5, "mg/m3", "day"),
+        ("so2_corrected", "value", 12.0, "mg/m3", "day"),
+        ("so2", "min", 2.0, "mg/m3", "day"),
+        ("so2_corrected", "min", 3.0, "mg/m3", "day"),
+        ("so2", "max", 20.0, "mg/m3", "day"),
+        ("so2_corrected", "max", 24.0, "mg/m3", "day"),
+        ("so2", "cou", 3.25, "kg", "day"),
+    ]
+    assert mapping.series_device("2031") == "cems-1"
 
 
 async def test_wrong_password_is_rejected() -> None:
@@ -271,8 +313,8 @@ def test_mapping_refuses_unknown_metric_and_cn() -> None:
         LoggerMapping(device_id="d", metrics={"a21026": "nope"})
     with pytest.raises(ValueError, match="intervals"):
         LoggerMapping(device_id="d", metrics={}, intervals={"2021": "d.status"})
-    with pytest.raises(ValueError, match="its own device"):
-        LoggerMapping(device_id="d", metrics={}, intervals={"2061": "d"})
+    with pytest.raises(ValueError, match="without a device id"):
+        LoggerMapping(device_id="d", metrics={}, intervals={"2061": ""})
 
 
 async def test_thousands_of_silent_connections_do_not_block_a_logger() -> None:

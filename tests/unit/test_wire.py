@@ -258,9 +258,9 @@ def test_integer_too_large_for_a_double_is_refused() -> None:
 near_valid_readings = st.fixed_dictionaries(
     {
         "seq": st.sampled_from([0, 1, -1, 2**63, 1.0, True, "1"]),
-        "metric": st.sampled_from(["o2", "active_energy", "so3", 1, ["o2"]]),
+        "metric": st.sampled_from(["o2", "active_energy", "so2", "so3", 1, ["o2"]]),
         "value": st.sampled_from([0, 1.5, -2, 10**400, float("nan"), None, "x", False]),
-        "unit": st.sampled_from(["%", "kWh", "MWh", None]),
+        "unit": st.sampled_from(["%", "kWh", "MWh", "mg/m3", "kg", None]),
         "ts_ms": st.sampled_from([NOW, NOW + 10**9, 5, 1.5]),
     },
     optional={
@@ -268,6 +268,8 @@ near_valid_readings = st.fixed_dictionaries(
         "reset": st.sampled_from(
             ["rollover", "replacement", "reset", "", None, ["rollover"], 1]
         ),
+        "dt": st.sampled_from(["realtime", "hour", "day", "week", None, 1]),
+        "stat": st.sampled_from(["value", "min", "cou", "sum", None, ["min"]]),
         "x": st.just(1),
     },
 )
@@ -280,7 +282,7 @@ def test_fast_path_agrees_with_the_precise_validator(
     """The hot path accepts exactly what the field-by-field validator accepts."""
     from smartpark.wire import _reading, _valid_reading
 
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, str, str, str]] = set()
     latest = NOW + 300_000
     for r in readings:
         fast = _valid_reading(r, latest, seen)
@@ -290,7 +292,7 @@ def test_fast_path_agrees_with_the_precise_validator(
             assert fast is None
             return
         assert fast == precise
-        seen.add((precise.seq, precise.metric))
+        seen.add((precise.seq, precise.metric, precise.data_type, precise.stat))
 
 
 @given(st.binary(max_size=300))
@@ -372,3 +374,54 @@ def test_any_valid_batch_round_trips(batch: TelemetryBatch) -> None:
     assert decode_batch(raw, now_ms=NOW, loads=orjson.loads) == batch
     sent = [r for r in json.loads(raw)["readings"] if "reset" in r]
     assert len(sent) == sum(r.reset is not None for r in batch.readings)
+
+
+def test_interval_series_travel_with_their_data_type_and_stat() -> None:
+    """An hourly mean, its min and its total are three series of their own, apart
+    from the real-time value of the same metric and poll; they round-trip."""
+    from smartpark.wire import Reading, TelemetryBatch, encode_batch
+
+    readings = (
+        Reading(1, "so2", 30.0, "mg/m3", NOW),
+        Reading(1, "so2", 31.5, "mg/m3", NOW, data_type="hour"),
+        Reading(1, "so2", 20.0, "mg/m3", NOW, data_type="hour", stat="min"),
+        Reading(1, "so2", 1.25, "kg", NOW, data_type="hour", stat="cou"),
+    )
+    batch = TelemetryBatch("p1", "e1", "d1", readings)
+    raw = encode_batch(batch)
+    assert raw.count(b'"dt"') == 3
+    assert decode_batch(raw, now_ms=NOW) == batch
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "match"),
+    [
+        ({"dt": "week"}, "readings[0].dt", "expected one of"),
+        ({"stat": "min"}, "readings[0].stat", "needs interval data"),
+        ({"dt": "hour", "stat": "cou"}, "readings[0].unit", "total of so2 is in 'kg'"),
+        ({"metric": "o2", "unit": "%", "dt": "hour", "stat": "cou"},
+         "readings[0].stat", "no interval total"),
+    ],
+)  # fmt: skip
+def test_bad_series_tags_are_refused_by_name(
+    changes: dict[str, Any], path: str, match: str
+) -> None:
+    doc = {
+        "v": 1, "park": "p", "enterprise": "e", "device": "d",
+        "readings": [{"seq": 1, "metric": "so2", "value": 1.0, "unit": "mg/m3",
+                      "ts_ms": NOW}],
+    }  # fmt: skip
+    doc["readings"][0].update(changes)
+    with pytest.raises(PayloadError, match=match) as err:
+        decode_batch(json.dumps(doc), now_ms=NOW)
+    assert err.value.path == path
+
+
+def test_a_batch_without_series_tags_is_real_time() -> None:
+    doc = {
+        "v": 1, "park": "p", "enterprise": "e", "device": "d",
+        "readings": [{"seq": 1, "metric": "so2", "value": 1.0, "unit": "mg/m3",
+                      "ts_ms": NOW, "q": "N"}],
+    }  # fmt: skip
+    (r,) = decode_batch(json.dumps(doc), now_ms=NOW).readings
+    assert (r.data_type, r.stat) == ("realtime", "value")
