@@ -1,6 +1,7 @@
-"""HJ 212-2017 data-logger protocol: frame codec, TCP stream decoder, CLI.
+"""HJ 212 data-logger protocol (2005, 2017, 2025): frame codec, stream decoder, CLI.
 
 :mod:`.codec` (CRC, :func:`decode` / :func:`encode`, the frozen dataclasses),
+:mod:`.dictionary` (what each generation defines, :func:`check` against one),
 :mod:`.stream` (:class:`FrameBuffer` for TCP reads), :mod:`.jsonform` (the JSON form
 the CLI prints and reads), :mod:`.cli` (``smartpark hj212 decode | encode``).
 Everything here imports only the standard library and smartpark core.
@@ -14,6 +15,7 @@ from edge_agent.hj212.codec import (
     encode_data,
     parse_time,
 )
+from edge_agent.hj212.dictionary import check, required_reply
 from edge_agent.hj212.model import (
     FLAG_REPLY,
     FLAG_SPLIT,
@@ -22,6 +24,8 @@ from edge_agent.hj212.model import (
     Decoded,
     Frame,
     Hj212Error,
+    Hj212Version,
+    Issue,
     Packet,
     Pollutant,
 )
@@ -36,12 +40,16 @@ __all__ = [
     "Frame",
     "FrameBuffer",
     "Hj212Error",
+    "Hj212Version",
+    "Issue",
     "Packet",
     "Pollutant",
     "build_frame",
+    "check",
     "crc16",
     "decode",
     "encode",
     "encode_data",
     "parse_time",
+    "required_reply",
 ]

@@ -1,6 +1,8 @@
-"""``smartpark hj212 decode | encode``: HJ 212-2017 frames by hand.
+"""``smartpark hj212 decode | encode``: HJ 212 frames by hand.
 
-``decode [--lenient] [FRAME ...]`` reads frames from the arguments, or one per line
+``decode [--lenient] [--version 2005|2017|2025 [--unverified-2025]] [FRAME ...]``
+checks each frame against that generation of the standard too (see
+:mod:`edge_agent.hj212.dictionary`); it reads frames from the arguments, or one per line
 from stdin, and prints one JSON object per valid frame on stdout (the form of
 :mod:`edge_agent.hj212.jsonform`); for an invalid frame it prints
 ``frame N: path: reason`` on stderr (N counts from 1) and the exit code is 1. In
@@ -23,7 +25,7 @@ from decimal import Decimal
 
 from edge_agent.hj212.codec import decode, encode
 from edge_agent.hj212.jsonform import from_json, to_json
-from edge_agent.hj212.model import Hj212Error
+from edge_agent.hj212.model import Hj212Error, Hj212Version
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     dec = sub.add_parser("decode", help="frames → JSON lines")
     dec.add_argument("frames", nargs="*", help="frames; read stdin lines if none")
     dec.add_argument("--lenient", action="store_true", help="tolerate what can be")
+    dec.add_argument(
+        "--version",
+        choices=[v.value for v in Hj212Version],
+        help="also check against this generation of the standard",
+    )
+    dec.add_argument(
+        "--unverified-2025",
+        action="store_true",
+        help="with --version 2025: accept the 2025 features no public source confirms",
+    )
     enc = sub.add_parser("encode", help="JSON object → frame")
     enc.add_argument("json", nargs="?", help="JSON object; read stdin if absent")
     return parser
@@ -45,18 +57,35 @@ def main(argv: list[str] | None = None) -> int:
         return code if isinstance(code, int) else 2
     if args.command == "decode":
         frames = args.frames or sys.stdin.read().splitlines()
-        return _decode(frames, strict=not args.lenient)
+        version = None if args.version is None else Hj212Version(args.version)
+        return _decode(
+            frames,
+            strict=not args.lenient,
+            version=version,
+            unverified_2025=args.unverified_2025,
+        )
     return _encode(sys.stdin.read() if args.json is None else args.json)
 
 
-def _decode(frames: list[str], *, strict: bool) -> int:
+def _decode(
+    frames: list[str],
+    *,
+    strict: bool,
+    version: Hj212Version | None = None,
+    unverified_2025: bool = False,
+) -> int:
     rc = 0
     for number, line in enumerate(frames, start=1):
         text = line.rstrip("\r\n")
         if not text.strip():
             continue
         try:
-            result = decode(text + "\r\n", strict=strict)
+            result = decode(
+                text + "\r\n",
+                strict=strict,
+                version=version,
+                unverified_2025=unverified_2025,
+            )
         except Hj212Error as err:
             print(f"frame {number}: {err}", file=sys.stderr)
             rc = 1

@@ -1,4 +1,4 @@
-"""HJ 212-2017 frames: CRC, parsing and building (pure, standard library only).
+"""HJ 212 frames (2005, 2017, 2025): CRC, parsing, building (pure, standard library).
 
 A frame is ``##`` + 4 decimal digits (length of the data segment) + data segment +
 4 hex digits CRC + ``\\r\\n``. The data segment is
@@ -8,12 +8,28 @@ Contracts:
 
 - :func:`decode` raises only :class:`Hj212Error` (``path``, ``reason``, ``kind``),
   whatever the input. ``strict=True`` (default) refuses every deviation;
-  ``strict=False`` tolerates a missing ``\\r\\n``, a wrong declared length (when
-  the CRC still matches), unknown header and CP fields (kept in ``extra_*``),
-  non-canonical numbers, unknown data flags, empty CP fields, a QN that is not 17
-  digits, and lists each tolerated issue in :attr:`Decoded.issues`. A bad CRC is
+  ``strict=False`` tolerates a missing ``\\r\\n``, a declared length shorter than
+  the data (when the CRC still matches), unknown header and CP fields (kept in
+  ``extra_*``), non-canonical numbers, unknown data flags, empty CP fields, a QN
+  that is not 17 digits, Flag bit D set without PNUM/PNO, and lists each tolerated
+  issue in :attr:`Decoded.issues` (an :class:`~.model.Issue` with the kind strict
+  mode would have refused it with). Errors are named for what happened: fewer bytes
+  than the declared length and the CRC is a ``length`` error in both modes (a
+  truncated frame); ``crc`` only when every declared byte is there. A bad CRC is
   never tolerated: it means the bytes are not what the logger sent. The CRC's hex
   case is free in both modes, because domain.md says either case is printed.
+- :func:`decode` accepts the CP fields of every generation of the standard (see
+  :mod:`.dictionary`): the pollutant values of :data:`~.model.SUFFIXES` go to
+  :attr:`Packet.pollutants`, the other defined fields (``RtdInterval``,
+  ``QnRtn``, ``SB1-RS``, …) to :attr:`Packet.params` as text. With ``version``
+  it also runs :func:`~.dictionary.check` for that generation (strict: raises;
+  lenient: its findings join the issues).
+- A pollutant's values may be split over two ``;`` groups, as HJ/T 212-2005
+  loggers send the corrected values: ``01-Rtd=…,01-Flag=N;01-ZsRtd=…,01-Flag=D``.
+  When exactly two of a code's groups carry a Flag and exactly one of them holds
+  only ``Zs*`` values, that group's flag is :attr:`Pollutant.zs_flag`; any other
+  repeated field is a duplicate. :func:`encode` writes a pollutant with a
+  ``zs_flag`` back in that two-group form.
 - :func:`encode` builds the frame of a :class:`Packet`; for every packet that
   :func:`encode` accepts, ``decode(encode(p)).packet == p``.
 - Numbers are :class:`~decimal.Decimal` (never float): strict decoding accepts only
@@ -22,15 +38,16 @@ Contracts:
   data segment and CRC text as received.
 - Re-encoding uses the standard field order (header
   QN, ST, CN, PW, MN, Flag, PNUM, PNO; CP: DataTime, then one ``;`` group per
-  pollutant with its fields joined by ``,`` in :data:`SUFFIXES` order). A packet
+  pollutant with its fields joined by ``,`` in :data:`SUFFIXES` order, then each
+  of :attr:`Packet.params` and :attr:`Packet.extra_cp` as a group of its own). A packet
   received in another order decodes to the same :class:`Packet` but re-encodes in
   this order; :attr:`Decoded.frame` still holds the original.
 
 Where domain.md is silent (and what this module does): the text encoding (UTF-8;
 length and CRC count bytes), which header fields are mandatory (ST, CN, MN; QN, PW,
 Flag optional — the reference packet has no QN and no Flag), the values of
-``EFlag`` and ``SampleTime`` (any non-empty text, kept as sent), other CP keys such as
-those of command replies (strict: unknown field; lenient: kept), and the time zone
+``EFlag`` and ``SampleTime`` (any non-empty text, kept as sent), CP keys no
+generation defines (strict: unknown field; lenient: kept), and the time zone
 of ``QN``/``DataTime`` (kept as text; :func:`parse_time` takes the zone explicitly).
 """
 
@@ -41,6 +58,7 @@ from datetime import datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
+from edge_agent.hj212.dictionary import KNOWN_NAMES, KNOWN_SUFFIXES, check
 from edge_agent.hj212.model import (
     FLAG_SPLIT,
     MAX_DATA_LENGTH,
@@ -48,6 +66,8 @@ from edge_agent.hj212.model import (
     Decoded,
     Frame,
     Hj212Error,
+    Hj212Version,
+    Issue,
     Packet,
     Pollutant,
 )
@@ -55,6 +75,7 @@ from smartpark.wire import Quality
 
 _ATTR = dict(SUFFIXES)
 _TEXT_SUFFIXES = frozenset({"Flag", "EFlag", "SampleTime"})
+_VALUE_SUFFIXES = frozenset(_ATTR) - _TEXT_SUFFIXES
 _HEADER = ("QN", "ST", "CN", "PW", "MN", "Flag", "PNUM", "PNO")
 _QUALITIES = frozenset(q.value for q in Quality)
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
@@ -108,14 +129,21 @@ def encode_data(packet: Packet) -> str:
     head += packet.extra_header
     groups = [] if packet.data_time is None else [f"DataTime={packet.data_time}"]
     for p in packet.pollutants:
-        items = []
+        measured: list[str] = []
+        corrected: list[str] = []
         for suffix, attr in SUFFIXES:
             value = getattr(p, attr)
             if value is not None:
-                items.append(f"{p.code}-{suffix}={_text(value, f'{p.code}-{suffix}')}")
-        if not items:
+                item = f"{p.code}-{suffix}={_text(value, f'{p.code}-{suffix}')}"
+                separate = p.zs_flag is not None and suffix.startswith("Zs")
+                (corrected if separate else measured).append(item)
+        if p.zs_flag is not None:
+            corrected.append(f"{p.code}-Flag={_text(p.zs_flag, f'{p.code}-Flag')}")
+        if not measured and not corrected:
             raise Hj212Error(f"cp.{p.code}", "pollutant has no value", kind="field")
-        groups.append(",".join(items))
+        groups += [",".join(items) for items in (measured, corrected) if items]
+    for key, value in packet.params:
+        groups.append(f"{key}={_text(value, f'cp.{key}')}")
     groups += [f"{k}={v}" for k, v in packet.extra_cp]
     cp = "&&" + ";".join(groups) + "&&"
     for key, value in head:
@@ -154,11 +182,17 @@ def _text(value: Decimal | str, path: str) -> str:
     return value
 
 
-def decode(raw: bytes | str, *, strict: bool = True) -> Decoded:
+def decode(
+    raw: bytes | str,
+    *,
+    strict: bool = True,
+    version: Hj212Version | None = None,
+    unverified_2025: bool = False,
+) -> Decoded:
     """Parse one whole frame. Raises only :class:`Hj212Error` (see module doc)."""
     if isinstance(raw, str):
         raw = raw.encode(errors="surrogatepass")
-    issues: list[str] = []
+    issues: list[Issue] = []
     if not raw.startswith(b"##"):
         raise Hj212Error(
             "frame", f"does not start with '##': {raw[:8]!r}", kind="header"
@@ -169,6 +203,13 @@ def decode(raw: bytes | str, *, strict: bool = True) -> Decoded:
             "frame.length", f"expected 4 decimal digits, got {digits!r}", kind="length"
         )
     declared = int(digits)
+    if len(raw) < 6 + declared + 4:
+        raise Hj212Error(
+            "frame.length",
+            f"truncated: declared {declared} bytes and a 4-digit CRC,"
+            f" {len(raw) - 6} bytes follow the length",
+            kind="length",
+        )
     body = raw[6:]
     if body.endswith(b"\r\n"):
         body = body[:-2]
@@ -179,12 +220,15 @@ def decode(raw: bytes | str, *, strict: bool = True) -> Decoded:
             kind="trailer",
         )
     else:
-        issues.append("frame.trailer: missing '\\r\\n'")
+        # A lone CR is the first half of the trailer, not a digit of the CRC.
+        if len(body) == declared + 5 and body.endswith(b"\r"):
+            body = body[:-1]
+        issues.append(Issue("frame.trailer: missing '\\r\\n'", kind="trailer"))
     if len(body) - 4 != declared:
         reason = f"declared {declared} bytes, data segment is {len(body) - 4} bytes"
-        if strict or len(body) < 4:
+        if strict or len(body) - 4 < declared:
             raise Hj212Error("frame.length", reason, kind="length")
-        issues.append(f"frame.length: {reason}")
+        issues.append(Issue(f"frame.length: {reason}", kind="length"))
     data, crc_raw = body[:-4], body[-4:]
     crc_text = crc_raw.decode("ascii", errors="replace")
     if not _HEX4.fullmatch(crc_text):
@@ -201,14 +245,16 @@ def decode(raw: bytes | str, *, strict: bool = True) -> Decoded:
     except UnicodeDecodeError as exc:
         raise Hj212Error("data", f"not UTF-8: {exc.reason}", kind="header") from None
     packet = _parse_data(segment, strict=strict, out=issues)
+    if version is not None:
+        issues += check(packet, version, strict=strict, unverified_2025=unverified_2025)
     return Decoded(packet, Frame(segment, crc_text), tuple(issues))
 
 
-def _parse_data(segment: str, *, strict: bool, out: list[str]) -> Packet:
+def _parse_data(segment: str, *, strict: bool, out: list[Issue]) -> Packet:
     def tolerate(path: str, reason: str, kind: str) -> None:
         if strict:
             raise Hj212Error(path, reason, kind=kind)
-        out.append(f"{path}: {reason}")
+        out.append(Issue(f"{path}: {reason}", kind=kind))
 
     at = segment.find("CP=&&")
     while at > 0 and segment[at - 1] != ";":
@@ -263,7 +309,10 @@ def _header(head: dict[str, str], tolerate: _Tolerate) -> dict[str, object]:
         out[key.lower()] = None if number is None else int(number)
     flag, pnum, pno = out["flag"], out["pnum"], out["pno"]
     split = isinstance(flag, int) and bool(flag & FLAG_SPLIT)
-    if split != (pnum is not None) or split != (pno is not None):
+    if split and pnum is None and pno is None:
+        # The packet is intact: only the numbering of its parts is missing.
+        tolerate("data.Flag", "bit D=2 (split) is set without PNUM and PNO", "header")
+    elif split != (pnum is not None) or split != (pno is not None):
         raise Hj212Error(
             "data.Flag",
             "PNUM and PNO are present exactly when bit D=2 is set",
@@ -286,9 +335,11 @@ def _valid_time(text: str, lengths: tuple[int, ...]) -> bool:
 
 def _parse_cp(body: str, tolerate: _Tolerate) -> dict[str, object]:
     data_time: str | None = None
-    values: dict[str, dict[str, Decimal | str]] = {}
+    groups: dict[str, list[dict[str, Decimal | str]]] = {}
+    params: list[tuple[str, str]] = []
     extra: list[tuple[str, str]] = []
     for item in body.split(";") if body else ():
+        here: dict[str, dict[str, Decimal | str]] = {}
         for entry in item.split(","):
             key, eq, value = entry.partition("=")
             path = f"cp.{key}" if key else "cp"
@@ -298,6 +349,7 @@ def _parse_cp(body: str, tolerate: _Tolerate) -> dict[str, object]:
             if not eq:
                 raise Hj212Error(path, f"field without '=': {entry!r}", kind="field")
             code, dash, suffix = key.rpartition("-")
+            coded = bool(dash) and _CODE.fullmatch(code) is not None
             if key == "DataTime":
                 if data_time is not None:
                     raise Hj212Error(path, "duplicate field", kind="field")
@@ -308,19 +360,51 @@ def _parse_cp(body: str, tolerate: _Tolerate) -> dict[str, object]:
                         kind="datatime",
                     )
                 data_time = value
-            elif dash and suffix in _ATTR and _CODE.fullmatch(code):
-                slot = values.setdefault(code, {})
+            elif coded and suffix in _ATTR:
+                slot = here.setdefault(code, {})
                 if suffix in slot:
                     raise Hj212Error(path, "duplicate field", kind="field")
                 slot[suffix] = _value(suffix, value, path, tolerate)
+            elif (coded and suffix in KNOWN_SUFFIXES) or (
+                not dash and key in KNOWN_NAMES
+            ):
+                if any(k == key for k, _ in params):
+                    raise Hj212Error(path, "duplicate field", kind="field")
+                params.append((key, value))
             else:
                 tolerate(path, "unknown field", "field")
                 extra.append((key, value))
-    pollutants = tuple(
-        Pollutant(code, **{_ATTR[s]: v for s, v in vals.items()})  # type: ignore[arg-type]
-        for code, vals in values.items()
-    )
-    return {"data_time": data_time, "pollutants": pollutants, "extra_cp": tuple(extra)}
+        for code, slot in here.items():
+            groups.setdefault(code, []).append(slot)
+    pollutants = tuple(_pollutant(code, slots) for code, slots in groups.items())
+    return {
+        "data_time": data_time,
+        "pollutants": pollutants,
+        "params": tuple(params),
+        "extra_cp": tuple(extra),
+    }
+
+
+def _pollutant(code: str, slots: list[dict[str, Decimal | str]]) -> Pollutant:
+    """Merge a code's groups; a 2005 corrected group keeps its own flag."""
+    zs_flag: Decimal | str | None = None
+    flagged = [s for s in slots if "Flag" in s]
+    corrected = [s for s in flagged if _corrected_only(s)]
+    if len(flagged) == 2 and len(corrected) == 1:
+        zs_flag = corrected[0].pop("Flag")
+    values: dict[str, Decimal | str] = {}
+    for slot in slots:
+        for suffix, value in slot.items():
+            if suffix in values:
+                raise Hj212Error(f"cp.{code}-{suffix}", "duplicate field", kind="field")
+            values[suffix] = value
+    kwargs = {_ATTR[s]: v for s, v in values.items()}
+    return Pollutant(code, **kwargs, zs_flag=zs_flag)  # type: ignore[arg-type]
+
+
+def _corrected_only(slot: dict[str, Decimal | str]) -> bool:
+    held = _VALUE_SUFFIXES.intersection(slot)
+    return bool(held) and all(s.startswith("Zs") for s in held)
 
 
 def _value(suffix: str, text: str, path: str, tolerate: _Tolerate) -> Decimal | str:

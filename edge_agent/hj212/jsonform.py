@@ -5,14 +5,18 @@
     {"QN": "20210305003817123", "ST": "31", "CN": "2051", "PW": "123456",
      "MN": "MN001", "Flag": 4, "DataTime": "20210305003800",
      "pollutants": {"a21026": {"Min": "1.0", "Avg": "2.50", "Flag": "N"}},
-     "extra_header": [["X", "1"]], "extra_cp": [["ExeRtn", "1"]]}
+     "params": [["RtdInterval", "30"]],
+     "extra_header": [["X", "1"]], "extra_cp": [["VendorX", "1"]]}
 
 Header fields and ``DataTime`` keep their wire names; absent fields are omitted.
 Numbers are printed as JSON strings holding the exact decimal text, because a JSON
 reader that maps numbers to float would lose ``2.50``'s trailing zero. :func:`from_json`
 also accepts JSON numbers: integers, and :class:`~decimal.Decimal` (load with
 ``json.loads(text, parse_float=Decimal)`` to keep the text); a float is refused.
-``extra_*`` appear only for fields a lenient decode kept.
+``params`` (the other CP fields the standard defines, text as sent, in wire order)
+appears when there are some; ``extra_*`` only for fields a lenient decode kept. A
+2005 corrected group's own flag (:attr:`~.model.Pollutant.zs_flag`) is ``ZsFlag``
+beside ``Flag`` (a JSON name only: on the wire both are ``-Flag``).
 ``from_json(to_json(p)) == p``.
 """
 
@@ -27,9 +31,11 @@ _HEADER_TEXT = (("QN", "qn"), ("ST", "st"), ("CN", "cn"), ("PW", "pw"), ("MN", "
 _HEADER_INT = (("Flag", "flag"), ("PNUM", "pnum"), ("PNO", "pno"))
 _KEYS = frozenset(
     [k for k, _ in _HEADER_TEXT + _HEADER_INT]
-    + ["DataTime", "pollutants", "extra_header", "extra_cp"]
+    + ["DataTime", "pollutants", "params", "extra_header", "extra_cp"]
 )
-_TEXT_SUFFIXES = frozenset({"Flag", "EFlag", "SampleTime"})
+_TEXT_SUFFIXES = frozenset({"Flag", "EFlag", "SampleTime", "ZsFlag"})
+#: the JSON names of a pollutant's values: the wire suffixes and ``ZsFlag``
+_POLLUTANT_KEYS = (*SUFFIXES, ("ZsFlag", "zs_flag"))
 
 
 def to_json(packet: Packet) -> dict[str, Any]:
@@ -43,11 +49,13 @@ def to_json(packet: Packet) -> dict[str, Any]:
     obj["pollutants"] = {
         p.code: {
             suffix: value if isinstance(value, str) else format(value, "f")
-            for suffix, attr in SUFFIXES
+            for suffix, attr in _POLLUTANT_KEYS
             if (value := getattr(p, attr)) is not None
         }
         for p in packet.pollutants
     }
+    if packet.params:
+        obj["params"] = [list(kv) for kv in packet.params]
     if packet.extra_header:
         obj["extra_header"] = [list(kv) for kv in packet.extra_header]
     if packet.extra_cp:
@@ -83,7 +91,7 @@ def from_json(obj: Any) -> Packet:
     if not isinstance(raw, dict):
         raise Hj212Error("json.pollutants", "expected an object", kind="field")
     kwargs["pollutants"] = tuple(_pollutant(code, v) for code, v in raw.items())
-    for key in ("extra_header", "extra_cp"):
+    for key in ("params", "extra_header", "extra_cp"):
         kwargs[key] = _pairs(obj.get(key, []), f"json.{key}")
     return Packet(**kwargs)
 
@@ -101,7 +109,7 @@ def _pollutant(code: str, raw: Any) -> Pollutant:
     path = f"json.pollutants.{code}"
     if not isinstance(raw, dict):
         raise Hj212Error(path, "expected an object", kind="field")
-    attrs = dict(SUFFIXES)
+    attrs = dict(_POLLUTANT_KEYS)
     kwargs: dict[str, Any] = {}
     for suffix, value in raw.items():
         if suffix not in attrs:

@@ -17,6 +17,11 @@ an :class:`~edge_agent.hj212.codec.Hj212Error` per event. Contracts:
 - In lenient mode a frame without ``\\r\\n`` is accepted when its CRC matches; a
   wrong declared length cannot be tolerated here, since the length is what frames
   the stream.
+- A frame the stream ends inside (at :meth:`flush`: end of stream, connection
+  closed or idle) is a ``length`` error in both modes, as :func:`~.codec.decode`
+  names a truncated frame: fewer bytes arrived than its length declares. When its
+  data and CRC did all arrive and only (part of) the ``\\r\\n`` is missing, it
+  is a ``trailer`` error in strict mode and accepted in lenient mode.
 - Memory is bounded: the buffer never holds more than
   ``max_data_length + OVERHEAD`` bytes.
 - :meth:`feed` and :meth:`flush` never raise on any input.
@@ -74,11 +79,18 @@ class FrameBuffer:
             # A lenient last frame may lack its CRLF: it is only complete now.
             out += self._lenient_tail()
         if self._buf:
+            end = self._declared_end()
+            complete = end is not None and len(self._buf) >= end
+            reason = (
+                f"stream ended before the frame's '\\r\\n' ({len(self._buf)} bytes)"
+                if complete
+                else f"truncated: stream ended inside a frame ({len(self._buf)} bytes)"
+            )
             out.append(
                 Hj212Error(
                     f"stream[{self._offset}]",
-                    f"stream ended inside a frame ({len(self._buf)} bytes)",
-                    kind="stream",
+                    reason,
+                    kind="trailer" if complete else "length",
                 )
             )
         self._consume(len(self._buf))
@@ -128,15 +140,20 @@ class FrameBuffer:
         return self._reject(out, "frame.trailer", reason, "trailer")
 
     def _lenient_tail(self) -> list[Decoded | Hj212Error]:
+        end = self._declared_end()
+        if end is None or len(self._buf) not in (end, end + 1):
+            return []
+        n = len(self._buf)  # the frame, perhaps with the CR of its trailer
+        result = self._decode(bytes(self._buf))
+        self._consume(n)
+        return [result]
+
+    def _declared_end(self) -> int | None:
+        """Where the CRC of the buffered frame ends, if its length field is whole."""
         digits = bytes(self._buf[2:6])
         if len(digits) < 4 or not (digits.isdigit() and digits.isascii()):
-            return []
-        end = 6 + int(digits) + 4
-        if len(self._buf) != end:
-            return []
-        result = self._decode(bytes(self._buf))
-        self._consume(end)
-        return [result]
+            return None
+        return 6 + int(digits) + 4
 
     def _decode(self, frame: bytes) -> Decoded | Hj212Error:
         try:

@@ -297,7 +297,7 @@ def test_lenient_packet_roundtrips_with_extras() -> None:
         cn="9014",
         mn="X",
         extra_header=(("X", "1"),),
-        extra_cp=(("ExeRtn", "1"),),
+        extra_cp=(("VendorX", "1"),),
     )
     assert decode(encode(p), strict=False).packet == p
     with pytest.raises(Hj212Error, match="unknown field"):
