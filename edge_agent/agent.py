@@ -226,6 +226,8 @@ class EdgeAgent:
             else dataclasses.replace(
                 self._listener.stats,
                 frames_rejected=self._listener.stats.frames_rejected.copy(),
+                frames_other=self._listener.stats.frames_other.copy(),
+                tolerated=self._listener.stats.tolerated.copy(),
             ),
             clock_problem=self._clock_problem,
         )

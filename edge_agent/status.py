@@ -279,6 +279,19 @@ def _hj212_families(stats: AgentStats) -> list[_Family]:
             "Rejected HJ 212 frames, by kind.",
             [({"kind": k}, n) for k, n in sorted(h.frames_rejected.items())],
         ),
+        _Family(
+            "hj212_frames_other_total",
+            "counter",
+            "Accepted HJ 212 packets that carry no data (commands, replies, state),"
+            " by CN.",
+            [({"cn": k}, n) for k, n in sorted(h.frames_other.items())],
+        ),
+        _Family(
+            "hj212_tolerated_total",
+            "counter",
+            "Deviations lenient mode tolerated in accepted packets, by kind.",
+            [({"kind": k}, n) for k, n in sorted(h.tolerated.items())],
+        ),
         _counter(
             "hj212_unmapped_codes_total",
             "Pollutant codes dropped from accepted packets: not in the mapping.",

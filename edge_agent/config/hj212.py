@@ -21,6 +21,7 @@ from edge_agent.config.base import (
     resolve_path,
 )
 from edge_agent.hj212.listener import LoggerMapping
+from edge_agent.hj212.model import Hj212Version
 from smartpark.catalogue import check_metric, to_canonical
 from smartpark.clock import check_timezone
 from smartpark.errors import PayloadError
@@ -64,6 +65,8 @@ class LoggerConfig(StrictModel):
     hourly: str | None = None
     daily: str | None = None
     timezone: str = "Asia/Shanghai"
+    # the generation of HJ 212 the logger speaks: "2005", "2017" or "2025"
+    version: Hj212Version = Hj212Version.V2017
     password_file: Path | None = None
     password_env: str | None = None
     pollutants: dict[str, PollutantConfig] = Field(min_length=1)
@@ -85,6 +88,12 @@ class LoggerConfig(StrictModel):
     @classmethod
     def _tz(cls, value: str) -> str:
         return check_timezone(value)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: object) -> object:
+        # YAML reads an unquoted 2017 as an integer; the generations are names.
+        return str(value) if type(value) is int else value
 
     @field_validator("password_file")
     @classmethod
@@ -122,6 +131,7 @@ class LoggerConfig(StrictModel):
             if self._password is None
             else self._password.get_secret_value(),
             tz=ZoneInfo(self.timezone),
+            version=self.version,
         )
 
 

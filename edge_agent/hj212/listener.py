@@ -43,7 +43,17 @@ Mapping choices (where the standard leaves the platform free):
 - When the mapping has a ``password``, a packet whose PW differs is rejected (kind
   ``password``): any host that can reach the port could otherwise write data for a
   monitoring point.
-- Other CNs (status, run time, replies) are rejected with kind ``cn``.
+- Every packet is first checked against the logger's generation of the standard
+  (:attr:`LoggerMapping.version`, default HJ 212-2017) with
+  :func:`~edge_agent.hj212.dictionary.check`: strict mode rejects what that
+  generation does not define (counted by the check's kind: ``command``,
+  ``header``, ``version``, ``field``, …); lenient mode counts each tolerated
+  deviation, the decoder's and the check's, in ``tolerated`` by kind.
+- Packets of the generation's other commands (running state, run time, boot time,
+  replies, heartbeat, …) are accepted but carry no samples: they are counted in
+  ``frames_other`` by CN (after the password check) and answered as
+  :func:`~edge_agent.hj212.dictionary.required_reply` says when Flag asks for a
+  reply. Interval CNs the mapping does not list are rejected with kind ``cn``.
 - ``code-Flag`` becomes the reading's quality; a missing flag means N. An unknown
   flag rejects the packet (kind ``flag``) in strict mode — the codec itself already
   refuses it then (kind ``field``); in lenient mode only that code's values are
@@ -73,6 +83,7 @@ from types import TracebackType
 from zoneinfo import ZoneInfo
 
 from edge_agent.hj212.codec import encode, parse_time
+from edge_agent.hj212.dictionary import check, required_reply
 from edge_agent.hj212.model import (
     FLAG_REPLY,
     FLAG_SPLIT,
@@ -80,6 +91,7 @@ from edge_agent.hj212.model import (
     OVERHEAD,
     Decoded,
     Hj212Error,
+    Hj212Version,
     Packet,
     Pollutant,
 )
@@ -125,7 +137,8 @@ class LoggerMapping:
     (CNs not listed are rejected); ``metrics``: pollutant code → metric for
     Rtd/Avg; ``corrected``: code → metric for ZsRtd/ZsAvg; ``units``: code → unit the
     logger sends (default: catalogue unit); ``password``: the PW packets must carry
-    (None: not checked); ``tz``: the zone of DataTime.
+    (None: not checked); ``tz``: the zone of DataTime; ``version``: the generation
+    of the standard the logger speaks.
     """
 
     device_id: str
@@ -135,6 +148,7 @@ class LoggerMapping:
     intervals: Mapping[str, str] = field(default_factory=dict)
     password: str | None = field(default=None, repr=False)
     tz: tzinfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
+    version: Hj212Version = Hj212Version.V2017
 
     def __post_init__(self) -> None:
         if not self.device_id:
@@ -164,10 +178,13 @@ class ListenerStats:
     """Counters. ``frames_rejected`` is by kind: the codec's kinds, ``unknown_mn``,
     ``cn``, ``password``, ``flag``, ``datatime``, ``number``, ``sink_error``.
     ``unmapped_codes`` and ``unknown_flags`` count pollutants dropped from accepted
-    packets."""
+    packets. ``frames_other``: accepted packets without data, by CN; ``tolerated``:
+    deviations lenient mode tolerated in accepted packets, by kind."""
 
     frames_ok: int = 0
     frames_rejected: Counter[str] = field(default_factory=Counter)
+    frames_other: Counter[str] = field(default_factory=Counter)
+    tolerated: Counter[str] = field(default_factory=Counter)
     unmapped_codes: int = 0
     unknown_flags: int = 0
     samples: int = 0
@@ -215,9 +232,12 @@ def packet_samples(
     out: list[Sample] = []
     for p in packet.pollutants:
         quality = p.flag or Quality.NORMAL.value
-        if quality not in _QUALITIES:
+        # HJ/T 212-2005 loggers flag the corrected value in a group of its own.
+        zs_quality = p.zs_flag or quality
+        if quality not in _QUALITIES or zs_quality not in _QUALITIES:
             if strict:
-                raise _Reject("flag", f"{p.code}-Flag={quality!r} is not a data flag")
+                bad = quality if quality not in _QUALITIES else zs_quality
+                raise _Reject("flag", f"{p.code}-Flag={bad!r} is not a data flag")
             continue
         if packet.cn == REAL_TIME:
             values = [(p.rtd, p.zs_rtd, Stat.VALUE.value)]
@@ -227,9 +247,9 @@ def packet_samples(
                 for raw, zs, stat in _INTERVAL_VALUES
             ]
         for measured, corrected, stat in values:
-            for value, table in (
-                (measured, mapping.metrics),
-                (corrected, mapping.corrected),
+            for value, table, flag in (
+                (measured, mapping.metrics, quality),
+                (corrected, mapping.corrected, zs_quality),
             ):
                 name = table.get(p.code)
                 if value is None or name is None:
@@ -241,7 +261,7 @@ def packet_samples(
                         p,
                         mapping,
                         ts_ms=ts_ms,
-                        quality=quality,
+                        quality=flag,
                         data_type=data_type,
                         stat=stat,
                     )
@@ -413,6 +433,25 @@ class Hj212Listener:
             self._reject(peer, "unknown_mn", f"unknown MN={packet.mn!r}", raw)
             return
         try:
+            tolerated = check(packet, mapping.version, strict=self.strict)
+        except Hj212Error as err:
+            self._reject(peer, err.kind, f"MN={packet.mn}: {err}", raw)
+            return
+        kinds = [i.kind for i in (*decoded.issues, *tolerated)]
+        if packet.cn != REAL_TIME and packet.cn not in INTERVAL_CNS:
+            if mapping.password is not None and packet.pw != mapping.password:
+                reason = f"MN={packet.mn}: PW does not match the configured password"
+                self._reject(peer, "password", reason, raw)
+                return
+            self.stats.tolerated.update(kinds)
+            self.stats.frames_other[packet.cn] += 1
+            answer = required_reply(packet)
+            if answer is not None:
+                writer.write(encode(answer))
+                await writer.drain()
+                self.stats.replies_sent += 1
+            return
+        try:
             samples = packet_samples(packet, mapping, strict=self.strict)
         except _Reject as rej:
             self._reject(peer, rej.kind, f"MN={packet.mn}: {rej.reason}", raw)
@@ -431,6 +470,7 @@ class Hj212Listener:
                 )
                 self._reject(peer, "sink_error", f"on_samples raised {exc!r}", raw)
                 return
+        self.stats.tolerated.update(kinds)
         self.stats.frames_ok += 1
         self.stats.samples += len(samples)
         if packet.reply_required:

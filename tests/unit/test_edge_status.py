@@ -78,6 +78,8 @@ def make_stats(
         hj212=ListenerStats(
             frames_ok=9,
             frames_rejected=Counter({"crc": 2, "unknown_mn": 1}),
+            frames_other=Counter({"2021": 4}),
+            tolerated=Counter({"field": 3}),
             unmapped_codes=4,
             unknown_flags=5,
             samples=27,
@@ -183,6 +185,8 @@ def test_every_value_round_trips_through_the_prometheus_parser() -> None:
         assert value(samples, name) == v, name
     assert value(samples, "hj212_frames_rejected_total", kind="crc") == 2
     assert value(samples, "hj212_frames_rejected_total", kind="unknown_mn") == 1
+    assert value(samples, "hj212_frames_other_total", cn="2021") == 4
+    assert value(samples, "hj212_tolerated_total", kind="field") == 3
     # connected: no "disconnected since", no connect error
     assert not any(
         "disconnected_since" in n or "connect_error" in n for n, _ in samples

@@ -355,3 +355,22 @@ async def test_closing_with_open_connections_logs_no_error(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert lst.stats.connections_open == 0
     writer.close()
+
+
+def test_a_2005_corrected_group_keeps_its_own_flag() -> None:
+    """``01-Rtd=…,01-Flag=N;01-ZsRtd=…,01-Flag=D``: the measured value is normal,
+    the corrected one faulty; each reading carries its own flag."""
+    from edge_agent.hj212 import decode
+    from edge_agent.hj212.codec import build_frame
+    from edge_agent.hj212.listener import packet_samples
+
+    mapping = LoggerMapping(
+        device_id="stack-old", metrics={"02": "so2"}, corrected={"02": "so2_corrected"}
+    )
+    data = (
+        "ST=32;CN=2011;PW=123456;MN=OLD0001;CP=&&DataTime=20240101080000;"
+        "02-Rtd=12.5,02-Flag=N;02-ZsRtd=15.0,02-Flag=D&&"
+    )
+    packet = decode(build_frame(data)).packet
+    got = [(s.metric, s.quality) for s in packet_samples(packet, mapping, strict=True)]
+    assert got == [("so2", "N"), ("so2_corrected", "D")]

@@ -473,18 +473,30 @@ def expected_samples(packets: list[SentPacket], m: LoggerMapping) -> Got:
         if not p.valid:
             continue
         assert p.cn is not None
-        keys = ("Rtd", "ZsRtd") if p.cn == REAL_TIME else ("Avg", "ZsAvg")
+        data_type = {REAL_TIME: "realtime", MINUTE: "minute", HOUR: "hour"}[p.cn]
+        keys = (
+            [("Rtd", "ZsRtd", "value")]
+            if p.cn == REAL_TIME
+            else [("Avg", "ZsAvg", "value"), ("Min", "ZsMin", "min"),
+                  ("Max", "ZsMax", "max"), ("Cou", None, "cou")]
+        )  # fmt: skip
         samples = []
         for e in p.readings:
-            for key, table in zip(keys, (m.metrics, m.corrected), strict=True):
-                name = table.get(e.code)
-                if name is None or key not in e.values:
-                    continue
-                unit = metric(name).unit
-                value = to_canonical(
-                    name, float(e.values[key]), m.units.get(e.code, unit)
-                )
-                samples.append(Sample(name, value, unit, p.data_time_ms, e.flag))
+            for raw, zs, stat in keys:
+                for key, table in ((raw, m.metrics), (zs, m.corrected)):
+                    name = table.get(e.code)
+                    if name is None or key is None or key not in e.values:
+                        continue
+                    value = float(e.values[key])
+                    unit = metric(name).unit
+                    if stat == "cou":
+                        unit = metric(name).total_unit or "?"
+                    else:
+                        value = to_canonical(name, value, m.units.get(e.code, unit))
+                    samples.append(
+                        Sample(name, value, unit, p.data_time_ms, e.flag,
+                               data_type=data_type, stat=stat)
+                    )  # fmt: skip
         out.append((SERIES[p.cn], samples))
     return out
 
@@ -600,7 +612,7 @@ async def test_a_write_cut_short_is_sent_again_whole() -> None:
     assert [p.qn for p in logger.sent] == [
         p.qn for p in sent(ticks(n=4, seed=6, mn="MN-CUT", minute=False, hourly=False))
     ]
-    assert lst.stats.frames_rejected == {"stream": 1}  # the half frame
+    assert lst.stats.frames_rejected == {"length": 1}  # the half frame: truncated
     assert logger.unanswered == []
 
 
