@@ -15,10 +15,15 @@ on the same freshly truncated table:
   (c) the rollup refresh afterwards (plain PostgreSQL: recompute the logged buckets;
       TimescaleDB: refresh the continuous aggregates), which runs beside the write
       path, not in it;
-  (b) a raw binary COPY of the same, already-built rows straight into ``telemetry``,
-      with the same batch boundaries and one commit per batch.
+  (b) a raw binary COPY of the same, already-built rows straight into ``telemetry``
+      (series ids resolved beforehand, outside the timing), with the same batch
+      boundaries and one commit per batch;
+  (d) the storage cost: bytes per stored reading of ``telemetry`` (heap, indexes
+      and TOAST of every partition or chunk) after (a), and on TimescaleDB also
+      after compressing every chunk.
 
-It prints the raw numbers, the ratio (a)/(b) and the headroom over the city reference.
+It prints the raw numbers, the ratio (a)/(b), the headroom over the city reference
+and the bytes per reading.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ async def truncate(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
         (schema, ["telemetry", "telemetry_1m", "telemetry_1h", "telemetry_1d",
                   "kafka_offsets", "rollup_pending"]),
     )  # fmt: skip
+    # (series is kept: its ids are cached by the storage the bench writes through)
     tables = [sql.Identifier(schema, name) for (name,) in await cur.fetchall()]
     await conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(tables)))
     await conn.execute(
@@ -138,10 +144,71 @@ async def refresh(storage: Storage, rows: int) -> Result:
     return Result("rollup refresh (c)", rows, time.perf_counter() - start)
 
 
+async def stored_rows(
+    storage: Storage,
+    conn: psycopg.AsyncConnection[Any],
+    batches: Sequence[Sequence[TelemetryRow]],
+) -> list[list[tuple[Any, ...]]]:
+    """The rows of ``batches`` as telemetry stores them (series ids resolved)."""
+    out = []
+    for rows in batches:
+        ids = await storage.telemetry.series.resolve(conn, rows)
+        out.append(
+            [
+                (r.time, r.seq, r.value, i, r.quality, r.reset)
+                for r, i in zip(rows, ids, strict=True)
+            ]
+        )
+    return out
+
+
+async def bytes_per_reading(
+    conn: psycopg.AsyncConnection[Any], schema: str, *, compress: bool
+) -> tuple[int, int]:
+    """(rows, bytes) of ``telemetry``: heap, indexes and TOAST of its partitions
+    (plain) or chunks (TimescaleDB, compressed first if ``compress``)."""
+    table = sql.Identifier(schema, "telemetry").as_string(conn)
+    cur = await conn.execute(
+        "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+    )
+    row = await cur.fetchone()
+    timescale = bool(row and row[0]) and await _is_hypertable(conn, schema)
+    if timescale:
+        if compress:
+            await conn.execute(
+                "SELECT compress_chunk(c, if_not_compressed => true)"
+                " FROM show_chunks(%s::regclass) AS c",
+                (table,),
+            )
+        cur = await conn.execute("SELECT hypertable_size(%s::regclass)", (table,))
+    else:
+        cur = await conn.execute(
+            "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
+            " WHERE inhparent = %s::regclass",
+            (table,),
+        )
+    size = await cur.fetchone()
+    cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table)))
+    count = await cur.fetchone()
+    assert size is not None
+    assert count is not None
+    return int(count[0]), int(size[0] or 0)
+
+
+async def _is_hypertable(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
+    cur = await conn.execute(
+        "SELECT count(*) FROM timescaledb_information.hypertables"
+        " WHERE hypertable_schema = %s AND hypertable_name = 'telemetry'",
+        (schema,),
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 async def raw_copy(
     conn: psycopg.AsyncConnection[Any],
     schema: str,
-    batches: Sequence[Sequence[TelemetryRow]],
+    batches: Sequence[Sequence[tuple[Any, ...]]],
 ) -> Result:
     """(b): binary COPY of ready-made rows straight into telemetry."""
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
@@ -159,7 +226,9 @@ async def raw_copy(
     return Result("raw COPY (b)", total, time.perf_counter() - start)
 
 
-def report(results: list[Result], batch_records: int) -> None:
+def report(
+    results: list[Result], batch_records: int, sizes: list[tuple[str, int, int]]
+) -> None:
     print(f"batches of {batch_records} wire records ({batch_records * 5} rows)")
     for r in results:
         print(
@@ -176,6 +245,11 @@ def report(results: list[Result], batch_records: int) -> None:
         f"{a.rate / CITY_READINGS_PER_S:.1f}x, {both / CITY_READINGS_PER_S:.1f}x "
         "with the rollup refresh on the same core"
     )
+    for what, rows, size in sizes:
+        print(
+            f"  storage {what:<21} {size:>12} bytes / {rows} readings = "
+            f"{size / max(rows, 1):6.1f} bytes per reading"
+        )
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -207,13 +281,27 @@ async def main(args: argparse.Namespace) -> int:
             await truncate(conn, args.schema)
             results = [await sink_path(storage, batches, now_ms)]
             results.append(await refresh(storage, results[0].rows))
-        await truncate(conn, args.schema)
-        results.append(await raw_copy(conn, args.schema, rows_batches))
+            sizes = [
+                (
+                    "after (a)",
+                    *await bytes_per_reading(conn, args.schema, compress=False),
+                )
+            ]
+            if storage.dialect.value == "timescale":
+                sizes.append(
+                    (
+                        "compressed",
+                        *await bytes_per_reading(conn, args.schema, compress=True),
+                    )
+                )
+            stored = await stored_rows(storage, conn, rows_batches)
+            await truncate(conn, args.schema)
+            results.append(await raw_copy(conn, args.schema, stored))
         if not args.keep:
             await conn.execute(
                 sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(args.schema))
             )
-    report(results, args.batch_records)
+    report(results, args.batch_records, sizes)
     return 0
 
 

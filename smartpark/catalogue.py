@@ -165,6 +165,18 @@ def metric(name: str) -> Metric:
         raise PayloadError("metric", f"unknown metric {name!r}") from None
 
 
+def series_unit(name: str, stat: str) -> str:
+    """The unit of a series of ``name`` holding ``stat`` (smartpark.wire.Stat):
+    the metric's total unit for an interval total (``cou``), else its unit.
+    :class:`PayloadError` if the metric is unknown or has no total."""
+    m = metric(name)
+    if stat != "cou":
+        return m.unit
+    if m.total_unit is None:
+        raise PayloadError("stat", f"{name} has no interval total")
+    return m.total_unit
+
+
 def check_metric(name: str) -> str:
     """``name`` if it is a catalogue metric, else ValueError naming a near one."""
     if name not in METRICS:

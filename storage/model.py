@@ -32,7 +32,8 @@ class RollupLevel(StrEnum):
 
 
 class TelemetryRow(NamedTuple):
-    """One stored reading; the field order is the column order of ``telemetry``."""
+    """One stored reading as the platform reads it: its series spelled out (stored
+    once, in ``series``; a ``telemetry`` row holds the series' integer id)."""
 
     time: datetime
     park: str
@@ -44,6 +45,8 @@ class TelemetryRow(NamedTuple):
     seq: int
     # Counter discontinuity from the wire (smartpark.wire.Reset value), else None.
     reset: str | None = None
+    data_type: str = "realtime"  # smartpark.wire.DataType value
+    stat: str = "value"  # smartpark.wire.Stat value
 
 
 def rows_from_batch(batch: TelemetryBatch) -> list[TelemetryRow]:
@@ -67,6 +70,8 @@ def rows_from_batch(batch: TelemetryBatch) -> list[TelemetryRow]:
                 r.quality,
                 r.seq,
                 r.reset,
+                r.data_type,
+                r.stat,
             )
         )
     return rows
@@ -121,6 +126,8 @@ class RollupRow:
     sum: float
     min: float
     max: float
+    data_type: str = "realtime"
+    stat: str = "value"
 
     @property
     def mean(self) -> float:

@@ -1,6 +1,9 @@
 """Typed read queries over one schema (both dialects: the relation names match).
 
-Functions take a connection and keyword-only filters; ``None`` means "any".
+Functions take a connection and keyword-only filters; ``None`` means "any". Rows
+and rollups are stored by series id (:mod:`storage.series`): the queries join
+``series`` (alias ``s``) for the names and filter on it, and the telemetry key
+(series_id, time) does the rest.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from storage.base import Conn
 from storage.model import ReadingKey, RollupLevel, RollupRow, TelemetryRow
 
 _TABLES = (
-    "telemetry", "telemetry_1m", "telemetry_1h", "telemetry_1d", "kafka_offsets",
-    "device_epochs",
+    "series", "telemetry", "telemetry_1m", "telemetry_1h", "telemetry_1d",
+    "kafka_offsets", "device_epochs",
 )  # fmt: skip
 
 
@@ -30,17 +33,24 @@ def _where(
     params: list[Any] = []
     for name, value in equal.items():
         if value is not None:
-            conds.append(sql.SQL("{} = %s").format(sql.Identifier(name)))
+            conds.append(sql.SQL("{} = %s").format(sql.Identifier("s", name)))
             params.append(value)
     if start is not None:
-        conds.append(sql.SQL("{} >= %s").format(sql.Identifier(column)))
+        conds.append(sql.SQL("{} >= %s").format(sql.Identifier("t", column)))
         params.append(start)
     if end is not None:
-        conds.append(sql.SQL("{} < %s").format(sql.Identifier(column)))
+        conds.append(sql.SQL("{} < %s").format(sql.Identifier("t", column)))
         params.append(end)
     if not conds:
         return sql.SQL(""), params
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds), params
+
+
+def _joined(schema: str, table: str) -> sql.Composed:
+    """``table`` (alias ``t``) with its series (alias ``s``)."""
+    return sql.SQL("{} t JOIN {} s ON s.id = t.series_id").format(
+        sql.Identifier(schema, table), sql.Identifier(schema, "series")
+    )
 
 
 async def count_rows(
@@ -54,7 +64,7 @@ async def count_rows(
     where, params = _where({"park": park, "enterprise": enterprise, "device": device})
     cur = await conn.execute(
         sql.SQL("SELECT count(*) FROM {}{}").format(
-            sql.Identifier(schema, "telemetry"), where
+            _joined(schema, "telemetry"), where
         ),
         params,
     )
@@ -68,8 +78,8 @@ async def reading_keys(
 ) -> list[ReadingKey]:
     where, params = _where({"park": park, "device": device})
     cur = await conn.execute(
-        sql.SQL("SELECT device, seq, metric FROM {}{} ORDER BY 1, 2, 3").format(
-            sql.Identifier(schema, "telemetry"), where
+        sql.SQL("SELECT s.device, t.seq, s.metric FROM {}{} ORDER BY 1, 2, 3").format(
+            _joined(schema, "telemetry"), where
         ),
         params,
     )
@@ -84,13 +94,17 @@ async def readings(
     park: str | None,
     start: datetime | None,
     end: datetime | None,
+    data_type: str | None = None,
 ) -> list[TelemetryRow]:
-    where, params = _where({"device": device, "park": park}, "time", start, end)
+    where, params = _where(
+        {"device": device, "park": park, "data_type": data_type}, "time", start, end
+    )
     cur = await conn.execute(
         sql.SQL(
-            "SELECT time, park, enterprise, device, metric, value, quality, seq,"
-            " reset FROM {}{} ORDER BY time, device, metric"
-        ).format(sql.Identifier(schema, "telemetry"), where),
+            "SELECT t.time, s.park, s.enterprise, s.device, s.metric, t.value,"
+            " t.quality, t.seq, t.reset, s.data_type, s.stat FROM {}{}"
+            " ORDER BY t.time, s.device, s.metric, s.data_type, s.stat"
+        ).format(_joined(schema, "telemetry"), where),
         params,
     )
     return [TelemetryRow(*r) for r in await cur.fetchall()]
@@ -107,22 +121,23 @@ async def rollup(
     enterprise: str | None,
     device: str | None,
     metric: str | None,
+    data_type: str | None = None,
 ) -> list[RollupRow]:
     where, params = _where(
-        {"park": park, "enterprise": enterprise, "device": device, "metric": metric},
+        {"park": park, "enterprise": enterprise, "device": device, "metric": metric,
+         "data_type": data_type},
         "bucket",
         start,
         end,
-    )
+    )  # fmt: skip
     async with conn.cursor(row_factory=class_row(RollupRow)) as cur:
         await cur.execute(
             sql.SQL(
-                "SELECT bucket, park, enterprise, device, metric, n::bigint AS n,"
-                " sum, min, max FROM {}{} ORDER BY bucket, device, metric, park,"
-                " enterprise"
-            ).format(
-                sql.Identifier(schema, f"telemetry_{RollupLevel(level).value}"), where
-            ),
+                "SELECT t.bucket, s.park, s.enterprise, s.device, s.metric,"
+                " t.n::bigint AS n, t.sum, t.min, t.max, s.data_type, s.stat"
+                " FROM {}{} ORDER BY t.bucket, s.device, s.metric, s.data_type,"
+                " s.stat, s.park, s.enterprise"
+            ).format(_joined(schema, f"telemetry_{RollupLevel(level).value}"), where),
             params,
         )
         return await cur.fetchall()

@@ -73,33 +73,32 @@ def _floor(t: datetime, width: timedelta) -> datetime:
 def _merge_statement(schema: str) -> sql.Composed:
     """One range of touched minutes: recompute them from the raw rows, store them,
     and merge what changed into the hours and days. Parameters: start, end."""
-    series = sql.SQL("park, enterprise, device, metric")
-    key = sql.SQL("(device, metric, bucket, park, enterprise)")
-    cols = sql.SQL("bucket, park, enterprise, device, metric, n, sum, min, max")
+    key = sql.SQL("(series_id, bucket)")
+    cols = sql.SQL("series_id, bucket, n, sum, min, max")
 
     def merge_into(table: str, width: str) -> sql.Composed:
         t = sql.Identifier(schema, table)
         return sql.SQL(
             "INSERT INTO {t} AS r ({cols})"
-            " SELECT date_bin({width}::interval, bucket, TIMESTAMPTZ 'epoch'),"
-            " {series}, sum(dn), sum(dsum), min(min), max(max)"
-            " FROM delta GROUP BY 1, 2, 3, 4, 5"
+            " SELECT series_id, date_bin({width}::interval, bucket,"
+            " TIMESTAMPTZ 'epoch'), sum(dn), sum(dsum), min(min), max(max)"
+            " FROM delta GROUP BY 1, 2"
             " ON CONFLICT {key} DO UPDATE SET n = r.n + EXCLUDED.n,"
             " sum = r.sum + EXCLUDED.sum, min = LEAST(r.min, EXCLUDED.min),"
             " max = GREATEST(r.max, EXCLUDED.max)"
-        ).format(t=t, cols=cols, width=sql.Literal(width), series=series, key=key)
+        ).format(t=t, cols=cols, width=sql.Literal(width), key=key)
 
     minute = sql.Identifier(schema, "telemetry_1m")
     return sql.SQL(
         "WITH fresh AS ("
-        " SELECT date_bin('60 seconds'::interval, time, TIMESTAMPTZ 'epoch') AS bucket,"
-        " {series}, count(*)::bigint AS n, sum(value) AS sum, min(value) AS min,"
+        " SELECT series_id,"
+        " date_bin('60 seconds'::interval, time, TIMESTAMPTZ 'epoch') AS bucket,"
+        " count(*)::bigint AS n, sum(value) AS sum, min(value) AS min,"
         " max(value) AS max FROM {raw} WHERE time >= %s AND time < %s"
-        " GROUP BY 1, 2, 3, 4, 5),"
+        " GROUP BY 1, 2),"
         " delta AS ("
         " SELECT f.*, f.n - coalesce(m.n, 0) AS dn, f.sum - coalesce(m.sum, 0) AS dsum"
-        " FROM fresh f LEFT JOIN {minute} m"
-        " USING (bucket, park, enterprise, device, metric)"
+        " FROM fresh f LEFT JOIN {minute} m USING (series_id, bucket)"
         " WHERE f.n > coalesce(m.n, 0)),"
         " minutes AS ("
         " INSERT INTO {minute} AS r ({cols}) SELECT {cols} FROM delta"
@@ -108,7 +107,6 @@ def _merge_statement(schema: str) -> sql.Composed:
         " hours AS ({hours})"
         " {days}"
     ).format(
-        series=series,
         raw=sql.Identifier(schema, "telemetry"),
         minute=minute,
         cols=cols,

@@ -9,18 +9,11 @@ from __future__ import annotations
 
 from psycopg import sql
 
-COLUMNS = (
-    "time", "park", "enterprise", "device", "metric", "value", "quality", "seq",
-    "reset",
-)  # fmt: skip
-# Binary COPY needs the types up front; order matches TelemetryRow.
-COPY_TYPES = (
-    "timestamptz", "text", "text", "text", "text", "float8", "text", "int8", "text",
-)  # fmt: skip
-_ARRAY_CASTS = (
-    "timestamptz[]", "text[]", "text[]", "text[]", "text[]", "float8[]", "text[]",
-    "int8[]", "text[]",
-)  # fmt: skip
+# The columns of a stored row (migration 0006), in table order; see StoredRow.
+COLUMNS = ("time", "seq", "value", "series_id", "quality", "reset")
+# Binary COPY needs the types up front; order matches COLUMNS.
+COPY_TYPES = ("timestamptz", "int8", "float8", "int4", "text", "text")
+_ARRAY_CASTS = ("timestamptz[]", "int8[]", "float8[]", "int4[]", "text[]", "text[]")
 STAGING = sql.Identifier("pg_temp", "sp_telemetry_staging")
 
 _cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
@@ -33,9 +26,9 @@ def create_staging() -> sql.Composed:
     INSERT from it decides what is new.
     """
     return sql.SQL(
-        "CREATE TEMP TABLE IF NOT EXISTS {} (time timestamptz, park text,"
-        " enterprise text, device text, metric text, value float8, quality text,"
-        " seq int8, reset text) ON COMMIT DELETE ROWS"
+        "CREATE TEMP TABLE IF NOT EXISTS {} (time timestamptz, seq int8,"
+        " value float8, series_id int4, quality text, reset text)"
+        " ON COMMIT DELETE ROWS"
     ).format(STAGING)
 
 
@@ -61,7 +54,7 @@ def unnest_source() -> sql.Composed:
 def insert_rows(schema: str, source: sql.Composable) -> sql.Composed:
     """Insert the rows of ``source``; the cursor's rowcount is the number inserted.
 
-    Existing (device, metric, time) rows are left untouched (``ON CONFLICT DO
+    Existing (series_id, time) rows are left untouched (``ON CONFLICT DO
     NOTHING``), duplicates inside the batch too.
     """
     return sql.SQL(

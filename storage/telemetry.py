@@ -5,7 +5,9 @@ committed in one transaction. If ``write()`` raises, nothing of the batch is
 committed — neither rows nor offsets — and calling it again with the same batch is
 safe; if it returns, both are durable. Rows already stored (same device, metric,
 time) are counted as duplicates and left untouched, so redelivery and retries never
-duplicate a row.
+duplicate a row. A row is stored by series (:mod:`storage.series`): its park,
+enterprise, device, metric, data type and stat once in ``series``, its id on the
+row.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from storage.model import (
     WriteResult,
 )
 from storage.partitions import Partitions
+from storage.series import SeriesIds
 from storage.writer import RowWriter
 
 
@@ -43,6 +46,11 @@ class TelemetryStore:
         self._dialect = dialect
         self._partitions = Partitions(self._schema)
         self._writer = RowWriter(self._schema, bulk_method)
+        self._series = SeriesIds(self._schema)
+
+    @property
+    def series(self) -> SeriesIds:
+        return self._series
 
     @property
     def partitions(self) -> Partitions:
@@ -76,8 +84,9 @@ class TelemetryStore:
                     days = {m.date() for m in minutes}
                     await self._partitions.ensure_days(conn, days)
                 await self._writer.prepare(conn)
+                series_ids = await self._series.resolve(conn, rows)
                 async with conn.transaction():
-                    inserted = await self._writer.insert(conn, rows)
+                    inserted = await self._writer.insert(conn, rows, series_ids)
                     if inserted and minutes:
                         await conn.execute(rollups.mark(self._schema), (minutes,))
                     await offset_sql.upsert(conn, self._schema, offsets)
@@ -204,13 +213,15 @@ class TelemetryStore:
         park: str | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
+        data_type: str | None = None,
     ) -> list[TelemetryRow]:
         """Stored rows in time order, filtered; ``[start, end)``."""
         with storage_errors("read rows"):
             async with self._db.connection() as conn:
                 return await reads.readings(
-                    conn, self._schema, device=device, park=park, start=start, end=end
-                )
+                    conn, self._schema, device=device, park=park, start=start,
+                    end=end, data_type=data_type,
+                )  # fmt: skip
 
     async def rollup(
         self,
@@ -222,13 +233,16 @@ class TelemetryStore:
         enterprise: str | None = None,
         device: str | None = None,
         metric: str | None = None,
+        data_type: str | None = None,
     ) -> list[RollupRow]:
-        """Rollup rows with ``start <= bucket < end`` by bucket, device, metric."""
+        """Rollup rows with ``start <= bucket < end`` by bucket, device, metric
+        (one per series: a data type's values never mix with another's)."""
         with storage_errors("read rollup"):
             async with self._db.connection() as conn:
                 return await reads.rollup(
                     conn, self._schema, level, start=start, end=end, park=park,
                     enterprise=enterprise, device=device, metric=metric,
+                    data_type=data_type,
                 )  # fmt: skip
 
 

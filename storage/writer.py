@@ -12,7 +12,8 @@ common batch pays only for the COPY.
 message under 64 KiB.
 
 Both run inside the caller's transaction and return the number of rows inserted;
-neither commits.
+neither commits. Rows go in as :data:`StoredRow` tuples: the series already
+resolved to its id (:class:`storage.series.SeriesIds`).
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ from storage import statements
 from storage.base import Conn
 from storage.model import TelemetryRow
 
+StoredRow = tuple[Any, ...]
+"""(time, seq, value, series_id, quality, reset): ``statements.COLUMNS``"""
+
 # PGlite refuses client messages of 64 KiB or more; the INSERT path keeps each
 # statement (text + array parameters) under this many bytes.
 MAX_STATEMENT_BYTES = 56 * 1024
-# Per-row parameter size beyond the strings, text array format (worst case): a
-# timestamp, a float, a bigint, one-letter quality, a reset ("replacement"), quotes
-# and separators.
-_ROW_OVERHEAD_BYTES = 120
+# Per-row parameter size, text array format (worst case): a timestamp, a bigint, a
+# float, an integer, one-letter quality, a reset ("replacement"), quotes and
+# separators.
+_ROW_BYTES = 120
 
 
 class RowWriter:
@@ -55,10 +59,20 @@ class RowWriter:
             await conn.execute(statements.create_staging())
             self._staged.add(conn)
 
-    async def insert(self, conn: Conn, rows: Sequence[TelemetryRow]) -> int:
-        """Insert ``rows`` in the current transaction; return how many were new."""
+    async def insert(
+        self, conn: Conn, rows: Sequence[TelemetryRow], series_ids: Sequence[int]
+    ) -> int:
+        """Insert ``rows`` (of the given series ids) in the current transaction;
+        return how many were new."""
         if not rows:
             return 0
+        stored = [
+            (r.time, r.seq, r.value, i, r.quality, r.reset)
+            for r, i in zip(rows, series_ids, strict=True)
+        ]
+        return await self._insert(conn, stored)
+
+    async def _insert(self, conn: Conn, rows: Sequence[StoredRow]) -> int:
         async with conn.cursor() as cur:
             if self._copy:
                 try:
@@ -83,7 +97,7 @@ class RowWriter:
     async def _copy_rows(
         cur: psycopg.AsyncCursor[Any],
         statement: sql.Composed,
-        rows: Sequence[TelemetryRow],
+        rows: Sequence[StoredRow],
     ) -> None:
         async with cur.copy(statement) as copy:
             copy.set_types(list(statements.COPY_TYPES))
@@ -91,19 +105,8 @@ class RowWriter:
                 await copy.write_row(row)
 
 
-def _chunks(
-    rows: Sequence[TelemetryRow], budget: int
-) -> Iterator[Sequence[TelemetryRow]]:
+def _chunks(rows: Sequence[StoredRow], budget: int) -> Iterator[Sequence[StoredRow]]:
     """Consecutive slices whose estimated parameter size stays under ``budget``."""
-    start, size = 0, 0
-    for i, r in enumerate(rows):
-        row_bytes = (
-            _ROW_OVERHEAD_BYTES + len(r.park) + len(r.enterprise) + len(r.device)
-            + len(r.metric)
-        )  # fmt: skip
-        if size + row_bytes > budget and i > start:
-            yield rows[start:i]
-            start, size = i, 0
-        size += row_bytes
-    if start < len(rows):
-        yield rows[start:]
+    step = max(1, budget // _ROW_BYTES)
+    for start in range(0, len(rows), step):
+        yield rows[start : start + step]

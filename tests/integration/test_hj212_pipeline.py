@@ -87,7 +87,12 @@ def agent_config(host: str, port: int, park: str, tmp_path: Path) -> AgentConfig
     )
 
 
-Row = tuple[str, str, int, float, str]  # device, metric, ts_ms, value, quality
+# device, metric, data type, stat, ts_ms, value, quality
+Row = tuple[str, str, str, str, int, float, str]
+DATA_TYPES = {"2011": "realtime", "2051": "minute", "2061": "hour"}
+# HJ 212 value keys (measured, corrected) per stat; real-time packets have Rtd only
+INTERVAL_KEYS = (("Avg", "ZsAvg", "value"), ("Min", "ZsMin", "min"),
+                 ("Max", "ZsMax", "max"), ("Cou", None, "cou"))  # fmt: skip
 
 
 def expected_rows(mn: str, sent: list[SentPacket]) -> list[Row]:
@@ -98,16 +103,22 @@ def expected_rows(mn: str, sent: list[SentPacket]) -> list[Row]:
             continue
         assert p.cn is not None
         device = SERIES[mn][p.cn]
-        raw_key, zs_key = ("Rtd", "ZsRtd") if p.cn == "2011" else ("Avg", "ZsAvg")
+        keys = (("Rtd", "ZsRtd", "value"),) if p.cn == "2011" else INTERVAL_KEYS
         for e in p.readings:
             raw, zs, unit = POLLUTANTS[e.code]
-            for name, key in ((raw, raw_key), (zs, zs_key)):
-                if name is None or key not in e.values:
-                    continue
-                value = to_canonical(
-                    name, float(e.values[key]), unit or catalogue_metric(name).unit
-                )
-                rows.append((device, name, p.data_time_ms, value, e.flag))
+            for raw_key, zs_key, stat in keys:
+                for name, key in ((raw, raw_key), (zs, zs_key)):
+                    if name is None or key is None or key not in e.values:
+                        continue
+                    value = float(e.values[key])
+                    if stat != "cou":
+                        value = to_canonical(
+                            name, value, unit or catalogue_metric(name).unit
+                        )
+                    rows.append(
+                        (device, name, DATA_TYPES[p.cn], stat, p.data_time_ms,
+                         value, e.flag)
+                    )  # fmt: skip
     return rows
 
 
@@ -164,9 +175,10 @@ async def test_every_valid_hj212_reading_is_stored_once_and_no_corrupt_one(
         while loop.time() < deadline and len(stored) < len(expected):
             await asyncio.sleep(0.5)
             stored = [
-                (r.device, r.metric, int(r.time.timestamp() * 1000), r.value, r.quality)
+                (r.device, r.metric, r.data_type, r.stat,
+                 int(r.time.timestamp() * 1000), r.value, r.quality)
                 for r in await storage.telemetry.readings(park=park_id)
-            ]
+            ]  # fmt: skip
         keys = await storage.telemetry.reading_keys(park=park_id)
 
     sent = [p for lg in loggers for p in lg.sent]

@@ -30,6 +30,7 @@ TODAY_MS = int(T0.timestamp() * 1000)
 MIGRATIONS = [
     "0001_telemetry", "0002_counter_reset", "0003_alerts", "0004_webhooks",
     "0005_device_epochs",
+    "0006_series",
 ]  # fmt: skip
 
 
@@ -78,6 +79,7 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (3, "alerts", Dialect.POSTGRES),
             (4, "webhooks", Dialect.POSTGRES),
             (5, "device_epochs", Dialect.POSTGRES),
+            (6, "series", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:
@@ -153,13 +155,86 @@ async def test_upgrade_keeps_old_rows_without_a_reset(
                 (T0,),
             )
         assert await s.pending_migrations() == MIGRATIONS[1:]
-        assert await s.migrate(up_to=2) == ["0002_counter_reset"]
+        await s.migrate()
         await s.telemetry.write(energy_rows("m1", {2: "replacement"}, 3)[2:])
         stored = await s.telemetry.readings(device="m1")
     assert [(r.seq, r.value, r.reset) for r in stored] == [
         (1, 5.0, None),
         (2, 2.0, "replacement"),
     ]
+
+
+async def test_storage_by_series_migrates_rows_and_rollups_in_place(
+    pg_dsn: str, db_schema: str
+) -> None:
+    """A database written before 0006 (text ids on every row) keeps every row,
+    every rollup row and every partition; the new layout then takes new rows and
+    refreshes the old rollups incrementally."""
+    async with Storage(settings(pg_dsn, db_schema), clock=lambda: TODAY_MS) as s:
+        await s.migrate(up_to=5)
+        old = [
+            (T0 + timedelta(days=d, seconds=10 * k), f"e{k % 2}", f"m{k % 3}",
+             ("active_power", "cod")[k % 2], k / 4, k, "rollover" if k == 7 else None)
+            for d in (0, 1)
+            for k in range(40)
+        ]  # fmt: skip
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            t = sql.Identifier(db_schema, "telemetry")  # partitions: by migrate
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} (time, park, enterprise, device, metric,"
+                        " value, seq, reset) VALUES (%s, 'p1', %s, %s, %s, %s, %s, %s)"
+                    ).format(t),
+                    old,
+                )
+            # A rollup row whose raw rows retention has already dropped.
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (bucket, park, enterprise, device, metric, n, sum,"
+                    " min, max) VALUES ('2020-01-01', 'p1', 'e9', 'gone',"
+                    " 'active_power', 3, 6, 1, 3)"
+                ).format(sql.Identifier(db_schema, "telemetry_1d"))
+            )
+            await conn.commit()
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT time, park, enterprise, device, metric, value, quality,"
+                    " seq, reset FROM {} ORDER BY time, device, metric"
+                ).format(t)
+            )
+            before = await cur.fetchall()
+        assert len(before) == 80
+        assert await s.migrate() == ["0006_series"]
+        after = await s.telemetry.readings()
+        assert [tuple(r[:9]) for r in after] == before
+        assert {(r.data_type, r.stat) for r in after} == {("realtime", "value")}
+        since, until = T0 - timedelta(days=3000), T0 + timedelta(days=3)
+        [gone] = await s.telemetry.rollup(RollupLevel.DAY, start=since, end=until)
+        assert (gone.device, gone.n, gone.sum) == ("gone", 3, 6.0)
+        # The old rows are rolled up by series like new ones.
+        await s.telemetry.refresh_rollups(T0, T0 + timedelta(days=2))
+        days = await s.telemetry.rollup(RollupLevel.DAY, start=since, end=until)
+        assert sum(d.n for d in days) == 80 + 3
+        info = await s.info()
+        assert {"telemetry_p20260301", "telemetry_p20260302"} <= set(info.partitions)
+        assert info.row_counts["series"] == 7  # 6 (enterprise, device, metric) + gone
+        # New rows land beside the old ones, and the rollups follow.
+        await s.telemetry.write(rows_for("m1", 3, start=T0 + timedelta(hours=5)))
+        await s.telemetry.refresh_rollups()
+        days = await s.telemetry.rollup(
+            RollupLevel.DAY,
+            start=T0 - timedelta(hours=12),
+            end=T0 + timedelta(hours=12),
+            device="m1",
+        )
+        assert sum(d.n for d in days) == len(
+            [
+                r
+                for r in await s.telemetry.readings(device="m1")
+                if r.time.date() == T0.date()
+            ]
+        )
 
 
 async def test_offsets_are_committed_with_the_rows(storage: Storage) -> None:
@@ -301,8 +376,12 @@ async def test_rollups_equal_a_group_by_over_the_raw_rows(
         raw = conn.execute(
             sql.SQL(
                 "SELECT date_bin('1 hour', time, 'epoch'), device, metric, count(*),"
-                " sum(value) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-            ).format(sql.Identifier(db_schema, "telemetry"))
+                " sum(value) FROM {} t JOIN {} s ON s.id = t.series_id"
+                " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            ).format(
+                sql.Identifier(db_schema, "telemetry"),
+                sql.Identifier(db_schema, "series"),
+            )
         ).fetchall()
     hourly = await storage.telemetry.rollup(
         RollupLevel.HOUR, start=T0 - timedelta(days=1), end=T0 + timedelta(days=4)

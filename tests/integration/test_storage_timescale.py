@@ -65,6 +65,7 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0003_alerts",
             "0004_webhooks",
             "0005_device_epochs",
+            "0006_series",
         ]
         assert await s.migrate() == []
         await s.require_migrated()
@@ -159,7 +160,9 @@ async def test_writes_are_idempotent_and_rollups_match_the_raw_rows(
 async def test_reset_column_is_added_over_a_compressed_chunk(
     timescale_dsn: str, ts_schema: str
 ) -> None:
-    """0002 on a hypertable holding a compressed chunk; resets round-trip after it."""
+    """0002 and 0006 (storage by series) on a hypertable holding a compressed
+    chunk: every row survives, and resets round-trip, also into a compressed chunk
+    of the new layout."""
     async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
         assert await s.migrate(up_to=1) == ["0001_telemetry"]
     table = sql.Identifier(ts_schema, "telemetry")
@@ -189,7 +192,16 @@ async def test_reset_column_is_added_over_a_compressed_chunk(
         for i, reset in enumerate(["rollover", None, "replacement"])
     ]  # fmt: skip
     async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
-        assert await s.migrate(up_to=2) == ["0002_counter_reset"]
+        assert (await s.migrate())[0] == "0002_counter_reset"
+        assert len(await s.telemetry.readings(device="m1")) == 100
+    # (The PGlite server takes one connection at a time.)
+    with psycopg.connect(timescale_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("SELECT compress_chunk(c) FROM show_chunks({}) AS c").format(
+                sql.Literal(table.as_string(conn))
+            )
+        )
+    async with Storage(ts_settings(timescale_dsn, ts_schema)) as s:
         first = await s.telemetry.write(later)
         again = await s.telemetry.write(later)  # ON CONFLICT into the compressed chunk
         stored = await s.telemetry.readings(device="m1")

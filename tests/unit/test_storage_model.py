@@ -85,3 +85,18 @@ def test_touched_minutes_are_distinct_sorted_utc_minute_starts() -> None:
         datetime(2026, 1, 1, 0, 0, tzinfo=UTC),
         datetime(2026, 1, 1, 0, 1, tzinfo=UTC),
     ]
+
+
+def test_the_series_migration_knows_every_catalogue_unit() -> None:
+    """0006 gives the series of rows stored before it their metric's unit from a
+    list written into the migration; it must equal the catalogue's."""
+    import re
+
+    from smartpark.catalogue import METRICS
+    from storage.migrate import migrations_root
+
+    for dialect in ("postgres", "timescale"):
+        text = (migrations_root() / dialect / "0006_series.sql").read_text()
+        values = text[text.index("LEFT JOIN (VALUES") : text.index("AS u (metric")]
+        units = dict(re.findall(r"\('([a-z0-9_]+)', '([^']+)'\)", values))
+        assert units == {name: m.unit for name, m in METRICS.items()}, dialect

@@ -406,12 +406,11 @@ def test_interval_series_travel_with_their_data_type_and_stat() -> None:
 def test_bad_series_tags_are_refused_by_name(
     changes: dict[str, Any], path: str, match: str
 ) -> None:
-    doc = {
-        "v": 1, "park": "p", "enterprise": "e", "device": "d",
-        "readings": [{"seq": 1, "metric": "so2", "value": 1.0, "unit": "mg/m3",
-                      "ts_ms": NOW}],
+    reading: dict[str, Any] = {
+        "seq": 1, "metric": "so2", "value": 1.0, "unit": "mg/m3", "ts_ms": NOW,
     }  # fmt: skip
-    doc["readings"][0].update(changes)
+    reading.update(changes)
+    doc = {"v": 1, "park": "p", "enterprise": "e", "device": "d", "readings": [reading]}
     with pytest.raises(PayloadError, match=match) as err:
         decode_batch(json.dumps(doc), now_ms=NOW)
     assert err.value.path == path
