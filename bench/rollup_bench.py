@@ -91,10 +91,10 @@ async def baseline_refresh(
                 )
                 await conn.execute(
                     sql.SQL(
-                        "INSERT INTO {t} (bucket, park, enterprise, device, metric, n,"
-                        " sum, min, max) SELECT date_bin({w}::interval, {c},"
-                        " TIMESTAMPTZ 'epoch'), park, enterprise, device, metric, {a}"
-                        " FROM {s} WHERE {c} >= %s AND {c} < %s GROUP BY 1, 2, 3, 4, 5"
+                        "INSERT INTO {t} (bucket, series_id, n, sum, min, max)"
+                        " SELECT date_bin({w}::interval, {c}, TIMESTAMPTZ 'epoch'),"
+                        " series_id, {a} FROM {s} WHERE {c} >= %s AND {c} < %s"
+                        " GROUP BY 1, 2"
                     ).format(
                         t=target,
                         w=sql.Literal(f"{width} seconds"),
@@ -111,8 +111,9 @@ async def rollup_table(
 ) -> list[tuple[object, ...]]:
     cur = await conn.execute(
         sql.SQL(
-            "SELECT bucket, device, metric, n, sum, min, max FROM {} ORDER BY 1, 2, 3"
-        ).format(sql.Identifier(schema, table))
+            "SELECT r.bucket, s.device, s.metric, r.n, r.sum, r.min, r.max FROM {} r"
+            " JOIN {} s ON s.id = r.series_id ORDER BY 1, 2, 3"
+        ).format(sql.Identifier(schema, table), sql.Identifier(schema, "series"))
     )
     return list(await cur.fetchall())
 

@@ -61,6 +61,7 @@ from smartpark import logs
 from smartpark.cli import command
 from smartpark.errors import NotFound, UsageError
 from smartpark.settings import load_settings
+from smartpark.wire import DataType, Stat
 
 log = logging.getLogger("smartpark.rules")
 
@@ -262,6 +263,9 @@ def _obs(r: dict[str, Any], where: dict[str, Any]) -> Obs:
         raise BadLine(
             f"q/seq: expected a flag letter and an integer, got {quality!r}/{seq!r}"
         )
+    data_type, stat = r.get("dt", "realtime"), r.get("stat", "value")
+    if data_type not in set(DataType) or stat not in set(Stat):
+        raise BadLine(f"dt/stat: unknown series {data_type!r}/{stat!r}")
     return Obs(
         ts,
         text("park", where),
@@ -272,6 +276,8 @@ def _obs(r: dict[str, Any], where: dict[str, Any]) -> Obs:
         quality,
         seq,
         reset if isinstance(reset, str) else None,
+        data_type,
+        stat,
     )
 
 

@@ -38,6 +38,8 @@ class Obs(NamedTuple):
     quality: str = "N"
     seq: int = 0
     reset: str | None = None  # a counter discontinuity (smartpark.wire.Reset)
+    data_type: str = "realtime"  # the series (smartpark.wire.DataType, "dt")
+    stat: str = "value"  # which value of an interval (smartpark.wire.Stat)
 
     def to_json(self) -> JSON:
         out: JSON = {
@@ -52,6 +54,10 @@ class Obs(NamedTuple):
         }
         if self.reset is not None:
             out["reset"] = self.reset
+        if self.data_type != "realtime":
+            out["dt"] = self.data_type
+        if self.stat != "value":
+            out["stat"] = self.stat
         return out
 
 

@@ -279,6 +279,7 @@ class RulesRunner(DbPositionedConsumer):
                         Obs(
                             r.ts_ms, decoded.park, decoded.enterprise, decoded.device,
                             r.metric, r.value, r.quality, r.seq, r.reset,
+                            r.data_type, r.stat,
                         )
                     )  # fmt: skip
             next_offsets[tp] = records[-1].offset + 1

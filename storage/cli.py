@@ -74,6 +74,11 @@ async def _maintain(storage: Storage, retention_days: int | None) -> None:
     _out(f"partitions created: {', '.join(created) or 'none'}")
     refreshed = await storage.telemetry.refresh_rollups()
     _out(f"rollups refreshed ({refreshed} one-minute buckets recomputed)")
+    for c in await storage.telemetry.compact_partitions():
+        _out(
+            f"partition compacted: {c.partition} {c.bytes_before} -> "
+            f"{c.bytes_after} bytes"
+        )
     if retention_days is not None:
         dropped = await storage.telemetry.apply_retention(keep_days=retention_days)
         _out(f"partitions dropped: {', '.join(dropped) or 'none'}")
@@ -99,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply missing migrations (idempotent)")
     info = sub.add_parser("info", help="dialect, migrations, row counts")
     info.add_argument("--json", action="store_true", help="machine-readable output")
-    maintain = sub.add_parser("maintain", help="partitions, rollups, retention")
+    maintain = sub.add_parser(
+        "maintain", help="partitions, rollups, compaction of closed days, retention"
+    )
     maintain.add_argument(
         "--retention-days",
         type=int,

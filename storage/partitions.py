@@ -1,11 +1,14 @@
 """Daily range partitions of ``telemetry`` for the plain PostgreSQL dialect.
 
-A partition covers one UTC day and is named ``telemetry_pYYYYMMDD``. Partitions are
-created ahead of time (:meth:`Partitions.ensure_window`) and on demand for any day a
-batch contains (:meth:`Partitions.ensure_days`), so a late or replayed batch never
-fails for lack of one. Known days are cached per process; the cache is only a
-shortcut, the catalogue is the truth (another sink may create or retention may drop a
-partition at any time, and ``CREATE TABLE IF NOT EXISTS`` tolerates the former).
+A partition covers one UTC day and is named ``telemetry_pYYYYMMDD``. Once its day
+can no longer change in the normal course, :meth:`Partitions.compact_before`
+rebuilds its indexes, which writing left half-filled (see migration 0006).
+Partitions are created ahead of time (:meth:`Partitions.ensure_window`) and on
+demand for any day a batch contains (:meth:`Partitions.ensure_days`), so a late or
+replayed batch never fails for lack of one. Known days are cached per process; the
+cache is only a shortcut, the catalogue is the truth (another sink may create or
+retention may drop a partition at any time, and ``CREATE TABLE IF NOT EXISTS``
+tolerates the former).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
@@ -26,6 +30,15 @@ log = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"^telemetry_p(\d{8})$")
 DAYS_BEHIND = 1
 DAYS_AHEAD = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """One partition whose indexes were rebuilt: its size before and after."""
+
+    partition: str
+    bytes_before: int
+    bytes_after: int
 
 
 def partition_name(day: date) -> str:
@@ -118,6 +131,52 @@ class Partitions:
         if dropped:
             log.info("retention dropped %d partitions: %s", len(dropped), dropped)
         return dropped
+
+    async def compact_before(self, conn: Conn, cutoff: date) -> list[Compacted]:
+        """Rebuild the indexes of the partitions of days before ``cutoff`` not
+        compacted yet (see migration 0006); return what was done.
+
+        ``REINDEX TABLE CONCURRENTLY`` does not block writes (late rows keep
+        landing) and needs ``conn`` in autocommit mode. A partition dropped
+        meanwhile is skipped.
+        """
+        done = await conn.execute(
+            sql.SQL("SELECT day FROM {}").format(
+                sql.Identifier(self._schema, "telemetry_compacted")
+            )
+        )
+        compacted = {r[0] for r in await done.fetchall()}
+        out = []
+        for day, name in sorted((await self.existing(conn)).items()):
+            if day >= cutoff or day in compacted:
+                continue
+            table = sql.Identifier(self._schema, name)
+            before = await self._size(conn, table)
+            try:
+                await conn.execute(
+                    sql.SQL("REINDEX TABLE CONCURRENTLY {}").format(table)
+                )
+            except psycopg.errors.UndefinedTable:
+                continue
+            after = await self._size(conn, table)
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (day, partition, bytes_before, bytes_after)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                ).format(sql.Identifier(self._schema, "telemetry_compacted")),
+                (day, name, before, after),
+            )
+            log.info("compacted %s: %d -> %d bytes", name, before, after)
+            out.append(Compacted(name, before, after))
+        return out
+
+    @staticmethod
+    async def _size(conn: Conn, table: sql.Identifier) -> int:
+        cur = await conn.execute(
+            "SELECT pg_total_relation_size(%s::regclass)", (table.as_string(conn),)
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def _create(self, conn: Conn, day: date) -> bool:
         stmt = sql.SQL(

@@ -24,12 +24,17 @@ rows by at most one refresh interval.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
+import psycopg
 from psycopg import sql
 
 from storage.base import Conn
+from storage.partitions import partition_name
+
+log = logging.getLogger(__name__)
 
 _MINUTE = timedelta(minutes=1)
 # Minutes taken off the log per transaction, so a replay of months of history is
@@ -116,6 +121,36 @@ def _merge_statement(schema: str) -> sql.Composed:
     )
 
 
+async def _summarize(conn: Conn, schema: str, days: set[date]) -> None:
+    """Summarise the new page ranges of the BRIN indexes of the days' partitions.
+
+    Inserts keep a summarised range up to date, but ranges filled since the last
+    VACUUM are unsummarised, and a BRIN scan reads every unsummarised page: without
+    this, the minutes' read grows with the rows written since autovacuum last ran
+    (measured: twice as slow by the end of an hour). Summarising costs the new
+    pages only. It waits at most a second for its lock (a ``REINDEX CONCURRENTLY``
+    of a compacted day holds it for long) and is skipped then: the read still
+    finds every row, only slower.
+    """
+    if not days:
+        return
+    names = [sql.Identifier(schema, partition_name(d)).as_string(conn) for d in days]
+    try:
+        async with conn.transaction():  # a savepoint: a timeout undoes only this
+            await conn.execute("SELECT set_config('lock_timeout', '1s', true)")
+            await conn.execute(
+                "SELECT brin_summarize_new_values(x.indexrelid) FROM pg_index x"
+                " JOIN pg_class c ON c.oid = x.indexrelid"
+                " JOIN pg_am a ON a.oid = c.relam AND a.amname = 'brin'"
+                " WHERE x.indrelid IN"
+                " (SELECT to_regclass(n) FROM unnest(%s::text[]) AS n)",
+                (names,),
+            )
+            await conn.execute("SELECT set_config('lock_timeout', '0', true)")
+    except psycopg.errors.LockNotAvailable:
+        log.warning("rollups: BRIN summary of %s skipped: locked", sorted(names))
+
+
 async def refresh(
     conn: Conn, schema: str, extra: tuple[datetime, datetime] | None = None
 ) -> int:
@@ -146,6 +181,7 @@ async def refresh(
                 (REFRESH_CHUNK_MINUTES,),
             )
             minutes = sorted(r[0] for r in await cur.fetchall())
+            await _summarize(conn, schema, {m.date() for m in minutes})
             if extra is not None:
                 start, end = _floor(extra[0], _MINUTE), extra[1]
                 while start < end:

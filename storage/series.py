@@ -14,6 +14,7 @@ DO NOTHING`` and the re-read in a fresh snapshot give both the same id.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 from psycopg import sql
@@ -28,8 +29,14 @@ SeriesKey = tuple[str, str, str, str, str, str]
 _KEY = ("park", "enterprise", "device", "metric", "data_type", "stat")
 
 
+_FIELDS = TelemetryRow._fields
+# The series key of a row, read in C: the sink resolves every row it stores.
+_KEY_OF = operator.itemgetter(*(_FIELDS.index(f) for f in _KEY))
+
+
 def series_key(r: TelemetryRow) -> SeriesKey:
-    return (r.park, r.enterprise, r.device, r.metric, r.data_type, r.stat)
+    key: SeriesKey = _KEY_OF(r)
+    return key
 
 
 class SeriesIds:
@@ -59,12 +66,13 @@ class SeriesIds:
     async def resolve(self, conn: Conn, rows: Sequence[TelemetryRow]) -> list[int]:
         """The series id of each row, in order. ``conn`` must not be inside a
         transaction: new series commit at once (see the module doc)."""
-        ids = self._ids
-        keys = [series_key(r) for r in rows]
-        missing = [k for k in dict.fromkeys(keys) if k not in ids]
-        if missing:
-            await self._load(conn, missing)
-        return [ids[k] for k in keys]
+        keys: list[SeriesKey] = list(map(_KEY_OF, rows))
+        found = list(map(self._ids.get, keys))
+        if None not in found:
+            return found  # type: ignore[return-value]  # no None in it
+        missing = [k for k in dict.fromkeys(keys) if k not in self._ids]
+        await self._load(conn, missing)
+        return [self._ids[k] for k in keys]
 
     async def _load(self, conn: Conn, missing: list[SeriesKey]) -> None:
         columns = [list(c) for c in zip(*missing, strict=True)]

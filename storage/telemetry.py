@@ -32,9 +32,13 @@ from storage.model import (
     TelemetryRow,
     WriteResult,
 )
-from storage.partitions import Partitions
+from storage.partitions import Compacted, Partitions
 from storage.series import SeriesIds
 from storage.writer import RowWriter
+
+# A day's partition is compacted once the day ended this many days ago: late rows
+# (allowed lateness is about an hour) have long arrived by then.
+COMPACT_AFTER_DAYS = 1
 
 
 class TelemetryStore:
@@ -115,6 +119,21 @@ class TelemetryStore:
                 return await self._partitions.ensure_window(
                     conn, today or self._today()
                 )
+
+    async def compact_partitions(
+        self, *, settle_days: int = COMPACT_AFTER_DAYS, today: date | None = None
+    ) -> list[Compacted]:
+        """Plain PostgreSQL: rebuild the indexes of each daily partition once, when
+        its day ended ``settle_days`` days ago or more (see migration 0006);
+        no-op on TimescaleDB, which compresses chunks instead. Slow on a big
+        partition (minutes), but it does not block writes: run it from
+        ``smartpark db maintain``, not from a sink."""
+        if self._dialect is not Dialect.POSTGRES:
+            return []
+        cutoff = (today or self._today()) - timedelta(days=settle_days)
+        with storage_errors("compact partitions"):
+            async with self._db.connection() as conn:
+                return await self._partitions.compact_before(conn, cutoff)
 
     async def apply_retention(self, *, keep_days: int) -> list[str]:
         """Plain PostgreSQL: drop raw partitions older than ``keep_days`` days.

@@ -35,6 +35,7 @@ from smartpark.catalogue import METRICS
 from smartpark.yamlfile import located
 
 Severity = Literal["info", "minor", "major", "critical"]
+SeriesName = Literal["realtime", "minute", "hour", "day"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 # Quality flags a rule takes by default: only normal data (HJ 212 flag N).
@@ -91,6 +92,11 @@ class RuleSpec(StrictModel):
     description: str = ""
     scope: ScopeSpec = ScopeSpec()
     valid_flags: tuple[str, ...] = DEFAULT_VALID_FLAGS
+    # The series the rule judges (smartpark.wire.DataType): "realtime" (meters and
+    # HJ 212 real-time data, from which windows compute their own means) or a
+    # logger's own interval values ("minute", "hour", "day"). Only the interval's
+    # value (its mean) is judged; a rule never mixes two series.
+    series: SeriesName = "realtime"
 
     @field_validator("valid_flags")
     @classmethod
@@ -107,7 +113,12 @@ class RuleSpec(StrictModel):
         """The metrics this rule reads; the engine feeds it only those."""
 
     def selects(self, obs: Obs) -> bool:
-        return obs.metric in self.metrics() and self.scope.matches(obs)
+        return (
+            obs.metric in self.metrics()
+            and obs.data_type == self.series
+            and obs.stat == "value"
+            and self.scope.matches(obs)
+        )
 
     def coefficient_refs(self) -> list[CoefficientUse]:
         """The pack coefficients this rule refers to, for the pack to check (a spec

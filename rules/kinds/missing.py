@@ -94,6 +94,11 @@ class MissingDataSpec(RuleSpec):
     def metrics(self) -> frozenset[str]:
         return frozenset(self.heard_metrics)
 
+    def selects(self, obs: Obs) -> bool:
+        # Any series is the device speaking: a logger that sends only hourly data
+        # is not offline between its hours (set max_silence accordingly).
+        return obs.metric in self.heard_metrics and self.scope.matches(obs)
+
 
 @dataclass(slots=True)
 class _Device:

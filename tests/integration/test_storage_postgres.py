@@ -416,3 +416,19 @@ async def test_unreachable_database_is_a_storage_error(db_schema: str) -> None:
     )
     with pytest.raises(StorageError, match="cannot connect"):
         await s.open()
+
+
+async def test_closed_days_are_compacted_once(storage: Storage) -> None:
+    """A day's partition has its indexes rebuilt once the day ended a day ago
+    or more; the day being written is left alone, and nothing is lost."""
+    old = rows_for("m1", 500, start=T0 - timedelta(days=2))
+    await storage.telemetry.write(old)
+    await storage.telemetry.write(rows_for("m1", 5))
+    done = await storage.telemetry.compact_partitions()
+    assert [c.partition for c in done] == ["telemetry_p20260227"]
+    assert done[0].bytes_after > 0
+    assert await storage.telemetry.compact_partitions() == []  # once
+    assert len(await storage.telemetry.readings()) == 505
+    # late rows still land in a compacted day
+    late = [r._replace(time=r.time + timedelta(seconds=5)) for r in old[:3]]
+    assert (await storage.telemetry.write(late)).inserted == 3

@@ -620,3 +620,37 @@ def test_o2_that_goes_missing_after_it_was_seen_is_still_reported_each_hour() ->
     kinds = [e.kind.value for e in events]
     assert kinds == ["insufficient_data", "insufficient_data"]
     assert all("config_warning" not in e.evidence for e in events)
+
+
+def test_a_window_never_mixes_two_series() -> None:
+    """A logger sends real-time values and its own hourly means (and min/max) of
+    the same metric. The real-time rule's mean is of real-time values only; a rule
+    with ``series: hour`` judges the logger's hourly mean and nothing else."""
+    engine = Engine(
+        make_pack(
+            so2_rule(),
+            so2_rule(id="so2-logger-hourly", series="hour"),
+        )
+    )
+
+    def hourly(value: float, stat: str = "value") -> Obs:
+        return Obs(T0, "park", "ent", "s1", "so2", value, data_type="hour", stat=stat)
+
+    events = run(
+        engine,
+        [
+            obs(T0 + 10 * MIN, 20.0),
+            hourly(50.0),  # the logger's own mean of the hour: above the limit
+            hourly(80.0, "max"),  # its maximum: never judged as a mean
+            obs(T0 + 20 * MIN, 30.0),
+            tick(T0 + H),
+        ],
+    )
+    got = {(e.rule_id, e.kind.value, e.value) for e in events}
+    # real-time mean (20 + 30) / 2 = 25 <= 35: no alert; hourly 50 > 35: opened
+    assert got == {("so2-logger-hourly", "opened", 50.0)}
+
+
+def test_an_unknown_series_is_refused_at_load() -> None:
+    with pytest.raises(ConfigError, match="series"):
+        make_pack(so2_rule(series="weekly"))
