@@ -73,6 +73,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bridge": ("ingest.bridge_cli", "MQTT → Kafka bridge"),
     "sink": ("ingest.sink_cli", "Kafka → database sink"),
     "db": ("storage.cli", "database: migrate | info | maintain"),
+    "api": ("api.cli:api_main", "the platform HTTP API"),
+    "keys": ("api.cli", "API keys: create | list | revoke"),
     "demo": ("demo.cli", "embedded demo: the whole path on one laptop, no services"),
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from smartpark.errors import ConfigError
@@ -136,6 +136,25 @@ class NotifierSettings(ConsumerSettings):
     rotation_overlap_h: float = 24.0
 
 
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # API keys are stored as HMAC-SHA256(key_pepper, secret): a random secret of
+    # 32+ characters, kept like any other (smartpark.apikeys). Required by
+    # ``smartpark api`` and ``smartpark keys create``.
+    key_pepper: SecretStr | None = None
+    pool_size: int = Field(default=4, ge=1)
+    # The most points (raw readings or aggregate buckets) one request may produce.
+    max_points: int = Field(default=100_000, gt=0)
+
+    @field_validator("key_pepper")
+    @classmethod
+    def _pepper(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SMARTPARK_", env_nested_delimiter="__", extra="ignore"
@@ -148,6 +167,7 @@ class Settings(BaseSettings):
     sink: SinkSettings = SinkSettings()
     rules: RulesSettings = RulesSettings()
     notifier: NotifierSettings = NotifierSettings()
+    api: ApiSettings = ApiSettings()
     log_level: str = "INFO"
 
 

@@ -34,6 +34,7 @@ from smartpark.settings import DatabaseSettings
 from storage import migrate, reads
 from storage.alerts import AlertStore
 from storage.base import Conn, storage_errors
+from storage.keys import KeyStore
 from storage.model import AppliedMigration, Dialect, StorageInfo
 from storage.offsets import OffsetStore
 from storage.telemetry import TelemetryStore
@@ -72,6 +73,7 @@ class Storage:
         self.offsets = OffsetStore(self)
         self.alerts = AlertStore(self)
         self.webhooks = WebhookStore(self)
+        self.keys = KeyStore(self)
 
     # -- the Database protocol the stores work through --------------------------------
 

@@ -31,6 +31,7 @@ MIGRATIONS = [
     "0001_telemetry", "0002_counter_reset", "0003_alerts", "0004_webhooks",
     "0005_device_epochs",
     "0006_series",
+    "0007_api_keys",
 ]  # fmt: skip
 
 
@@ -80,6 +81,7 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (4, "webhooks", Dialect.POSTGRES),
             (5, "device_epochs", Dialect.POSTGRES),
             (6, "series", Dialect.POSTGRES),
+            (7, "api_keys", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:

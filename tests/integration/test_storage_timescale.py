@@ -66,6 +66,7 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0004_webhooks",
             "0005_device_epochs",
             "0006_series",
+            "0007_api_keys",
         ]
         assert await s.migrate() == []
         await s.require_migrated()

@@ -1,0 +1,68 @@
+"""The platform API (FastAPI): one app for operators, enterprises and regulators.
+
+:func:`create_app` builds it from the settings; ``smartpark api`` (:mod:`api.cli`)
+serves it with uvicorn. Every route takes its caller's scope from the API key
+(:mod:`api.auth`) and hands it to the data-access layer; every error is a problem
+(:mod:`api.problems`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import problems
+from api.routes import alerts, health, registry, telemetry, webhooks
+from smartpark.clock import MsClock, system_ms
+from smartpark.errors import ConfigError
+from smartpark.settings import Settings
+from storage import Storage
+
+VERSION = "1"
+
+
+def create_app(
+    settings: Settings, *, storage: Storage | None = None, clock: MsClock = system_ms
+) -> FastAPI:
+    """The app. ``storage`` (already open) is used as given, else one is opened
+    for the app's lifetime. Raises :class:`ConfigError` without a key pepper."""
+    pepper = settings.api.key_pepper
+    if pepper is None:
+        raise ConfigError(
+            "SMARTPARK_API__KEY_PEPPER: required (a random secret of 32+ characters;"
+            " API keys are stored as its HMAC)"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if storage is not None:
+            app.state.storage = storage
+            yield
+            return
+        async with Storage(
+            settings.database, pool_size=settings.api.pool_size, clock=clock,
+            application_name="smartpark-api",
+        ) as own:  # fmt: skip
+            await own.require_migrated()
+            app.state.storage = own
+            yield
+
+    app = FastAPI(
+        title="smartpark",
+        version=VERSION,
+        description=(
+            "The smartpark platform API. Authenticate with an API key:"
+            " `Authorization: Bearer spk_…`. The key decides what you see."
+        ),
+        lifespan=lifespan,
+    )
+    if storage is not None:  # also without a lifespan run (ASGI test transports)
+        app.state.storage = storage
+    app.state.pepper = pepper.get_secret_value().encode()
+    app.state.settings = settings
+    problems.install(app)
+    for module in (health, registry, telemetry, alerts, webhooks):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,7 @@
+"""webhooks routes of the platform API (being built: issue 12)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

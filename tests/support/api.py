@@ -1,0 +1,58 @@
+"""An API app over a freshly migrated test schema, and keys for every role."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from pydantic import SecretStr
+
+from api.app import create_app
+from api.cli import create_key
+from smartpark.clock import MsClock, system_ms
+from smartpark.settings import ApiSettings, DatabaseSettings, KafkaSettings, Settings
+from smartpark.tenancy import Role, Scope
+from storage import Storage
+
+PEPPER = "test-pepper-" + "x" * 32
+
+
+@dataclass
+class Api:
+    storage: Storage
+    client: httpx.AsyncClient
+
+    async def key(self, role: Role, park: str | None = None,
+                  enterprise: str | None = None) -> dict[str, str]:  # fmt: skip
+        """The Authorization header of a new key for the scope."""
+        full = await create_key(
+            self.storage, PEPPER.encode(), scope=Scope(role, park, enterprise),
+            name=f"test {role.value}",
+        )  # fmt: skip
+        return {"Authorization": f"Bearer {full}"}
+
+
+def api_settings(pg_dsn: str, schema: str, kafka: str = "127.0.0.1:19092") -> Settings:
+    return Settings(
+        database=DatabaseSettings(dsn=SecretStr(pg_dsn), schema=schema),
+        kafka=KafkaSettings(bootstrap=kafka),
+        api=ApiSettings(key_pepper=SecretStr(PEPPER)),
+    )
+
+
+@asynccontextmanager
+async def running_api(
+    pg_dsn: str, schema: str, *, kafka: str = "127.0.0.1:19092",
+    clock: MsClock = system_ms,
+) -> AsyncIterator[Api]:  # fmt: skip
+    settings = api_settings(pg_dsn, schema, kafka)
+    async with Storage(settings.database, pool_size=4, clock=clock) as storage:
+        await storage.migrate()
+        app = create_app(settings, storage=storage, clock=clock)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api.test"
+        ) as client:
+            yield Api(storage, client)
