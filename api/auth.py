@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from api.problems import Problem
 from smartpark.apikeys import matches, parse_key
+from smartpark.settings import Settings
 from smartpark.tenancy import Scope
 from storage import Storage
 from storage.keys import KeyRow
@@ -26,10 +27,28 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 class Caller:
     key: KeyRow
     remote: str | None
+    storage: Storage
+    settings: Settings
 
     @property
     def scope(self) -> Scope:
         return self.key.scope
+
+    async def audit(
+        self, action: str, target: str, *, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Record a write or an export by this caller in the audit log."""
+        await self.storage.keys.audit(
+            self.key, action, target, remote=self.remote, detail=detail
+        )
+
+    async def park_timezone(self, park: str | None) -> str | None:
+        """The registered time zone of ``park`` (or of the caller's own park),
+        if the registry knows it within the caller's scope."""
+        park = park or self.scope.park
+        if park is None:
+            return None
+        return await self.storage.queries.park_timezone(self.scope, park)
 
 
 def storage_of(request: Request) -> Storage:
@@ -63,7 +82,10 @@ async def caller(request: Request) -> Caller:
         raise Problem(401, f"API key {key.id} is {state}", headers=_CHALLENGE)
     await storage.keys.touch(key)
     client = request.client
-    return Caller(key, None if client is None else client.host)
+    return Caller(
+        key, None if client is None else client.host, storage,
+        request.app.state.settings,
+    )  # fmt: skip
 
 
 async def writer(who: Annotated[Caller, Depends(caller)]) -> Caller:

@@ -37,6 +37,7 @@ from storage.base import Conn, storage_errors
 from storage.keys import KeyStore
 from storage.model import AppliedMigration, Dialect, StorageInfo
 from storage.offsets import OffsetStore
+from storage.queries import TelemetryQueries
 from storage.telemetry import TelemetryStore
 from storage.webhooks import WebhookStore
 
@@ -70,6 +71,7 @@ class Storage:
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._dialect: Dialect | None = None
         self._telemetry: TelemetryStore | None = None
+        self._queries: TelemetryQueries | None = None
         self.offsets = OffsetStore(self)
         self.alerts = AlertStore(self)
         self.webhooks = WebhookStore(self)
@@ -127,6 +129,7 @@ class Storage:
         self._telemetry = TelemetryStore(
             self, self._dialect, self._settings.bulk_method
         )
+        self._queries = TelemetryQueries(self, self._dialect)
 
     async def _resolve_dialect(self, conn: Conn) -> Dialect:
         recorded = migrate.recorded_dialect(await migrate.applied(conn, self._schema))
@@ -157,6 +160,13 @@ class Storage:
         if self._telemetry is None:
             raise RuntimeError("Storage is not open")
         return self._telemetry
+
+    @property
+    def queries(self) -> TelemetryQueries:
+        """Telemetry as the API reads it, within a caller's scope."""
+        if self._queries is None:
+            raise RuntimeError("Storage is not open")
+        return self._queries
 
     # -- migrations ---------------------------------------------------------------
 

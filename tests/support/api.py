@@ -34,20 +34,22 @@ class Api:
         return {"Authorization": f"Bearer {full}"}
 
 
-def api_settings(pg_dsn: str, schema: str, kafka: str = "127.0.0.1:19092") -> Settings:
+def api_settings(
+    pg_dsn: str, schema: str, kafka: str = "127.0.0.1:19092", max_points: int = 100_000
+) -> Settings:
     return Settings(
         database=DatabaseSettings(dsn=SecretStr(pg_dsn), schema=schema),
         kafka=KafkaSettings(bootstrap=kafka),
-        api=ApiSettings(key_pepper=SecretStr(PEPPER)),
+        api=ApiSettings(key_pepper=SecretStr(PEPPER), max_points=max_points),
     )
 
 
 @asynccontextmanager
 async def running_api(
     pg_dsn: str, schema: str, *, kafka: str = "127.0.0.1:19092",
-    clock: MsClock = system_ms,
+    clock: MsClock = system_ms, max_points: int = 100_000,
 ) -> AsyncIterator[Api]:  # fmt: skip
-    settings = api_settings(pg_dsn, schema, kafka)
+    settings = api_settings(pg_dsn, schema, kafka, max_points)
     async with Storage(settings.database, pool_size=4, clock=clock) as storage:
         await storage.migrate()
         app = create_app(settings, storage=storage, clock=clock)
