@@ -57,6 +57,7 @@ def create_app(
             " `Authorization: Bearer spk_…`. The key decides what you see."
         ),
         lifespan=lifespan,
+        responses=problems.RESPONSES,
     )
     if storage is not None:  # also without a lifespan run (ASGI test transports)
         app.state.storage = storage

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smartpark.errors import StorageError
@@ -29,6 +30,44 @@ _TITLES = {
     422: "Unprocessable request",
     500: "Internal error",
     503: "Service unavailable",
+}
+
+
+class FieldError(BaseModel):
+    field: str
+    reason: str
+
+
+class ProblemBody(BaseModel):
+    """RFC 9457 problem details, as every error of the API is returned."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+def _documented(status: int, example: str) -> dict[str, Any]:
+    return {
+        "description": _TITLES[status],
+        "content": {
+            MEDIA_TYPE: {
+                "schema": ProblemBody.model_json_schema(),
+                "example": {"type": "about:blank", "title": _TITLES[status],
+                            "status": status, "detail": example},
+            }
+        },
+    }  # fmt: skip
+
+
+# The error responses every route may give, documented once for the whole app.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _documented(401, "send the API key as 'Authorization: Bearer spk_…'"),
+    403: _documented(403, "a regulator key is read-only"),
+    404: _documented(404, "device not found"),
+    422: _documented(422, "query.end: must be after start"),
+    503: _documented(503, "the database is unavailable; try again"),
 }
 
 

@@ -111,10 +111,18 @@ class Latest(BaseModel):
 
 # -- parameters -------------------------------------------------------------------
 
-Park = Annotated[str | None, Query(description="a park id (within your scope)")]
-Enterprise = Annotated[str | None, Query(description="an enterprise id")]
-Device = Annotated[str | None, Query(description="a device id")]
-Metric = Annotated[str | None, Query(description="a catalogue metric")]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"  # smartpark.wire.valid_id
+Park = Annotated[
+    str | None, Query(pattern=ID_PATTERN, description="a park id (within your scope)")
+]
+Enterprise = Annotated[
+    str | None, Query(pattern=ID_PATTERN, description="an enterprise id")
+]
+Device = Annotated[str | None, Query(pattern=ID_PATTERN, description="a device id")]
+Metric = Annotated[
+    str | None,
+    Query(pattern=r"^[a-z0-9_]{1,64}$", description="a catalogue metric"),
+]
 SeriesQ = Annotated[Series, Query(description="the HJ 212 data type")]
 StatQ = Annotated[Stat, Query(description="which value of an interval")]
 Start = Annotated[datetime, Query(description="inclusive, ISO 8601 with an offset")]
