@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import psycopg
@@ -92,7 +93,7 @@ def live_api(pg_dsn: str, kafka_bootstrap: str) -> Iterator[tuple[str, str]]:
     derandomize=True,
 )
 def test_no_server_error_and_no_response_outside_the_schema(
-    case: schemathesis.Case, live_api: tuple[str, str]
+    case: schemathesis.Case[Any], live_api: tuple[str, str]
 ) -> None:
     base_url, key = live_api
     headers = {"Authorization": f"Bearer {key}"}

@@ -102,7 +102,7 @@ async def test_another_tenants_data_is_invisible_by_every_door(api: Api) -> None
         {"park": "p2"},
         {"device": "nope"},
     ):
-        routes = (
+        routes: tuple[tuple[str, dict[str, str]], ...] = (
             ("/v1/readings", DAY),
             ("/v1/aggregates", {**DAY, "interval": "1h"}),
             ("/v1/latest", {}),
