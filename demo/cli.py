@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -36,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -44,6 +46,7 @@ from pydantic import SecretStr
 
 from demo.alerts import WebhookReceiver, write_pack
 from demo.embedded import EmbeddedKafka, EmbeddedMqttBroker, EmbeddedPostgres
+from demo.embedded.processes import LOOPBACK, EmbeddedServiceError, free_port
 from edge_agent.agent import EdgeAgent
 from ingest.bridge import Bridge
 from ingest.sink import Sink
@@ -54,6 +57,7 @@ from simulators.device import Fault
 from simulators.park import SimulatedPark
 from smartpark.errors import SmartparkError
 from smartpark.settings import (
+    ApiSettings,
     DatabaseSettings,
     KafkaSettings,
     MqttSettings,
@@ -62,6 +66,7 @@ from smartpark.settings import (
     Settings,
     SinkSettings,
 )
+from smartpark.tenancy import Role, Scope
 from storage import Storage, Subscription
 
 log = logging.getLogger("demo")
@@ -69,8 +74,8 @@ log = logging.getLogger("demo")
 PARK = "park1"
 # Our own packages: their warnings reach the terminal, everything else only the log.
 _OWN_LOGGERS = (
-    "demo", "edge_agent", "ingest", "notifier", "rules", "simulators", "smartpark",
-    "storage", "stream",
+    "api", "demo", "edge_agent", "ingest", "notifier", "rules", "simulators",
+    "smartpark", "storage", "stream",
 )  # fmt: skip
 # After the agents stop, the bridge and the sink get this long to catch up; they are
 # done earlier when they have everything, or when they stop making progress.
@@ -378,6 +383,7 @@ async def _start_pipeline(
         f" agents, bridge, sink, rules, notifier  ({time.monotonic() - t0:.1f} s)",
         flush=True,
     )
+    await _start_api(stack, settings, park)
     run.started = time.monotonic()
     silenced = park.devices[0].device.device_id
     length = args.duration if args.duration > 0 else 60.0
@@ -385,6 +391,69 @@ async def _start_pipeline(
         _silence(park, silenced, at_s=0.2 * length, for_s=min(20.0, 0.5 * length))
     )
     stack.push_async_callback(_cancel, fault)
+
+
+async def _start_api(
+    stack: contextlib.AsyncExitStack, settings: Settings, park: SimulatedPark
+) -> None:
+    """The platform API on a free loopback port, with an operator key for the park
+    and an enterprise key for its first enterprise, printed with two curl lines."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.cli import create_key
+
+    pepper = secrets.token_urlsafe(32)
+    api_settings = settings.model_copy(
+        update={"api": ApiSettings(key_pepper=SecretStr(pepper), port=free_port())}
+    )
+    enterprise = park.devices[0].enterprise
+    async with Storage(settings.database) as storage:
+        operator_key = await create_key(
+            storage, pepper.encode(), scope=Scope(Role.OPERATOR, PARK),
+            name="demo operator",
+        )  # fmt: skip
+        enterprise_key = await create_key(
+            storage, pepper.encode(), scope=Scope(Role.ENTERPRISE, PARK, enterprise),
+            name=f"demo {enterprise}",
+        )  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(api_settings),
+            host=LOOPBACK,
+            port=api_settings.api.port,
+            log_config=None,
+            log_level="warning",
+        )
+    )
+    task = asyncio.create_task(server.serve(), name="api")
+
+    async def stop_api() -> None:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+    stack.push_async_callback(stop_api)
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if task.done() or time.monotonic() > deadline:
+            raise EmbeddedServiceError("the API did not start; see demo.log")
+        await asyncio.sleep(0.05)
+    url = f"http://{LOOPBACK}:{api_settings.api.port}"
+    today = datetime.now(UTC).date().isoformat()
+    print(f"  API         {url}  (docs: {url}/docs)", flush=True)
+    print(f"    operator key of {PARK}:     {operator_key}", flush=True)
+    print(f"    enterprise key of {enterprise}: {enterprise_key}", flush=True)
+    print(
+        f"    curl -sH 'Authorization: Bearer {operator_key}' {url}/v1/latest",
+        flush=True,
+    )
+    print(
+        f"    curl -sH 'Authorization: Bearer {enterprise_key}'"
+        f" '{url}/v1/aggregates?interval=1h&start={today}T00:00:00Z"
+        f"&end={today}T23:59:59Z'",
+        flush=True,
+    )
+    print("    (--duration 0 keeps everything running until Ctrl-C)", flush=True)
 
 
 def _say(line: str) -> None:
