@@ -247,3 +247,42 @@ async def test_exports_stream_the_scope_and_are_audited(api: Api) -> None:
     assert [(e.action, e.detail["format"]) for e in log[:2]] == [
         ("export", "parquet"), ("export", "csv"),
     ]  # fmt: skip
+
+
+async def test_the_timescale_dialect_answers_the_same(
+    timescale_dsn: str, uid: str
+) -> None:
+    """The same queries on TimescaleDB (PGlite: one connection at a time): scope,
+    local days, consumption; ``auto`` reads the raw rows there (continuous
+    aggregates do not show late rows before their refresh)."""
+    import psycopg
+    from psycopg import sql
+
+    schema = f"t_{uid}"
+    try:
+        async with running_api(
+            timescale_dsn, schema, pool_size=1, bulk_method="insert"
+        ) as api:
+            await api.storage.telemetry.write(
+                rows("p1", "e1", "a1") + rows("p1", "e2", "b1")
+            )
+            key = await api.key(Role.ENTERPRISE, "p1", "e1")
+            got = await get(api, "/v1/aggregates", key, **DAY, interval="1d",
+                            tz="Asia/Shanghai")  # fmt: skip
+            assert got["source"] == "raw"
+            assert [(i["device"], i["bucket"], i["count"]) for i in got["items"]] == [
+                ("a1", "2026-03-01T00:00:00+08:00", 12),
+                ("a1", "2026-03-02T00:00:00+08:00", 12),
+            ]
+            page = await get(api, "/v1/readings", key, **DAY, limit=5)
+            assert {i["device"] for i in page["items"]} == {"a1"}
+            assert page["next_cursor"] is not None
+            latest = await get(api, "/v1/latest", key)
+            assert {i["device"] for i in latest["items"]} == {"a1"}
+    finally:
+        with psycopg.connect(timescale_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(schema)
+                )
+            )

@@ -12,7 +12,13 @@ from pydantic import SecretStr
 from api.app import create_app
 from api.cli import create_key
 from smartpark.clock import MsClock, system_ms
-from smartpark.settings import ApiSettings, DatabaseSettings, KafkaSettings, Settings
+from smartpark.settings import (
+    ApiSettings,
+    BulkMethod,
+    DatabaseSettings,
+    KafkaSettings,
+    Settings,
+)
 from smartpark.tenancy import Role, Scope
 from storage import Storage
 
@@ -35,10 +41,13 @@ class Api:
 
 
 def api_settings(
-    pg_dsn: str, schema: str, kafka: str = "127.0.0.1:19092", max_points: int = 100_000
-) -> Settings:
+    pg_dsn: str, schema: str, kafka: str = "127.0.0.1:19092", max_points: int = 100_000,
+    bulk_method: BulkMethod = "copy",
+) -> Settings:  # fmt: skip
     return Settings(
-        database=DatabaseSettings(dsn=SecretStr(pg_dsn), schema=schema),
+        database=DatabaseSettings(
+            dsn=SecretStr(pg_dsn), schema=schema, bulk_method=bulk_method
+        ),
         kafka=KafkaSettings(bootstrap=kafka),
         api=ApiSettings(key_pepper=SecretStr(PEPPER), max_points=max_points),
     )
@@ -47,10 +56,11 @@ def api_settings(
 @asynccontextmanager
 async def running_api(
     pg_dsn: str, schema: str, *, kafka: str = "127.0.0.1:19092",
-    clock: MsClock = system_ms, max_points: int = 100_000,
+    clock: MsClock = system_ms, max_points: int = 100_000, pool_size: int = 4,
+    bulk_method: BulkMethod = "copy",
 ) -> AsyncIterator[Api]:  # fmt: skip
-    settings = api_settings(pg_dsn, schema, kafka, max_points)
-    async with Storage(settings.database, pool_size=4, clock=clock) as storage:
+    settings = api_settings(pg_dsn, schema, kafka, max_points, bulk_method)
+    async with Storage(settings.database, pool_size=pool_size, clock=clock) as storage:
         await storage.migrate()
         app = create_app(settings, storage=storage, clock=clock)
         transport = httpx.ASGITransport(app=app)
