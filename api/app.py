@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
-from api.routes import alerts, health, registry, telemetry, webhooks
+from api.routes import alerts, health, metrics, registry, telemetry, webhooks
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import ConfigError
 from smartpark.settings import Settings
@@ -64,6 +64,7 @@ def create_app(
     app.state.pepper = pepper.get_secret_value().encode()
     app.state.settings = settings
     problems.install(app)
-    for module in (health, registry, telemetry, alerts, webhooks):
+    metrics.install(app)
+    for module in (health, metrics, registry, telemetry, alerts, webhooks):
         app.include_router(module.router)
     return app

@@ -150,3 +150,27 @@ def test_the_keys_command_creates_lists_and_revokes(
     monkeypatch.delenv("SMARTPARK_API__KEY_PEPPER")
     assert keys_main(["create", "--role", "regulator", "--name", "x"]) == 2
     assert "SMARTPARK_API__KEY_PEPPER" in capsys.readouterr().err
+
+
+async def test_metrics_count_requests_by_route_and_status(
+    pg_dsn: str, db_schema: str
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with running_api(pg_dsn, db_schema) as api:
+        key = await api.key(Role.REGULATOR)
+        await api.client.get("/v1/me", headers=key)
+        await api.client.get("/v1/me", headers=key)
+        await api.client.get("/v1/me")
+        r = await api.client.get("/metrics")
+    assert r.status_code == 200
+    samples = {
+        (s.labels["route"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(r.text)
+        if family.name == "smartpark_api_requests"
+        for s in family.samples
+        if s.name == "smartpark_api_requests_total"
+    }
+    assert samples[("/v1/me", "200")] == 2
+    assert samples[("/v1/me", "401")] == 1
+    assert key["Authorization"] not in r.text
