@@ -272,10 +272,11 @@ class TelemetryQueries:
     async def aggregates(
         self, scope: Scope, f: Filters, *, start: datetime, end: datetime,
         interval: str, tz: ZoneInfo, source: Source = "auto",
-        after: PageKey | None = None, limit: int = 1000,
+        after: PageKey | None = None, limit: int = 1000, consumption: bool = True,
     ) -> tuple[list[BucketOut], str]:  # fmt: skip
         """Up to ``limit`` buckets after ``after`` and the source read
-        (``raw`` or ``rollup``); see the module doc."""
+        (``raw`` or ``rollup``); see the module doc. ``consumption=False`` skips
+        the counters' consumption, which reads raw rows whatever the source."""
         unit, bin_minutes = INTERVALS[interval]
         with storage_errors("read aggregates"):
             async with self._db.connection() as conn:
@@ -297,8 +298,9 @@ class TelemetryQueries:
                     self._rollup_base(hourly) if use == "rollup" else self._raw_base()
                 )
                 query, params = self._aggregate_sql(
-                    scope, f, base, start, end, unit, bin_minutes, tz, after
-                )
+                    scope, f, base, start, end, unit, bin_minutes, tz, after,
+                    _COUNTERS if consumption else [],
+                )  # fmt: skip
                 cur = await conn.execute(query + sql.SQL(" LIMIT %s"), [*params, limit])
                 rows = [BucketOut(*r) for r in await cur.fetchall()]
         return rows, use
@@ -330,7 +332,7 @@ class TelemetryQueries:
     def _aggregate_sql(  # noqa: PLR0917 - one query, its parts
         self, scope: Scope, f: Filters, base: sql.Composable, start: datetime,
         end: datetime, unit: str, bin_minutes: int, tz: ZoneInfo,
-        after: PageKey | None,
+        after: PageKey | None, counters: list[str],
     ) -> tuple[sql.Composed, list[Any]]:  # fmt: skip
         conds, params = _series_where(scope, f)
         zone = sql.Literal(tz.key)
@@ -404,7 +406,7 @@ class TelemetryQueries:
             base=base, page=page,
         )  # fmt: skip
         all_params = [
-            _COUNTERS, *params,  # sel
+            counters, *params,  # sel
             start, end, start, start,  # steps, consumed
             start, end,  # agg
             *page_params,

@@ -240,6 +240,10 @@ async def aggregates(
         Literal["auto", "raw", "rollup"],
         Query(description="auto: rollups where they cover the range, else raw rows"),
     ] = "auto",
+    consumption: Annotated[
+        bool,
+        Query(description="counters' consumption (reads the raw rows of counters)"),
+    ] = True,
     limit: Limit = 1000,
     cursor: Cursor = None,
 ) -> Aggregates:
@@ -258,7 +262,7 @@ async def aggregates(
         raise _too_many(per_series, n_series, max_points)
     rows, used = await who.storage.queries.aggregates(
         who.scope, f, start=start, end=end, interval=interval, tz=zone,
-        source=source, after=after, limit=limit + 1,
+        source=source, after=after, limit=limit + 1, consumption=consumption,
     )  # fmt: skip
     more = len(rows) > limit
     rows = rows[:limit]
