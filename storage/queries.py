@@ -141,20 +141,31 @@ class BucketOut:
         return PageKey(self.bucket, self.device, self.metric, self.data_type, self.stat)
 
 
+@dataclass(frozen=True, slots=True)
+class SilentDevice:
+    device: str
+    park: str
+    enterprise: str
+    outlet: str | None
+    interval_s: int
+    last_reading: datetime | None
+
+
 def _series_where(
     scope: Scope, f: Filters, alias: str = "s"
 ) -> tuple[list[sql.Composable], list[Any]]:
     conds: list[sql.Composable] = []
     params: list[Any] = []
+    device_column = "device" if alias != "d" else "id"  # registry devices: id
     for column, value in (
         ("park", scope.park), ("enterprise", scope.enterprise),
-        ("park", f.park), ("enterprise", f.enterprise), ("device", f.device),
+        ("park", f.park), ("enterprise", f.enterprise), (device_column, f.device),
         ("metric", f.metric), ("data_type", f.data_type), ("stat", f.stat),
     ):  # fmt: skip
         if value is not None:
             conds.append(sql.SQL("{} = %s").format(sql.Identifier(alias, column)))
             params.append(value)
-    if f.devices is not None:
+    if f.devices is not None and alias != "d":
         conds.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(alias, "device")))
         params.append(list(f.devices))
     return conds, params
@@ -435,6 +446,58 @@ class TelemetryQueries:
                 )
                 row = await cur.fetchone()
         return None if row is None else str(row[0])
+
+    async def outlet_devices(self, scope: Scope, outlet: str) -> tuple[str, ...]:
+        """The registered devices of ``outlet`` within ``scope`` (none if the outlet
+        does not exist or is not the caller's: the same answer)."""
+        conds, params = _series_where(scope, Filters(data_type=None, stat=None), "d")
+        with storage_errors("read outlet devices"):
+            async with self._db.connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "SELECT d.id FROM {} d WHERE d.outlet = %s AND {} ORDER BY 1"
+                    ).format(self._t("devices"), _and(conds)),
+                    [outlet, *params],
+                )
+                return tuple(r[0] for r in await cur.fetchall())
+
+    async def silent(
+        self, scope: Scope, f: Filters, *, now: datetime, periods: float
+    ) -> list[SilentDevice]:
+        """Registered, unretired devices within scope whose newest reading (of any
+        series) is older than ``periods`` of their expected interval at ``now``,
+        or that never sent one; the longest silent first."""
+        conds, params = _series_where(
+            scope, Filters(f.park, f.enterprise, f.device, data_type=None, stat=None),
+            "d",
+        )  # fmt: skip
+        if f.devices is not None:
+            conds.append(sql.SQL("d.id = ANY(%s)"))
+            params.append(list(f.devices))
+        with storage_errors("read silent devices"):
+            async with self._db.connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "SELECT d.id, d.park, d.enterprise, d.outlet, d.interval_s,"
+                        " l.last FROM {devices} d LEFT JOIN LATERAL ("
+                        " SELECT max(t.time) AS last FROM {series} s"
+                        " CROSS JOIN LATERAL (SELECT time FROM {raw}"
+                        "  WHERE series_id = s.id ORDER BY time DESC LIMIT 1) t"
+                        " WHERE s.device = d.id AND s.park = d.park"
+                        " AND s.enterprise = d.enterprise) l ON true"
+                        " WHERE d.retired_at IS NULL AND {conds}"
+                        " AND (l.last IS NULL"
+                        "  OR l.last < %s - d.interval_s * %s * interval '1 second')"
+                        " ORDER BY l.last NULLS FIRST, d.id"
+                    ).format(
+                        devices=self._t("devices"),
+                        series=self._t("series"),
+                        raw=self._t("telemetry"),
+                        conds=_and(conds),
+                    ),
+                    [*params, now, periods],
+                )
+                return [SilentDevice(*r) for r in await cur.fetchall()]
 
     # -- latest ---------------------------------------------------------------------
 

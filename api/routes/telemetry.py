@@ -15,7 +15,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -119,6 +119,10 @@ Enterprise = Annotated[
     str | None, Query(pattern=ID_PATTERN, description="an enterprise id")
 ]
 Device = Annotated[str | None, Query(pattern=ID_PATTERN, description="a device id")]
+Outlet = Annotated[
+    str | None,
+    Query(pattern=ID_PATTERN, description="an outlet id: its registered devices"),
+]
 Metric = Annotated[
     str | None,
     Query(pattern=r"^[a-z0-9_]{1,64}$", description="a catalogue metric"),
@@ -167,6 +171,22 @@ def decode_cursor(text: str | None) -> PageKey | None:
     return PageKey(when, device, metric, data_type, stat)
 
 
+async def _filters(  # noqa: PLR0917 - the query's filters, in order
+    who: Reader,
+    park: str | None,
+    enterprise: str | None,
+    device: str | None,
+    outlet: str | None,
+    metric: str | None,
+    series: str,
+    stat: str,
+) -> Filters:
+    devices = None
+    if outlet is not None:
+        devices = await who.storage.queries.outlet_devices(who.scope, outlet)
+    return Filters(park, enterprise, device, metric, series, stat, devices)
+
+
 def _reading(r: ReadingOut) -> Reading:
     return Reading(
         time=r.time, park=r.park, enterprise=r.enterprise, device=r.device,
@@ -196,6 +216,7 @@ async def readings(
     park: Park = None,
     enterprise: Enterprise = None,
     device: Device = None,
+    outlet: Outlet = None,
     metric: Metric = None,
     series: SeriesQ = "realtime",
     stat: StatQ = "value",
@@ -205,7 +226,7 @@ async def readings(
     """Raw readings in time order (then device, metric), one page at a time."""
     _range(start, end)
     after = decode_cursor(cursor)
-    f = Filters(park, enterprise, device, metric, series, stat)
+    f = await _filters(who, park, enterprise, device, outlet, metric, series, stat)
     rows = await who.storage.queries.readings(
         who.scope, f, start=start, end=end, after=after, limit=limit + 1
     )
@@ -233,6 +254,7 @@ async def aggregates(
     park: Park = None,
     enterprise: Enterprise = None,
     device: Device = None,
+    outlet: Outlet = None,
     metric: Metric = None,
     series: SeriesQ = "realtime",
     stat: StatQ = "value",
@@ -252,7 +274,7 @@ async def aggregates(
     _range(start, end)
     zone = _zone(tz or await who.park_timezone(park) or DEFAULT_TZ)
     after = decode_cursor(cursor)
-    f = Filters(park, enterprise, device, metric, series, stat)
+    f = await _filters(who, park, enterprise, device, outlet, metric, series, stat)
     max_points: int = who.settings.api.max_points
     per_series = estimate_buckets(start, end, interval)
     if per_series > max_points:
@@ -291,13 +313,74 @@ async def latest(
     park: Park = None,
     enterprise: Enterprise = None,
     device: Device = None,
+    outlet: Outlet = None,
     metric: Metric = None,
     series: SeriesQ = "realtime",
 ) -> Latest:
     """The newest reading of every series (what an operator looks at first)."""
-    f = Filters(park, enterprise, device, metric, series, "value")
+    f = await _filters(who, park, enterprise, device, outlet, metric, series, "value")
     rows = await who.storage.queries.latest(who.scope, f)
     return Latest(items=[_reading(r) for r in rows])
+
+
+class Silent(BaseModel):
+    device: str
+    park: str
+    enterprise: str
+    outlet: str | None
+    interval_s: int
+    last_reading: datetime | None
+    silent_s: float | None
+
+
+class SilentList(BaseModel):
+    as_of: datetime
+    periods: float
+    items: list[Silent]
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "as_of": "2026-12-01T08:00:00Z", "periods": 2.0,
+        "items": [{"device": "stack-1-cems", "park": "park-1",
+                   "enterprise": "coal-power", "outlet": "stack-1",
+                   "interval_s": 60, "last_reading": "2026-12-01T07:41:00Z",
+                   "silent_s": 1140.0}]}]}}  # fmt: skip
+
+
+@router.get("/v1/silent", response_model=SilentList)
+async def silent(
+    who: Reader,
+    *,
+    park: Park = None,
+    enterprise: Enterprise = None,
+    outlet: Outlet = None,
+    periods: Annotated[
+        float,
+        Query(gt=0, le=1000, description="silent for more than this many intervals"),
+    ] = 2.0,
+) -> SilentList:
+    """Registered devices silent now: no reading for longer than ``periods`` of
+    their expected reporting interval (or none ever), the longest silent first."""
+    f = await _filters(who, park, enterprise, None, outlet, None, "realtime", "value")
+    now = datetime.fromtimestamp(who.storage.clock() / 1000, UTC)
+    rows = await who.storage.queries.silent(who.scope, f, now=now, periods=periods)
+    return SilentList(
+        as_of=now,
+        periods=periods,
+        items=[
+            Silent(
+                device=r.device,
+                park=r.park,
+                enterprise=r.enterprise,
+                outlet=r.outlet,
+                interval_s=r.interval_s,
+                last_reading=r.last_reading,
+                silent_s=None
+                if r.last_reading is None
+                else (now - r.last_reading).total_seconds(),
+            )
+            for r in rows
+        ],
+    )
 
 
 _CSV_COLUMNS = ("time", "park", "enterprise", "device", "metric", "series", "stat",
@@ -319,6 +402,7 @@ async def export_readings(
     park: Park = None,
     enterprise: Enterprise = None,
     device: Device = None,
+    outlet: Outlet = None,
     metric: Metric = None,
     series: SeriesQ = "realtime",
     stat: StatQ = "value",
@@ -326,7 +410,7 @@ async def export_readings(
     """Every reading of the range as CSV or Parquet, streamed (memory stays flat
     whatever the range); recorded in the audit log."""
     _range(start, end)
-    f = Filters(park, enterprise, device, metric, series, stat)
+    f = await _filters(who, park, enterprise, device, outlet, metric, series, stat)
     await who.audit(
         "export", "readings",
         detail={"format": format, "start": start.isoformat(), "end": end.isoformat(),

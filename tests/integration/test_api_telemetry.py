@@ -286,3 +286,73 @@ async def test_the_timescale_dialect_answers_the_same(
                     sql.Identifier(schema)
                 )
             )
+
+
+async def _register(api: Api) -> None:
+    """A registry written as the registry API would: parks, enterprises, an
+    outlet, devices (a9 registered but never heard from)."""
+    from psycopg import sql
+
+    s = api.storage.schema
+    async with api.storage.connection() as conn:
+        await conn.execute(
+            sql.SQL(
+                "INSERT INTO {p} (id, name, timezone) VALUES ('p1', 'Park 1',"
+                " 'Asia/Shanghai'), ('p2', 'Park 2', 'UTC');"
+                "INSERT INTO {e} (id, park, name) VALUES ('e1', 'p1', 'E1'),"
+                " ('e2', 'p1', 'E2'), ('e3', 'p2', 'E3');"
+                "INSERT INTO {o} (id, park, enterprise, kind, name, reference_o2)"
+                " VALUES ('o1', 'p1', 'e1', 'stack', 'Stack 1', 6);"
+                "INSERT INTO {d} (id, park, enterprise, outlet, protocol, interval_s)"
+                " VALUES ('a1', 'p1', 'e1', 'o1', 'hj212', 300),"
+                " ('a2', 'p1', 'e1', NULL, 'modbus_tcp', 300),"
+                " ('a9', 'p1', 'e1', NULL, 'modbus_tcp', 300),"
+                " ('b1', 'p1', 'e2', NULL, 'modbus_tcp', 300),"
+                " ('c1', 'p2', 'e3', NULL, 'modbus_tcp', 300)"
+            ).format(
+                p=sql.Identifier(s, "parks"),
+                e=sql.Identifier(s, "enterprises"),
+                o=sql.Identifier(s, "outlets"),
+                d=sql.Identifier(s, "devices"),
+            )
+        )
+
+
+async def test_silent_devices_outlets_and_the_parks_time_zone(
+    pg_dsn: str, db_schema: str
+) -> None:
+    now = T0 + timedelta(hours=2)  # a1, a2: last reading 5 min ago
+    async with running_api(
+        pg_dsn, db_schema, clock=lambda: int(now.timestamp() * 1000)
+    ) as api:
+        await api.storage.telemetry.write(
+            rows("p1", "e1", "a1") + rows("p1", "e1", "a2") + rows("p1", "e2", "b1")
+            + rows("p2", "e3", "c1")
+        )  # fmt: skip
+        await _register(api)
+        e1 = await api.key(Role.ENTERPRISE, "p1", "e1")
+        e2 = await api.key(Role.ENTERPRISE, "p1", "e2")
+        got = await get(api, "/v1/silent", e1)
+        assert [(i["device"], i["last_reading"]) for i in got["items"]] == [
+            ("a9", None)
+        ]
+        got = await get(api, "/v1/silent", e1, periods=0.5)  # silent > 150 s
+        assert [i["device"] for i in got["items"]] == ["a9", "a1", "a2"]
+        assert got["items"][1]["silent_s"] == 300.0
+        op = await api.key(Role.OPERATOR, "p1")
+        got = await get(api, "/v1/silent", op, periods=0.5)
+        assert {i["device"] for i in got["items"]} == {"a9", "a1", "a2", "b1"}
+        # an outlet's devices only; another tenant's outlet is like none
+        page = await get(api, "/v1/readings", e1, **DAY, outlet="o1")
+        assert {i["device"] for i in page["items"]} == {"a1"}
+        for key, outlet in ((e2, "o1"), (e1, "nope")):
+            page = await get(api, "/v1/readings", key, **DAY, outlet=outlet)
+            assert page["items"] == []
+            silent = await get(api, "/v1/silent", key, outlet=outlet, periods=0.5)
+            assert silent["items"] == []
+        # without tz, days are the park's: p2 is registered in UTC
+        e3 = await api.key(Role.ENTERPRISE, "p2", "e3")
+        got = await get(api, "/v1/aggregates", e3, **DAY, interval="1d")
+        assert got["timezone"] == "UTC"
+        got = await get(api, "/v1/aggregates", e1, **DAY, interval="1d")
+        assert got["timezone"] == "Asia/Shanghai"
