@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import problems
 from api.routes import alerts, health, metrics, registry, telemetry, webhooks
@@ -19,6 +19,7 @@ from smartpark.clock import MsClock, system_ms
 from smartpark.errors import ConfigError
 from smartpark.settings import Settings
 from storage import Storage
+from storage.secretbox import SecretBox
 
 VERSION = "1"
 
@@ -26,14 +27,16 @@ VERSION = "1"
 def create_app(
     settings: Settings, *, storage: Storage | None = None, clock: MsClock = system_ms
 ) -> FastAPI:
-    """The app. ``storage`` (already open) is used as given, else one is opened
-    for the app's lifetime. Raises :class:`ConfigError` without a key pepper."""
+    """The app. ``storage`` (already open, with the webhook keys) is used as
+    given, else one is opened for the app's lifetime. Raises :class:`ConfigError`
+    without a key pepper or a webhook secret key."""
     pepper = settings.api.key_pepper
     if pepper is None:
         raise ConfigError(
             "SMARTPARK_API__KEY_PEPPER: required (a random secret of 32+ characters;"
             " API keys are stored as its HMAC)"
         )
+    webhook_keys = SecretBox.from_settings(settings.webhooks)  # ConfigError if unset
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,7 +46,7 @@ def create_app(
             return
         async with Storage(
             settings.database, pool_size=settings.api.pool_size, clock=clock,
-            application_name="smartpark-api",
+            application_name="smartpark-api", webhook_keys=webhook_keys,
         ) as own:  # fmt: skip
             await own.require_migrated()
             app.state.storage = own
@@ -58,6 +61,7 @@ def create_app(
         ),
         lifespan=lifespan,
         responses=problems.RESPONSES,
+        dependencies=[Depends(problems.known_query_parameters)],
     )
     if storage is not None:  # also without a lifespan run (ASGI test transports)
         app.state.storage = storage

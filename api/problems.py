@@ -119,6 +119,29 @@ def problem_response(
     )
 
 
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def known_query_parameters(request: Request) -> None:
+    """Refuse a query parameter the route does not take: a misspelt filter
+    (``?devcie=a1``) must not silently widen an answer to the whole scope."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    unknown = sorted(set(request.query_params) - _query_names(dependant))
+    if unknown:
+        errors = [
+            {"field": f"query.{n}", "reason": "unknown parameter"} for n in unknown
+        ]
+        raise Problem(422, "; ".join(f"{e['field']}: {e['reason']}" for e in errors),
+                      errors=errors)  # fmt: skip
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem."""
 

@@ -19,9 +19,11 @@ async def test_a_key_is_the_only_source_of_the_scope(
 ) -> None:
     async with running_api(pg_dsn, db_schema, kafka=kafka_bootstrap) as api:
         ent = await api.key(Role.ENTERPRISE, "p1", "e1")
+        # a parameter the route does not take is refused, never a scope
+        r = await api.client.get("/v1/me?enterprise=e2&park=p2", headers=ent)
+        assert r.status_code == 422
         r = await api.client.get(
-            "/v1/me?enterprise=e2&park=p2",
-            headers={**ent, "X-Enterprise": "e2", "X-Tenant": "e2"},
+            "/v1/me", headers={**ent, "X-Enterprise": "e2", "X-Tenant": "e2"}
         )
         assert r.status_code == 200
         assert (r.json()["role"], r.json()["park"], r.json()["enterprise"]) == (

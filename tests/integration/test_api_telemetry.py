@@ -356,3 +356,14 @@ async def test_silent_devices_outlets_and_the_parks_time_zone(
         assert got["timezone"] == "UTC"
         got = await get(api, "/v1/aggregates", e1, **DAY, interval="1d")
         assert got["timezone"] == "Asia/Shanghai"
+
+
+async def test_a_misspelt_filter_is_refused_not_ignored(api: Api) -> None:
+    key = await api.key(Role.OPERATOR, "p1")
+    r = await api.client.get(
+        "/v1/readings", headers=key, params={**DAY, "devcie": "a1"}
+    )
+    assert r.status_code == 422
+    assert r.json()["errors"] == [
+        {"field": "query.devcie", "reason": "unknown parameter"}
+    ]
