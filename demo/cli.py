@@ -65,9 +65,11 @@ from smartpark.settings import (
     RulesSettings,
     Settings,
     SinkSettings,
+    WebhookSettings,
 )
 from smartpark.tenancy import Role, Scope
 from storage import Storage, Subscription
+from storage.secretbox import SecretBox, new_key
 
 log = logging.getLogger("demo")
 
@@ -303,7 +305,18 @@ async def _start_services(stack: contextlib.AsyncExitStack, data_dir: Path) -> S
         notifier=NotifierSettings(
             group_id=f"demo-notifier-{run_id}", allow=["127.0.0.1/32"]
         ),
+        webhooks=WebhookSettings(secret_key=SecretStr(_webhook_key(data_dir))),
     )
+
+
+def _webhook_key(data_dir: Path) -> str:
+    """The key webhook secrets are encrypted with: made on the first run and kept
+    with the data, so a kept data directory's secrets still decrypt."""
+    path = data_dir / "webhook-secret.key"
+    if not path.exists():
+        path.write_text(new_key() + "\n", encoding="ascii")
+        path.chmod(0o600)
+    return path.read_text(encoding="ascii").strip()
 
 
 async def _start_pipeline(
@@ -475,7 +488,8 @@ async def _start_alerting(
     secret = signing.generate_secret()
     receiver = run.receiver = WebhookReceiver(secret, say=_say)
     url = stack.enter_context(receiver.serving())
-    async with Storage(settings.database) as storage:
+    keys = SecretBox.from_settings(settings.webhooks)
+    async with Storage(settings.database, webhook_keys=keys) as storage:
         await storage.webhooks.create_subscription(
             Subscription(
                 f"sub_demo_{uuid.uuid4().hex[:8]}", PARK, None, url,

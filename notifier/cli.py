@@ -24,6 +24,12 @@ environment (``SMARTPARK_DATABASE__DSN``, ``SMARTPARK_KAFKA__BOOTSTRAP``,
   running notifier sends them.
 - ``ping ID``: send a signed ``webhook.ping`` now, from this process, through the
   same checks, signing and log as any delivery; prints the attempt.
+- ``reencrypt``: encrypt every signing secret still in clear, or sealed with a key
+  in ``SMARTPARK_WEBHOOKS__OLD_SECRET_KEYS``, with ``SMARTPARK_WEBHOOKS__SECRET_KEY``
+  (the notifier also does this when it starts).
+
+Every subcommand needs ``SMARTPARK_WEBHOOKS__SECRET_KEY`` (secrets are stored
+encrypted with it).
 
 Times (``--since``/``--until``) are ISO 8601 with a zone. Exit codes as every
 ``smartpark`` command (:mod:`smartpark.cli`): 0; 1 when something asked for does not
@@ -53,6 +59,7 @@ from smartpark.clock import system_ms
 from smartpark.errors import NotFound, UsageError
 from smartpark.settings import Settings, load_settings
 from storage import DueDelivery, NewDelivery, Storage, Subscription, WebhookStore
+from storage.secretbox import SecretBox
 
 log = logging.getLogger("smartpark.notifier")
 
@@ -121,15 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     _filters(rd)
     ping = sub.add_parser("ping", help="send a signed test event now")
     ping.add_argument("subscription_id")
+    sub.add_parser(
+        "reencrypt",
+        help="encrypt every signing secret with SMARTPARK_WEBHOOKS__SECRET_KEY",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     settings = load_settings()
     logs.configure(settings.log_level)
+    keys = SecretBox.from_settings(settings.webhooks)
     run: Callable[[WebhookStore, Settings, argparse.Namespace], Awaitable[int]]
     run = _COMMANDS[args.command]
 
     async def go() -> int:
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys) as storage:
             await storage.require_migrated()
             return await run(storage.webhooks, settings, args)
 
@@ -325,6 +337,14 @@ async def _ping(
     return 0 if rows and rows[-1].outcome == "delivered" else 1
 
 
+async def _reencrypt(
+    store: WebhookStore, settings: Settings, args: argparse.Namespace
+) -> int:
+    count = await store.reencrypt()
+    print(f"{count} webhook secrets encrypted with the current key", file=sys.stderr)
+    return 0
+
+
 _COMMANDS: dict[
     str, Callable[[WebhookStore, Settings, argparse.Namespace], Awaitable[int]]
 ] = {
@@ -337,4 +357,5 @@ _COMMANDS: dict[
     "attempts": _attempts,
     "redeliver": _redeliver,
     "ping": _ping,
+    "reencrypt": _reencrypt,
 }

@@ -15,29 +15,32 @@ queued, and the same bytes are signed and sent on every attempt.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-ALERT_OPENED = "alert.opened"
-ALERT_ACKNOWLEDGED = "alert.acknowledged"
-ALERT_RESOLVED = "alert.resolved"
-ALERT_REVISED = "alert.revised"
-ALERT_INSUFFICIENT_DATA = "alert.insufficient_data"
-DEVICE_OFFLINE = "device.offline"
-DEVICE_BACK = "device.back"
-PING = "webhook.ping"
-
-EVENT_TYPES: tuple[str, ...] = (
-    ALERT_OPENED,
+from smartpark.webhooks import (
     ALERT_ACKNOWLEDGED,
+    ALERT_INSUFFICIENT_DATA,
+    ALERT_OPENED,
     ALERT_RESOLVED,
     ALERT_REVISED,
-    ALERT_INSUFFICIENT_DATA,
-    DEVICE_OFFLINE,
     DEVICE_BACK,
+    DEVICE_OFFLINE,
+    EVENT_TYPES,
+    PING,
+    check_event_types,
+    ping_body,
 )
+from smartpark.webhooks import dumps as _dumps
+from smartpark.webhooks import iso as _iso
+
+__all__ = [
+    "ALERT_ACKNOWLEDGED", "ALERT_INSUFFICIENT_DATA", "ALERT_OPENED", "ALERT_RESOLVED",
+    "ALERT_REVISED", "DEVICE_BACK", "DEVICE_OFFLINE", "EVENT_TYPES", "PING",
+    "BadEvent", "Subscriber", "body", "check_event", "check_event_types",
+    "event_type", "matching", "ping_body",
+]  # fmt: skip
+
 _DEVICE_TYPES = {"opened": DEVICE_OFFLINE, "resolved": DEVICE_BACK}
 
 
@@ -55,20 +58,6 @@ class Subscriber(Protocol):
 
 
 S = TypeVar("S", bound=Subscriber)
-
-
-def check_event_types(types: Iterable[str]) -> tuple[str, ...]:
-    """``types`` de-duplicated in order; ValueError naming an unknown one."""
-    out = tuple(dict.fromkeys(t.strip() for t in types if t.strip()))
-    unknown = [t for t in out if t not in EVENT_TYPES]
-    if unknown:
-        expected = ", ".join(EVENT_TYPES)
-        raise ValueError(
-            f"unknown event type {unknown[0]!r}; expected some of {expected}"
-        )
-    if not out:
-        raise ValueError("no event types given")
-    return out
 
 
 def event_type(event: Mapping[str, Any]) -> str:
@@ -122,22 +111,3 @@ def body(event: Mapping[str, Any], etype: str, *, public_url: str | None = None)
         base = public_url.rstrip("/")
         data["links"] = {"alert": f"{base}/v1/alerts/{event['alert_id']}"}
     return _dumps({"type": etype, "timestamp": _iso(int(event["at_ms"])), "data": data})
-
-
-def ping_body(subscription_id: str, now_ms: int) -> str:
-    return _dumps(
-        {
-            "type": PING,
-            "timestamp": _iso(now_ms),
-            "data": {"subscription_id": subscription_id},
-        }
-    )
-
-
-def _iso(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _dumps(doc: object) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -63,6 +63,7 @@ from storage import (
     WebhookStore,
 )
 from storage.locks import SessionLock
+from storage.secretbox import SecretBox
 from stream.group import Batch, DbPositionedConsumer
 from stream.kafka import ensure_topics
 
@@ -332,8 +333,9 @@ class Notifier(DbPositionedConsumer):
         self._cfg = cfg
         self._clock = clock
         self._storage = Storage(
-            settings.database, clock=clock, pool_size=min(cfg.max_endpoints, 16) + 2
-        )
+            settings.database, clock=clock, pool_size=min(cfg.max_endpoints, 16) + 2,
+            webhook_keys=SecretBox.from_settings(settings.webhooks),
+        )  # fmt: skip
         self._store = self._storage.webhooks
         self._sender = Sender(
             allow=cfg.allow,
@@ -360,6 +362,10 @@ class Notifier(DbPositionedConsumer):
             await self._storage.open()
             stack.push_async_callback(self._storage.close)
             await self._storage.require_migrated()
+            # Secrets still in clear (before migration 0009) or sealed with an
+            # older key are encrypted with the current key now, in place.
+            if changed := await self._store.reencrypt():
+                log.info("%d webhook secrets encrypted with the current key", changed)
             await ensure_topics(self._settings.kafka)
             await stack.enter_async_context(self._sender)
             stack.push_async_callback(self.close)

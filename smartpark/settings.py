@@ -9,6 +9,8 @@ own YAML file instead (see ``edge_agent.config``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
@@ -136,6 +138,39 @@ class NotifierSettings(ConsumerSettings):
     rotation_overlap_h: float = 24.0
 
 
+class WebhookSettings(BaseModel):
+    # Webhook signing secrets are stored encrypted with this key (AES-256-GCM,
+    # storage.secretbox): 32 random bytes, URL-safe base64. Required by the
+    # notifier, ``smartpark webhooks`` and ``smartpark api``.
+    secret_key: SecretStr | None = None
+    # Earlier keys, kept only to decrypt until ``smartpark webhooks reencrypt``
+    # has moved every secret to ``secret_key`` (README, "Webhooks").
+    old_secret_keys: list[SecretStr] = []
+
+    @field_validator("secret_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_key(value.get_secret_value())
+        return value
+
+    @field_validator("old_secret_keys")
+    @classmethod
+    def _old_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            _check_key(key.get_secret_value())
+        return value
+
+
+def _check_key(text: str) -> None:
+    try:
+        raw = base64.urlsafe_b64decode(text.strip() + "=" * (-len(text.strip()) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:  # AES-256
+        raise ValueError("expected 32 random bytes in URL-safe base64")
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -168,6 +203,7 @@ class Settings(BaseSettings):
     rules: RulesSettings = RulesSettings()
     notifier: NotifierSettings = NotifierSettings()
     api: ApiSettings = ApiSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     log_level: str = "INFO"
 
 

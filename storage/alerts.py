@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from smartpark.tenancy import Scope
 from storage.base import Conn, Database, storage_errors, table
 
 
@@ -58,6 +59,46 @@ class AlertRow:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """An alert as the API shows it: current status, rule version and pack."""
+
+    alert_id: str
+    pack: str
+    rule_id: str
+    rule_version: str
+    severity: str
+    status: str
+    park: str
+    enterprise: str | None
+    device: str | None
+    metric: str | None
+    opened_at: datetime
+    resolved_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    last_event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilters:
+    """What an API caller asked for (None: any); the caller's scope applies on
+    top of it, in SQL. ``since``/``until`` bound ``opened_at`` as [since, until)."""
+
+    status: str | None = None
+    severity: str | None = None
+    rule_id: str | None = None
+    enterprise: str | None = None
+    device: str | None = None
+    outlet: str | None = None  # the devices of a registered outlet
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+AlertKey = tuple[datetime, str]
+"""A page position: (opened_at, alert_id) of the last alert of the previous page."""
+
+
+@dataclass(frozen=True, slots=True)
 class RuleState:
     group: str
     topic: str
@@ -66,6 +107,32 @@ class RuleState:
     pack_version: str
     next_offset: int
     snapshot: dict[str, Any]  # the engine's snapshot (JSON)
+
+
+_RECORD_COLUMNS = sql.SQL(
+    "alert_id, pack, rule_id, rule_version, severity, status, park, enterprise,"
+    " device, metric, opened_at, resolved_at, acknowledged_at, acknowledged_by,"
+    " last_event_id"
+)
+
+
+def _scoped(scope: Scope) -> tuple[list[sql.Composable], list[Any]]:
+    """The scope's conditions on an alert row: its park, its enterprise."""
+    conds: list[sql.Composable] = []
+    params: list[Any] = []
+    if scope.park is not None:
+        conds.append(sql.SQL("park = %s"))
+        params.append(scope.park)
+    if scope.enterprise is not None:
+        conds.append(sql.SQL("enterprise = %s"))
+        params.append(scope.enterprise)
+    return conds, params
+
+
+def _where(conds: Sequence[sql.Composable]) -> sql.Composable:
+    if not conds:
+        return sql.SQL("")
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds)
 
 
 _EVENT_COLUMNS = sql.SQL(
@@ -186,6 +253,107 @@ class AlertStore:
                     conn, self._db.schema, alert_id, by, self._db.clock()
                 )
 
+    # -- the API: every read and write within the caller's scope, in SQL ---------
+
+    async def find(
+        self,
+        scope: Scope,
+        filters: AlertFilters,
+        *,
+        limit: int,
+        after: AlertKey | None = None,
+    ) -> list[AlertRecord]:
+        """Alerts within ``scope`` matching ``filters``, newest first (by
+        ``opened_at``, then id), at most ``limit``, after the page key ``after``."""
+        conds, params = _scoped(scope)
+        f = filters
+        for column, value in (
+            ("status", f.status), ("severity", f.severity), ("rule_id", f.rule_id),
+            ("enterprise", f.enterprise), ("device", f.device),
+        ):  # fmt: skip
+            if value is not None:
+                conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        if f.outlet is not None:
+            conds.append(
+                sql.SQL("device IN (SELECT id FROM {} WHERE outlet = %s)").format(
+                    self._t("devices")
+                )
+            )
+            params.append(f.outlet)
+        if f.since is not None:
+            conds.append(sql.SQL("opened_at >= %s"))
+            params.append(f.since)
+        if f.until is not None:
+            conds.append(sql.SQL("opened_at < %s"))
+            params.append(f.until)
+        if after is not None:
+            conds.append(sql.SQL("(opened_at, alert_id) < (%s, %s)"))
+            params.extend(after)
+        query = sql.SQL(
+            "SELECT {} FROM {}{} ORDER BY opened_at DESC, alert_id DESC LIMIT %s"
+        ).format(_RECORD_COLUMNS, self._t("alerts"), _where(conds))
+        return await self._records("read alerts", query, [*params, limit])
+
+    async def get(self, scope: Scope, alert_id: str) -> AlertRecord | None:
+        """One alert, None if there is none within ``scope``."""
+        conds, params = _scoped(scope)
+        conds.append(sql.SQL("alert_id = %s"))
+        query = sql.SQL("SELECT {} FROM {}{}").format(
+            _RECORD_COLUMNS, self._t("alerts"), _where(conds)
+        )
+        found = await self._records("read an alert", query, [*params, alert_id])
+        return found[0] if found else None
+
+    async def history(self, scope: Scope, alert_id: str) -> list[AlertEventRow]:
+        """The events of an alert within ``scope``, in the order stored (empty if
+        there is no such alert within it)."""
+        conds, params = _scoped(scope)
+        conds.append(sql.SQL("alert_id = %s"))
+        return await self._events(
+            "read an alert's events", _where(conds), [*params, alert_id]
+        )
+
+    async def acknowledge_within(
+        self, scope: Scope, alert_id: str, *, by: str, comment: str | None
+    ) -> str | None:
+        """Acknowledge an open alert within ``scope`` (see :func:`acknowledge`); its
+        status afterwards, None if there is no such alert within the scope."""
+        with storage_errors("acknowledge alert"):
+            async with self._db.connection() as conn, conn.transaction():
+                if not await _lock_within(conn, self._db.schema, scope, alert_id):
+                    return None
+                return await acknowledge(
+                    conn, self._db.schema, alert_id, by, self._db.clock(),
+                    comment=comment,
+                )  # fmt: skip
+
+    async def resolve_by_hand(
+        self, scope: Scope, alert_id: str, *, by: str, reason: str
+    ) -> str | None:
+        """Resolve an open or acknowledged alert within ``scope`` by hand (see
+        :func:`resolve_by_hand`); its status afterwards, None if there is no such
+        alert within the scope."""
+        with storage_errors("resolve alert"):
+            async with self._db.connection() as conn, conn.transaction():
+                if not await _lock_within(conn, self._db.schema, scope, alert_id):
+                    return None
+                return await resolve_by_hand(
+                    conn, self._db.schema, alert_id, by=by, reason=reason,
+                    now_ms=self._db.clock(),
+                )  # fmt: skip
+
+    async def _records(
+        self, what: str, query: sql.Composed, params: Sequence[Any]
+    ) -> list[AlertRecord]:
+        with storage_errors(what):
+            async with (
+                self._db.connection() as conn,
+                conn.cursor(row_factory=class_row(AlertRecord)) as cur,
+            ):
+                await cur.execute(query, params)
+                return await cur.fetchall()
+
 
 async def write(
     conn: Conn,
@@ -234,7 +402,7 @@ async def write(
                 sql.SQL(
                     "UPDATE {} SET status = 'resolved',"
                     " resolved_at = to_timestamp(%s / 1000.0), last_event_id = %s"
-                    " WHERE alert_id = %s"
+                    " WHERE alert_id = %s AND status <> 'resolved'"
                 ).format(table(schema, "alerts")),
                 (e.at_ms, e.event_id, e.alert_id),
             )
@@ -258,7 +426,13 @@ async def write(
 
 
 async def acknowledge(
-    conn: Conn, schema: str, alert_id: str, by: str, now_ms: int
+    conn: Conn,
+    schema: str,
+    alert_id: str,
+    by: str,
+    now_ms: int,
+    *,
+    comment: str | None = None,
 ) -> str | None:
     """Mark an open alert acknowledged by ``by``; its status afterwards (None: no
     such alert). An acknowledged or resolved alert is left as it is.
@@ -298,11 +472,104 @@ async def acknowledge(
             "window": None,
             "evidence": {"pack": pack, "acknowledged_by": by},
         }  # fmt: skip
+        if comment is not None:
+            body["evidence"]["comment"] = comment
         ack = AlertEventRow(
             event_id, alert_id, "acknowledged", pack, rule_id, version, severity,
             park, enterprise, device, metric, now_ms, body,
         )  # fmt: skip
         await write(conn, schema, [ack], [])
+    cur = await conn.execute(
+        sql.SQL("SELECT status FROM {} WHERE alert_id = %s").format(
+            table(schema, "alerts")
+        ),
+        (alert_id,),
+    )
+    found = await cur.fetchone()
+    return None if found is None else str(found[0])
+
+
+async def _lock_within(conn: Conn, schema: str, scope: Scope, alert_id: str) -> bool:
+    conds, params = _scoped(scope)
+    conds.append(sql.SQL("alert_id = %s"))
+    cur = await conn.execute(
+        sql.SQL("SELECT 1 FROM {}{} FOR UPDATE").format(
+            table(schema, "alerts"), _where(conds)
+        ),
+        [*params, alert_id],
+    )
+    return await cur.fetchone() is not None
+
+
+async def resolve_by_hand(
+    conn: Conn, schema: str, alert_id: str, *, by: str, reason: str, now_ms: int
+) -> str | None:
+    """Resolve an open or acknowledged alert by hand; its status afterwards (None:
+    no such alert). A resolved alert is left as it is.
+
+    Call inside a transaction. The resolution is a ``resolved`` event of its own,
+    produced to the alerts topic like any other (webhooks ``alert.resolved``), whose
+    evidence says it was a person's act: ``resolution: "manual"``, ``resolved_by``,
+    ``reason``, and no value or window, since the rule did not judge it resolved.
+    The rule engine is not told: a later ``resolved`` from the engine is stored as
+    an event but leaves the alert's resolution as it is.
+    """
+    cur = await conn.execute(
+        sql.SQL(
+            "UPDATE {} SET status = 'resolved',"
+            " resolved_at = to_timestamp(%s / 1000.0)"
+            " WHERE alert_id = %s AND status <> 'resolved'"
+            " RETURNING pack, rule_id, rule_version, severity, park, enterprise,"
+            " device, metric"
+        ).format(table(schema, "alerts")),
+        (now_ms, alert_id),
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        pack, rule_id, version, severity, park, enterprise, device, metric = row
+        digest = hashlib.sha256(f"{alert_id}\x1fresolved by hand".encode())
+        event_id = digest.hexdigest()[:24]
+        body = {
+            "event_id": event_id,
+            "alert_id": alert_id,
+            "kind": "resolved",
+            "rule_id": rule_id,
+            "rule_version": version,
+            "severity": severity,
+            "scope": {
+                "park": park, "enterprise": enterprise, "device": device,
+                "metric": metric,
+            },
+            "at_ms": now_ms,
+            "value": None,
+            "window": None,
+            "evidence": {
+                "pack": pack, "resolution": "manual", "resolved_by": by,
+                "reason": reason,
+            },
+        }  # fmt: skip
+        event = AlertEventRow(
+            event_id, alert_id, "resolved", pack, rule_id, version, severity,
+            park, enterprise, device, metric, now_ms, body,
+        )  # fmt: skip
+        await conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (event_id, alert_id, kind, pack, rule_id, rule_version,"
+                " severity, park, enterprise, device, metric, at, body)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " to_timestamp(%s / 1000.0), %s) ON CONFLICT (event_id) DO NOTHING"
+            ).format(table(schema, "alert_events")),
+            (
+                event.event_id, alert_id, "resolved", pack, rule_id, version,
+                severity, park, enterprise, device, metric, now_ms, Jsonb(body),
+            ),
+        )  # fmt: skip
+        await conn.execute(
+            sql.SQL("UPDATE {} SET last_event_id = %s WHERE alert_id = %s").format(
+                table(schema, "alerts")
+            ),
+            (event_id, alert_id),
+        )
     cur = await conn.execute(
         sql.SQL("SELECT status FROM {} WHERE alert_id = %s").format(
             table(schema, "alerts")

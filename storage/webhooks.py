@@ -24,9 +24,12 @@ from typing import Any, TypeVar
 from psycopg import sql
 from psycopg.rows import class_row
 
+from smartpark.errors import ConfigError
+from smartpark.tenancy import Scope
 from storage import offsets as offset_sql
 from storage.base import Conn, Database, storage_errors, table
 from storage.model import KafkaOffset
+from storage.secretbox import KEY_VARIABLE, SecretBox
 
 _Row = TypeVar("_Row")
 
@@ -135,8 +138,24 @@ def _sub(row: Sequence[Any]) -> Subscription:
 
 
 class WebhookStore:
-    def __init__(self, db: Database) -> None:
+    """Subscriptions, secrets (encrypted with ``keys``), the outbox and its log.
+
+    Without ``keys`` nothing can be created or rotated (a ConfigError naming
+    ``SMARTPARK_WEBHOOKS__SECRET_KEY``), and only secrets still in clear can be
+    read; every process that needs secrets builds its :class:`SecretBox` at start-up.
+    """
+
+    def __init__(self, db: Database, keys: SecretBox | None = None) -> None:
         self._db = db
+        self._keys = keys
+
+    def _box(self) -> SecretBox:
+        if self._keys is None:
+            raise ConfigError(
+                f"{KEY_VARIABLE}: required (webhook signing secrets are stored"
+                " encrypted with it)"
+            )
+        return self._keys
 
     def _t(self, name: str) -> sql.Identifier:
         return table(self._db.schema, name)
@@ -180,11 +199,13 @@ class WebhookStore:
                         list(sub.event_types), sub.description, sub.enabled,
                     ),
                 )  # fmt: skip
+                sealed, kid = self._box().seal(secret, sub.subscription_id)
                 await conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (subscription_id, secret) VALUES (%s, %s)"
+                        "INSERT INTO {} (subscription_id, secret, key_id)"
+                        " VALUES (%s, %s, %s)"
                     ).format(self._t("webhook_secrets")),
-                    (sub.subscription_id, secret),
+                    (sub.subscription_id, sealed, kid),
                 )
 
     async def subscriptions(
@@ -240,6 +261,7 @@ class WebhookStore:
     ) -> bool:
         """Make ``secret`` current; the secrets signing until now keep signing until
         ``old_until_ms`` (the overlap). False: no such subscription."""
+        sealed, kid = self._box().seal(secret, subscription_id)
         with storage_errors("rotate webhook secret"):
             async with self._db.connection() as conn, conn.transaction():
                 cur = await conn.execute(
@@ -260,24 +282,58 @@ class WebhookStore:
                 )
                 await conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (subscription_id, secret) VALUES (%s, %s)"
+                        "INSERT INTO {} (subscription_id, secret, key_id)"
+                        " VALUES (%s, %s, %s)"
                     ).format(self._t("webhook_secrets")),
-                    (subscription_id, secret),
+                    (subscription_id, sealed, kid),
                 )
                 return True
 
     async def signing_secrets(self, subscription_id: str, now_ms: int) -> list[str]:
-        """The secrets that sign now, newest first."""
+        """The secrets that sign now, newest first, decrypted (a secret still in
+        clear from before migration 0009 as it is)."""
         rows = await self._fetch(
             "read webhook secrets",
             sql.SQL(
-                "SELECT secret FROM {} WHERE subscription_id = %s AND (expires_at IS"
-                " NULL OR expires_at > to_timestamp(%s / 1000.0))"
-                " ORDER BY created_at DESC"
+                "SELECT secret, key_id FROM {} WHERE subscription_id = %s AND"
+                " (expires_at IS NULL OR expires_at > to_timestamp(%s / 1000.0))"
+                " ORDER BY created_at DESC, secret_id DESC"
             ).format(self._t("webhook_secrets")),
             (subscription_id, now_ms),
         )
-        return [str(s) for (s,) in rows]
+        return [
+            str(s) if kid is None else self._box().open(s, kid, subscription_id)
+            for s, kid in rows
+        ]
+
+    async def reencrypt(self) -> int:
+        """Encrypt every secret still in clear, and re-encrypt every secret sealed
+        with an older key, with the current key; the number of secrets changed.
+        Row by row, each in place (a crash leaves every secret readable)."""
+        box = self._box()
+        rows = await self._fetch(
+            "read webhook secrets to re-encrypt",
+            sql.SQL(
+                "SELECT secret_id, subscription_id, secret, key_id FROM {}"
+                " WHERE key_id IS DISTINCT FROM %s ORDER BY secret_id"
+            ).format(self._t("webhook_secrets")),
+            (box.current_id,),
+        )
+        changed = 0
+        for secret_id, sid, stored, kid in rows:
+            plain = str(stored) if kid is None else box.open(stored, kid, sid)
+            sealed, new_kid = box.seal(plain, sid)
+            with storage_errors("re-encrypt a webhook secret"):
+                async with self._db.connection() as conn:
+                    cur = await conn.execute(
+                        sql.SQL(
+                            "UPDATE {} SET secret = %s, key_id = %s"
+                            " WHERE secret_id = %s AND key_id IS NOT DISTINCT FROM %s"
+                        ).format(self._t("webhook_secrets")),
+                        (sealed, new_kid, secret_id, kid),
+                    )
+                    changed += cur.rowcount
+        return changed
 
     # -- the outbox ---------------------------------------------------------------
 
@@ -500,6 +556,153 @@ class WebhookStore:
                 assert row is not None
                 return int(row[0])
 
+    # -- the API: every read and write within the caller's scope, in SQL ---------
+
+    async def find_subscriptions(
+        self, scope: Scope, *, limit: int, after: str | None = None
+    ) -> list[Subscription]:
+        """Subscriptions within ``scope`` (an enterprise: its own; an operator: its
+        park's), by id, at most ``limit``, after the id ``after``."""
+        conds, params = _sub_scope(scope)
+        if after is not None:
+            conds.append(sql.SQL("subscription_id > %s"))
+            params.append(after)
+        rows = await self._fetch(
+            "read webhook subscriptions",
+            sql.SQL("SELECT {} FROM {}{} ORDER BY subscription_id LIMIT %s").format(
+                sql.SQL(_SUBSCRIPTION_COLUMNS),
+                self._t("webhook_subscriptions"),
+                _where(conds),
+            ),
+            [*params, limit],
+        )
+        return [_sub(r) for r in rows]
+
+    async def subscription_within(
+        self, scope: Scope, subscription_id: str
+    ) -> Subscription | None:
+        conds, params = _sub_scope(scope)
+        conds.append(sql.SQL("subscription_id = %s"))
+        rows = await self._fetch(
+            "read webhook subscription",
+            sql.SQL("SELECT {} FROM {}{}").format(
+                sql.SQL(_SUBSCRIPTION_COLUMNS),
+                self._t("webhook_subscriptions"),
+                _where(conds),
+            ),
+            [*params, subscription_id],
+        )
+        return _sub(rows[0]) if rows else None
+
+    async def delivery_counts_within(
+        self, scope: Scope, subscription_ids: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        """Per subscription of ``subscription_ids`` within ``scope``: how many
+        deliveries are pending, delivered, failed."""
+        rows = await self._fetch(
+            "count webhook deliveries",
+            sql.SQL(
+                "SELECT subscription_id, status, count(*) FROM {}"
+                " WHERE subscription_id = ANY(%s) AND {}"
+                " GROUP BY subscription_id, status"
+            ).format(self._t("webhook_deliveries"), self._owned(scope)),
+            [list(subscription_ids), *_sub_scope(scope)[1]],
+        )
+        out = {sid: dict.fromkeys(_STATUSES, 0) for sid in subscription_ids}
+        for sid, status, n in rows:
+            out[sid][status] = int(n)
+        return out
+
+    async def find_deliveries(
+        self,
+        scope: Scope,
+        *,
+        subscription_id: str | None = None,
+        status: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRow]:
+        """Deliveries of subscriptions within ``scope``, oldest first, after the
+        delivery id ``after``."""
+        conds: list[sql.Composable] = [self._owned(scope)]
+        params: list[Any] = list(_sub_scope(scope)[1])
+        for cond, value in (
+            ("subscription_id = %s", subscription_id),
+            ("status = %s", status),
+            ("created_at >= to_timestamp(%s / 1000.0)", since_ms),
+            ("created_at < to_timestamp(%s / 1000.0)", until_ms),
+        ):
+            if value is not None:
+                conds.append(sql.SQL(cond))
+                params.append(value)
+        if after is not None:
+            conds.append(sql.SQL("delivery_id > %s"))
+            params.append(after)
+        return await self._fetch_rows(
+            "read webhook deliveries",
+            DeliveryRow,
+            sql.SQL(
+                "SELECT delivery_id, subscription_id, event_id, event_type, status,"
+                " attempts, next_attempt_at, created_at, finished_at, last_error"
+                " FROM {} WHERE {} ORDER BY delivery_id LIMIT %s"
+            ).format(self._t("webhook_deliveries"), sql.SQL(" AND ").join(conds)),
+            [*params, limit],
+        )
+
+    async def delivery_within(
+        self, scope: Scope, delivery_id: int
+    ) -> DeliveryRow | None:
+        rows = await self._fetch_rows(
+            "read a webhook delivery",
+            DeliveryRow,
+            sql.SQL(
+                "SELECT delivery_id, subscription_id, event_id, event_type, status,"
+                " attempts, next_attempt_at, created_at, finished_at, last_error"
+                " FROM {} WHERE delivery_id = %s AND {}"
+            ).format(self._t("webhook_deliveries"), self._owned(scope)),
+            [delivery_id, *_sub_scope(scope)[1]],
+        )
+        return rows[0] if rows else None
+
+    async def attempts_within(
+        self, scope: Scope, delivery_id: int
+    ) -> list[AttemptRow] | None:
+        """Every attempt of a delivery within ``scope``; None if there is no such
+        delivery within it."""
+        if await self.delivery_within(scope, delivery_id) is None:
+            return None
+        return await self.attempts(delivery_id)
+
+    async def redeliver_within(
+        self, scope: Scope, delivery_ids: Sequence[int], now_ms: int
+    ) -> list[int]:
+        """Queue the deliveries of ``delivery_ids`` within ``scope`` again (see
+        :meth:`redeliver`); the ids queued (those outside the scope are not)."""
+        with storage_errors("redeliver webhooks"):
+            async with self._db.connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET status = 'pending', scheduled = 0,"
+                        " next_attempt_at = to_timestamp(%s / 1000.0),"
+                        " finished_at = NULL WHERE delivery_id = ANY(%s) AND {}"
+                        " RETURNING delivery_id"
+                    ).format(self._t("webhook_deliveries"), self._owned(scope)),
+                    [now_ms, list(delivery_ids), *_sub_scope(scope)[1]],
+                )
+                return sorted(int(d) for (d,) in await cur.fetchall())
+
+    def _owned(self, scope: Scope) -> sql.Composable:
+        """A condition on a delivery row: its subscription is within ``scope``
+        (parameters: ``_sub_scope(scope)[1]``)."""
+        conds, _ = _sub_scope(scope)
+        if not conds:
+            return sql.SQL("true")
+        return sql.SQL("subscription_id IN (SELECT subscription_id FROM {}{})").format(
+            self._t("webhook_subscriptions"), _where(conds)
+        )
+
 
 async def _insert_deliveries(
     conn: Conn, table: sql.Identifier, deliveries: Sequence[NewDelivery], due_ms: int
@@ -545,3 +748,22 @@ def _filters(
     if not where:
         return sql.SQL(""), params
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where), params
+
+
+def _sub_scope(scope: Scope) -> tuple[list[sql.Composable], list[Any]]:
+    """The scope's conditions on a subscription row: its park, its enterprise."""
+    conds: list[sql.Composable] = []
+    params: list[Any] = []
+    if scope.park is not None:
+        conds.append(sql.SQL("park = %s"))
+        params.append(scope.park)
+    if scope.enterprise is not None:
+        conds.append(sql.SQL("enterprise = %s"))
+        params.append(scope.enterprise)
+    return conds, params
+
+
+def _where(conds: Sequence[sql.Composable]) -> sql.Composable:
+    if not conds:
+        return sql.SQL("")
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds)

@@ -35,6 +35,7 @@ from tests.support.notifier import (
     at_least,
     body_of,
     ids,
+    keys,
     notifier_env,
     notifier_settings,
     produce_events,
@@ -94,7 +95,7 @@ async def test_alerts_from_the_runner_arrive_signed_and_verifiable(
     batches = telemetry(park_id)
     expected = offline_core(PACK, batches)
     with Receiver() as enterprise, Receiver() as operators:
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys(settings)) as storage:
             await storage.migrate()
             e1_secret = await subscribe(
                 storage, "sub-e1", park_id, "e1", enterprise.url
@@ -193,7 +194,7 @@ async def test_a_killed_notifier_and_a_failing_receiver_lose_nothing(
         log,
     )
     with Receiver(respond) as receiver:
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys(settings)) as storage:
             await storage.migrate()
             secret = await subscribe(storage, "sub-1", park_id, None, receiver.url)
             await produce_events(settings, evts)
@@ -262,7 +263,7 @@ async def test_a_dead_endpoint_does_not_delay_a_healthy_one(
 ) -> None:
     settings = notifier_settings(platform, timeout_s=2.0)
     with Receiver() as live, silent_server() as dead_url:
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys(settings)) as storage:
             await storage.migrate()
             await subscribe(storage, "sub-live", park_id, "live", live.url)
             await subscribe(storage, "sub-dead", park_id, "dead", dead_url)
@@ -334,7 +335,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 async def test_subscriptions_to_internal_addresses_are_refused(
     platform: Settings, url: str, reason: str
 ) -> None:
-    async with Storage(platform.database) as storage:
+    async with Storage(platform.database, webhook_keys=keys(platform)) as storage:
         await storage.migrate()
     env = settings_env(platform)
     done = await asyncio.to_thread(
@@ -354,7 +355,7 @@ async def test_subscription_lifecycle_with_the_real_commands(
     settings = notifier_settings(platform, schedule_ms=[0, 100, 100])
     env = settings_env(settings) | notifier_env(settings)
     with Receiver() as receiver:
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys(settings)) as storage:
             await storage.migrate()
             done = await asyncio.to_thread(
                 _cli, "add", "--park", park_id, "--enterprise", "e1", "--url",
@@ -479,7 +480,7 @@ async def test_one_notifier_delivers_and_a_second_takes_over(
         for e in before
     ]
     with Receiver() as receiver:
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys(settings)) as storage:
             await storage.migrate()
             secret = await subscribe(storage, "sub-1", park_id, None, receiver.url)
             async with contextlib.AsyncExitStack() as stack:
@@ -519,7 +520,7 @@ async def test_a_new_subscription_does_not_receive_the_topics_history(
     old = alert_events(park_id, ["e1"], 2)
     new = [{**e, "event_id": f"n{e['event_id'][1:]}"} for e in old]
     with Receiver() as receiver:
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys(settings)) as storage:
             await storage.migrate()
             await produce_events(settings, old)
             await asyncio.sleep(0.1)
@@ -549,7 +550,7 @@ async def test_retry_after_is_honoured(
 
     [event] = alert_events(park_id, ["e1"], 1)[:1]
     with Receiver(respond) as receiver:
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys(settings)) as storage:
             await storage.migrate()
             await subscribe(storage, "sub-1", park_id, "e1", receiver.url)
             async with running_notifier(settings):
@@ -576,7 +577,7 @@ async def test_deliveries_go_on_after_the_database_restarts(
     settings = notifier_settings(platform)
     evts = alert_events(park_id, ["e1", "e2"], 8)  # 32 events
     with Receiver(lambda r: Reply(200, delay_s=0.1)) as receiver:
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys(settings)) as storage:
             await storage.migrate()
             await subscribe(storage, "sub-1", park_id, None, receiver.url)
         async with running_notifier(settings) as notifier:
@@ -592,7 +593,7 @@ async def test_deliveries_go_on_after_the_database_restarts(
                 return notifier.stats.delivered >= len(evts)
 
             await until(all_delivered, what="every delivery recorded", timeout_s=60)
-        async with Storage(settings.database) as storage:
+        async with Storage(settings.database, webhook_keys=keys(settings)) as storage:
             rows = await storage.webhooks.deliveries()
     assert sorted(set(ids(got))) == sorted(expected)
     assert len(rows) == len(evts)
@@ -620,7 +621,7 @@ async def test_deliveries_go_on_after_the_database_restarts(
 async def test_the_webhooks_command_names_what_is_wrong(
     platform: Settings, args: list[str], code: int, message: str
 ) -> None:
-    async with Storage(platform.database) as storage:
+    async with Storage(platform.database, webhook_keys=keys(platform)) as storage:
         await storage.migrate()
     done = await asyncio.to_thread(_cli, *args, env=settings_env(platform))
     assert done.returncode == code, done.stdout + done.stderr

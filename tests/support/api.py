@@ -17,10 +17,14 @@ from smartpark.settings import (
     BulkMethod,
     DatabaseSettings,
     KafkaSettings,
+    NotifierSettings,
     Settings,
+    WebhookSettings,
 )
 from smartpark.tenancy import Role, Scope
 from storage import Storage
+from storage.secretbox import SecretBox
+from tests.support.settings import WEBHOOK_KEY
 
 PEPPER = "test-pepper-" + "x" * 32
 
@@ -50,6 +54,7 @@ def api_settings(
         ),
         kafka=KafkaSettings(bootstrap=kafka),
         api=ApiSettings(key_pepper=SecretStr(PEPPER), max_points=max_points),
+        webhooks=WebhookSettings(secret_key=SecretStr(WEBHOOK_KEY)),
     )
 
 
@@ -57,10 +62,15 @@ def api_settings(
 async def running_api(
     pg_dsn: str, schema: str, *, kafka: str = "127.0.0.1:19092",
     clock: MsClock = system_ms, max_points: int = 100_000, pool_size: int = 4,
-    bulk_method: BulkMethod = "copy",
+    bulk_method: BulkMethod = "copy", notifier: NotifierSettings | None = None,
 ) -> AsyncIterator[Api]:  # fmt: skip
     settings = api_settings(pg_dsn, schema, kafka, max_points, bulk_method)
-    async with Storage(settings.database, pool_size=pool_size, clock=clock) as storage:
+    if notifier is not None:
+        settings = settings.model_copy(update={"notifier": notifier})
+    keys = SecretBox.from_settings(settings.webhooks)
+    async with Storage(
+        settings.database, pool_size=pool_size, clock=clock, webhook_keys=keys
+    ) as storage:
         await storage.migrate()
         app = create_app(settings, storage=storage, clock=clock)
         transport = httpx.ASGITransport(app=app)

@@ -18,6 +18,7 @@ from rules.engine import Engine
 from rules.model import Obs
 from smartpark.settings import NotifierSettings, Settings
 from storage import Storage, Subscription
+from storage.secretbox import SecretBox
 from stream.kafka import ensure_topics
 from tests.support.webhooks import Received
 
@@ -37,6 +38,11 @@ def notifier_settings(platform: Settings, **overrides: Any) -> Settings:
         connect_timeout_s=1.0,
     ).model_copy(update=overrides)
     return platform.model_copy(update={"notifier": cfg})
+
+
+def keys(settings: Settings) -> SecretBox:
+    """What the test's storage encrypts webhook secrets with (as the notifier)."""
+    return SecretBox.from_settings(settings.webhooks)
 
 
 def notifier_env(settings: Settings) -> dict[str, str]:

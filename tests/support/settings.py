@@ -11,7 +11,11 @@ from smartpark.settings import (
     RulesSettings,
     Settings,
     SinkSettings,
+    WebhookSettings,
 )
+
+# The key webhook secrets are encrypted with in tests (32 bytes, URL-safe base64).
+WEBHOOK_KEY = "dGVzdC13ZWJob29rLWtleS0zMi1ieXRlcy1sb25nISE="
 
 
 def platform_settings(
@@ -34,6 +38,7 @@ def platform_settings(
         kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topic_prefix),
         sink=SinkSettings(group_id=f"sink-{park}"),
         rules=RulesSettings(group_id=f"rules-{park}", reload_every_s=0.5),
+        webhooks=WebhookSettings(secret_key=SecretStr(WEBHOOK_KEY)),
     )
     if pg_dsn is not None:
         settings.database = DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)
@@ -54,4 +59,5 @@ def settings_env(s: Settings) -> dict[str, str]:
         "SMARTPARK_SINK__GROUP_ID": s.sink.group_id,
         "SMARTPARK_RULES__GROUP_ID": s.rules.group_id,
         "SMARTPARK_RULES__RELOAD_EVERY_S": str(s.rules.reload_every_s),
+        "SMARTPARK_WEBHOOKS__SECRET_KEY": WEBHOOK_KEY,
     }
