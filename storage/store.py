@@ -38,6 +38,8 @@ from storage.keys import KeyStore
 from storage.model import AppliedMigration, Dialect, StorageInfo
 from storage.offsets import OffsetStore
 from storage.queries import TelemetryQueries
+from storage.registry import RegistryStore
+from storage.secretbox import SecretBox
 from storage.telemetry import TelemetryStore
 from storage.webhooks import WebhookStore
 
@@ -61,6 +63,7 @@ class Storage:
         clock: MsClock = system_ms,
         connect_timeout_s: float = 30.0,
         application_name: str = "smartpark",
+        webhook_keys: SecretBox | None = None,
     ) -> None:
         self._schema = settings.schema_
         self._settings = settings
@@ -74,8 +77,9 @@ class Storage:
         self._queries: TelemetryQueries | None = None
         self.offsets = OffsetStore(self)
         self.alerts = AlertStore(self)
-        self.webhooks = WebhookStore(self)
+        self.webhooks = WebhookStore(self, webhook_keys)
         self.keys = KeyStore(self)
+        self.registry = RegistryStore(self)
 
     # -- the Database protocol the stores work through --------------------------------
 

@@ -32,6 +32,8 @@ MIGRATIONS = [
     "0005_device_epochs",
     "0006_series",
     "0007_api_keys",
+    "0008_registry",
+    "0009_webhook_secrets",
 ]  # fmt: skip
 
 
@@ -82,6 +84,8 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (5, "device_epochs", Dialect.POSTGRES),
             (6, "series", Dialect.POSTGRES),
             (7, "api_keys", Dialect.POSTGRES),
+            (8, "registry", Dialect.POSTGRES),
+            (9, "webhook_secrets", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:

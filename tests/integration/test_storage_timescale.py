@@ -67,6 +67,8 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0005_device_epochs",
             "0006_series",
             "0007_api_keys",
+            "0008_registry",
+            "0009_webhook_secrets",
         ]
         assert await s.migrate() == []
         await s.require_migrated()
