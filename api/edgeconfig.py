@@ -34,6 +34,8 @@ PLACEHOLDER = "FILL-IN"
 MEDIA_TYPES = ("application/yaml", "text/yaml", "application/x-yaml")
 # What HJ 212 real-time data usually arrives at; the agent file does not say.
 HJ212_INTERVAL_S = 60
+# A gateway's file has hundreds of values, not millions.
+MAX_NODES = 200_000
 _CODE = re.compile(r"\b([aw]\d{5})\b")
 _MN_FORBIDDEN = frozenset(";,=&")
 
@@ -228,6 +230,24 @@ def _loc(parts: Sequence[int | str]) -> str:
     return out
 
 
+def _bounded(data: Any, cap: int = MAX_NODES) -> None:
+    """Refuse a file whose YAML aliases expand past ``cap`` values (a few
+    hundred bytes of nested aliases can expand to billions)."""
+    stack, seen = [data], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > cap:
+            raise NotAnAgentFile(
+                "body", f"more than {cap} values once its aliases are expanded"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(item.keys())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def parse_agent_file(text: bytes) -> AgentFile:
     """The file's registry part, or :class:`NotAnAgentFile` naming the field."""
     try:
@@ -240,6 +260,7 @@ def parse_agent_file(text: bytes) -> AgentFile:
         raise NotAnAgentFile("body", f"not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise NotAnAgentFile("body", "not an agent configuration (a YAML mapping)")
+    _bounded(data)
     try:
         parsed = AgentFile.model_validate(data)
     except ValidationError as exc:

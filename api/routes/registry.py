@@ -730,11 +730,13 @@ async def import_edge_config(id: PathId, request: Request, who: Writer) -> Impor
     ent = await registry.get(ENTERPRISES, who.scope, _path_id(id))
     if ent is None:
         raise not_found("enterprise")
-    body = await request.body()
-    if len(body) > MAX_YAML_BYTES:
-        raise bad_input("body", f"larger than {MAX_YAML_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_YAML_BYTES:
+            raise bad_input("body", f"larger than {MAX_YAML_BYTES} bytes")
     try:
-        parsed = edgeconfig.parse_agent_file(body)
+        parsed = edgeconfig.parse_agent_file(bytes(body))
     except edgeconfig.NotAnAgentFile as exc:
         raise bad_input(exc.field, exc.reason) from None
     if parsed.site.enterprise != ent.id:

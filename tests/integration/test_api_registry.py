@@ -491,6 +491,12 @@ def test_placeholders_of_an_export_are_not_imported() -> None:
     )  # fmt: skip
 
 
+# Aliases of aliases: 10**6 values from a few hundred bytes.
+LAUGHS = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 6)
+)
+
+
 def _example_for(park: str, enterprise: str) -> str:
     text = (ROOT / "edge_agent/agent.example.yaml").read_text()
     text = re.sub(r"park: park1\b", f"park: {park}", text)
@@ -556,6 +562,7 @@ async def test_an_agent_yaml_is_refused_precisely(world: World) -> None:
         ("- just\n- a list", "body"),
         ("", "body"),
         ("site: {park: p1, enterprise: e1}\n", "body.devices"),
+
         (example.replace("metric: so2,", "metric: sulphur,"),
          "body.hj212.loggers[0].pollutants.a21026.metric"),
         (example.replace("id: fresh-water-in", "id: pot-line-1-meter"),
@@ -566,6 +573,15 @@ async def test_an_agent_yaml_is_refused_precisely(world: World) -> None:
         r = await c.client.post(url, headers=yaml_h, content=text)
         assert r.status_code == 422, (field, r.text)
         assert r.json()["errors"][0]["field"] == field, r.json()
+    huge = "x" * (1 << 20) + "\n"
+    for text, reason in (
+        (LAUGHS, "once its aliases are expanded"),
+        (huge, "larger than 1048576 bytes"),
+    ):
+        r = await c.client.post(url, headers=yaml_h, content=text)
+        assert r.status_code == 422
+        assert [e["field"] for e in r.json()["errors"]] == ["body"]
+        assert reason in r.json()["detail"]
     # A device id of another enterprise: refused, and nothing of the file is kept.
     text = example.replace("id: fresh-water-in", "id: f1-meter")
     r = await c.client.post(url, headers=yaml_h, content=text)
