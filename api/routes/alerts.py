@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.auth import Reader, Writer
 from api.problems import Problem, bad_input, not_found
@@ -42,6 +42,17 @@ _ALERT_EXAMPLE: dict[str, Any] = {
     "acknowledged_at": None, "acknowledged_by": None,
     "links": {"self": "/v1/alerts/3f9a1c2e7b8d4a6f0e1d2c3b"},
 }  # fmt: skip
+
+
+def _plain(value: str) -> str:
+    # PostgreSQL stores no NUL in text or jsonb: refused here as bad input, not
+    # later as a database error.
+    if any((c < " " and c not in "\t\n\r") or c == "\x7f" for c in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain)]
 
 
 class Alert(BaseModel):
@@ -111,7 +122,7 @@ class AlertDetail(Alert):
 class Acknowledge(BaseModel):
     """What the person acknowledging says (kept with the event)."""
 
-    comment: str = Field(default="", max_length=2000)
+    comment: Text = Field(default="", max_length=2000)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -122,7 +133,7 @@ class Acknowledge(BaseModel):
 class Resolve(BaseModel):
     """Why the alert is resolved by hand (required)."""
 
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: Text = Field(min_length=1, max_length=2000)
 
     model_config = ConfigDict(
         extra="forbid",

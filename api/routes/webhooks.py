@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.auth import Caller, Reader, Writer
 from api.problems import bad_input, not_found
@@ -67,6 +67,17 @@ _ATTEMPT_EXAMPLE: dict[str, Any] = {
     "latency_ms": 180, "status_code": 200, "error": None, "outcome": "delivered",
     "address": "203.0.113.7",
 }  # fmt: skip
+
+
+def _plain(value: str) -> str:
+    # PostgreSQL stores no NUL in text or jsonb: refused here as bad input, not
+    # later as a database error.
+    if any((c < " " and c not in "\t\n\r") or c == "\x7f" for c in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain)]
 
 
 class Counts(BaseModel):
@@ -114,11 +125,11 @@ class WebhookCreate(BaseModel):
     ``park`` and ``enterprise`` out); an operator names the enterprise (or none:
     every event of the park) and, with an every-park key, the park."""
 
-    url: str = Field(min_length=1, max_length=2048)
+    url: Text = Field(min_length=1, max_length=2048)
     event_types: list[EventType] | None = Field(
         default=None, min_length=1, description="default: every type"
     )
-    description: str = Field(default="", max_length=500)
+    description: Text = Field(default="", max_length=500)
     park: str | None = Field(default=None, pattern=ID_PATTERN)
     enterprise: str | None = Field(default=None, pattern=ID_PATTERN)
 
@@ -135,7 +146,7 @@ class WebhookCreate(BaseModel):
 
 
 class Disable(BaseModel):
-    reason: str = Field(default="disabled through the API", max_length=500)
+    reason: Text = Field(default="disabled through the API", max_length=500)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -458,8 +469,7 @@ async def rotate(
 )
 async def ping(who: Writer, subscription_id: SubscriptionId) -> Queued:
     """Queue a signed ``webhook.ping`` due now; the notifier sends it through the
-    same checks, signing and log as any delivery (once: a ping is not retried by
-    the schedule beyond the notifier's usual attempts). Follow it with
+    same checks, signing, retries and log as any delivery. Follow it with
     ``GET /v1/webhook-deliveries/{delivery_id}/attempts``."""
     sub = await _owned(who, subscription_id)
     now = who.storage.clock()
