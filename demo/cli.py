@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -430,7 +430,16 @@ async def _start_api(
             storage, pepper.encode(), scope=Scope(Role.ENTERPRISE, PARK, enterprise),
             name=f"demo {enterprise}",
         )  # fmt: skip
-    server = uvicorn.Server(
+
+    class EmbeddedServer(uvicorn.Server):
+        # The demo owns SIGINT/SIGTERM (a first Ctrl-C drains, a second skips the
+        # drain); uvicorn would capture them while serving and raise them again
+        # after its shutdown, which read as a second interrupt.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    server = EmbeddedServer(
         uvicorn.Config(
             create_app(api_settings),
             host=LOOPBACK,

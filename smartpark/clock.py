@@ -14,10 +14,20 @@ def system_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name`` (e.g. ``Asia/Shanghai``), else ValueError.
+
+    Whatever the text: a directory of the zone database (``Asia``) raises
+    IsADirectoryError inside ZoneInfo, a NUL byte ValueError, a path outside it
+    ValueError; all become "unknown time zone".
+    """
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
 def check_timezone(name: str) -> str:
     """``name`` if it is an IANA time zone (e.g. ``Asia/Shanghai``), else ValueError."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}") from None
+    zone(name)
     return name

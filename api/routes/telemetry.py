@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from api.auth import Reader
 from api.problems import Problem, bad_input
+from smartpark.clock import zone
 from storage.queries import (
     BucketOut,
     Filters,
@@ -145,9 +146,9 @@ def _range(start: datetime, end: datetime) -> None:
 
 def _zone(tz: str) -> ZoneInfo:
     try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise bad_input("query.tz", f"unknown time zone {tz!r}") from None
+        return zone(tz)
+    except ValueError as exc:
+        raise bad_input("query.tz", str(exc)) from None
 
 
 def encode_cursor(key: PageKey) -> str:

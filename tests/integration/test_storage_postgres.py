@@ -211,7 +211,7 @@ async def test_storage_by_series_migrates_rows_and_rollups_in_place(
             )
             before = await cur.fetchall()
         assert len(before) == 80
-        assert await s.migrate() == ["0006_series"]
+        assert (await s.migrate())[0] == "0006_series"
         after = await s.telemetry.readings()
         assert [tuple(r[:9]) for r in after] == before
         assert {(r.data_type, r.stat) for r in after} == {("realtime", "value")}
