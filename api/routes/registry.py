@@ -699,6 +699,11 @@ async def export_edge_config(id: PathId, who: Reader) -> Response:
     text = edgeconfig.export_config(
         ent, devices, timezone=None if park is None else park.timezone
     )
+    # An export of the enterprise's configuration: recorded like every export.
+    await who.audit(
+        "registry.edge_config.export", f"enterprise:{ent.id}",
+        detail={"devices": len(devices)},
+    )  # fmt: skip
     return Response(text, media_type="application/yaml")
 
 

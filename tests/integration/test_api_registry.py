@@ -451,6 +451,8 @@ async def test_the_exported_edge_config_loads_as_an_agent_config(
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("application/yaml")
     assert "FILL-IN" in r.text
+    log = await world.api.storage.keys.audit_log()
+    assert [e.action for e in log[:4]] == ["registry.edge_config.export"] * 4
     config = parse_config(yaml.safe_load(r.text))
     assert (config.site.park, config.site.enterprise) == ("p1", "e1")
     assert {d.id: d.protocol for d in config.devices} == {
