@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,10 +118,15 @@ def start_api(dsn: str, schema: str, pepper: str, port: int) -> subprocess.Popen
         "SMARTPARK_DATABASE__DSN": dsn,
         "SMARTPARK_DATABASE__SCHEMA": schema,
         "SMARTPARK_API__KEY_PEPPER": pepper,
+        "SMARTPARK_WEBHOOKS__SECRET_KEY": base64.urlsafe_b64encode(
+            os.urandom(32)
+        ).decode(),
         "SMARTPARK_API__PORT": str(port),
     }
     exe = Path(sys.executable).with_name("smartpark")
-    return subprocess.Popen([str(exe), "api"], env=env, stderr=subprocess.DEVNULL)
+    log = Path(tempfile.gettempdir()) / "smartpark-api-bench.log"
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen([str(exe), "api"], env=env, stdout=out, stderr=out)
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -149,7 +156,10 @@ async def main(args: argparse.Namespace) -> int:
         async with httpx.AsyncClient(
             base_url=base, headers=headers, timeout=600
         ) as http:
-            for _ in range(100):
+            for _ in range(150):
+                if proc.poll() is not None:
+                    log = Path(tempfile.gettempdir()) / "smartpark-api-bench.log"
+                    raise SystemExit(f"smartpark api exited: {log.read_text()[-2000:]}")
                 try:
                     if (await http.get("/health")).status_code == 200:
                         break
