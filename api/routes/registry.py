@@ -216,7 +216,7 @@ class EnterpriseCreate(_In):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"id": "coal-power", "park": "park-1", "name": "Binhai Power Co.",
-         "industry": "thermal power", "permits": ["91320000MA1XXXXX-001P"],
+         "industry": "thermal power", "permits": ["91320000MA1Y2K3L4M-001P"],
          "energy_quota_tce": {"day": 850.0, "year": 300000.0},
          "water_quota_m3": {"day": 12000.0}, "quotas_from": "2026-01-01"}
     ]})  # fmt: skip
@@ -247,7 +247,7 @@ class EnterpriseOut(BaseModel):
 
 ENTERPRISE_EX = {
     "id": "coal-power", "park": "park-1", "name": "Binhai Power Co.",
-    "industry": "thermal power", "permits": ["91320000MA1XXXXX-001P"],
+    "industry": "thermal power", "permits": ["91320000MA1Y2K3L4M-001P"],
     "energy_quota_tce": {"day": 850.0, "year": 300000.0},
     "water_quota_m3": {"day": 12000.0}, "quotas_from": "2026-01-01", **_STAMPS_EX,
 }  # fmt: skip
