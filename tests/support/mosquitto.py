@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -46,6 +47,35 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def restartable_port() -> int:
+    """A free 127.0.0.1 port outside the kernel's ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one: while a broker on it is stopped,
+    any outgoing connection may be given it as its local port (a client retrying
+    that very port can even connect to itself), and the restart then fails with
+    "Address already in use". Outside the range the kernel never hands it out.
+    """
+    low, _ = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port below the ephemeral range for a restartable broker")
 
 
 def password_line(user: str, password: str, *, iterations: int = 101) -> str:
@@ -85,7 +115,7 @@ class TestBroker:
         persistence: bool = False,
     ) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = restartable_port()
         self._tls = tls
         self._users = users
         self._persistence = persistence
