@@ -34,6 +34,7 @@ MIGRATIONS = [
     "0007_api_keys",
     "0008_registry",
     "0009_webhook_secrets",
+    "0010_marks",
 ]  # fmt: skip
 
 
@@ -86,6 +87,7 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (7, "api_keys", Dialect.POSTGRES),
             (8, "registry", Dialect.POSTGRES),
             (9, "webhook_secrets", Dialect.POSTGRES),
+            (10, "marks", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:

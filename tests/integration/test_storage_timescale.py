@@ -69,6 +69,7 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0007_api_keys",
             "0008_registry",
             "0009_webhook_secrets",
+            "0010_marks",
         ]
         assert await s.migrate() == []
         await s.require_migrated()
