@@ -34,6 +34,24 @@ Contracts:
   the end of its input) and judges only the ``missing_data`` rules by it. The
   offline events are the ones a later reading would have produced (same time, same
   ids), only sooner; windows never close on it.
+- Data marks (:mod:`rules.marks`): :meth:`apply_marks` takes updates of the marks
+  in force, in the order the caller read them (the live runner: by polling the
+  database), with the caller's position in that feed (``cursor``, kept in the
+  snapshot so a restart neither misses nor repeats one; re-applying an update
+  changes nothing). Each update that changes what counts is applied on its own,
+  then the kinds that honour marks answer it: the windowed kind with ``revised``
+  events for the closed windows still within ``allowed_lateness`` that it covers
+  (evidence ``mark``: the mark and ``applied`` or ``lifted``), so a revision's id
+  depends on the mark, not on how updates were batched; open windows are judged
+  with the marks when they close. The instant kinds skip marked readings from then
+  on. Consumption kinds (``quota``, ``ratio``) and ``missing_data`` do not drop
+  marked data (see :mod:`rules.kinds.quota`). The same readings and updates in any
+  interleaving give the same final verdict of every window that is still within
+  ``allowed_lateness`` when both have arrived. Windows beyond it are no longer
+  held: :meth:`forgotten_windows` names those a mark covers, and :meth:`rejudge`
+  judges one again from readings the caller read back from storage (a
+  ``revised`` event whose evidence says ``rejudged: stored_telemetry``; judged
+  against the limit alone, the hysteresis of the time being gone).
 - :meth:`snapshot` is JSON; ``Engine.restore(pack, snapshot)`` continues exactly
   where the snapshot was taken (the runner stores it with the consumed offsets).
 """
@@ -41,15 +59,42 @@ Contracts:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rules.kinds import make_evaluator
-from rules.kinds.base import Evaluator, RuleSpec
+from rules.kinds.base import Evaluator, MarkAware, RuleSpec
 from rules.kinds.missing import MissingDataEvaluator
-from rules.model import JSON, AlertEvent, EventKind, Finding, Obs, Verdict, stable_id
+from rules.kinds.window import WindowEvaluator
+from rules.marks import Mark, MarkBook, MarkChange, MarkUpdate
+from rules.model import (
+    JSON,
+    AlertEvent,
+    EventKind,
+    Finding,
+    Obs,
+    Verdict,
+    Window,
+    stable_id,
+)
 from rules.pack import Pack
 
 SNAPSHOT_VERSION = 1
+# Marks are kept until no window they cover can be judged again: the longest
+# window (a local day, 25 h at most) plus the pack's allowed lateness.
+_MARK_HORIZON_MS = 2 * 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class ForgottenWindow:
+    """A closed window beyond ``allowed_lateness`` that a mark covers: what to read
+    back from storage (``metrics`` of the mark's device in ``series``, within
+    ``window``) to :meth:`Engine.rejudge` it."""
+
+    rule_id: str
+    window: Window
+    metrics: frozenset[str]
+    series: str
 
 
 @dataclass(slots=True)
@@ -71,6 +116,11 @@ class Engine:
         self._watermark: int | None = None
         self._open: dict[str, str] = {}  # rule id + scope key -> open alert id
         self._silence: int | None = None  # the newest silence watermark given
+        self._marks = MarkBook()
+        self._mark_cursor: list[int] | None = None  # the caller's, see apply_marks
+        for _, evaluator in self._rules:
+            if isinstance(evaluator, MarkAware):
+                evaluator.use_marks(self._marks)
         self.stats = EngineStats()
 
     @property
@@ -101,6 +151,8 @@ class Engine:
         if moved:
             for rule, evaluator in self._rules:
                 events += self._lifecycle(rule, evaluator.advance(watermark))
+            if len(self._marks):
+                self._marks.forget(self._mark_horizon(watermark))
         self.stats.events += len(events)
         self.stats.dropped_late = sum(e.dropped_late for _, e in self._rules)
         return events
@@ -119,6 +171,77 @@ class Engine:
                 events += self._lifecycle(rule, evaluator.advance(watermark_ms))
         self.stats.events += len(events)
         return events
+
+    @property
+    def mark_cursor(self) -> list[int] | None:
+        """The position in the marks feed last given to :meth:`apply_marks`."""
+        return None if self._mark_cursor is None else list(self._mark_cursor)
+
+    @property
+    def marks(self) -> MarkBook:
+        """The marks in force the engine knows (read-only for callers)."""
+        return self._marks
+
+    def apply_marks(
+        self, updates: Sequence[MarkUpdate], *, cursor: Sequence[int] | None = None
+    ) -> list[AlertEvent]:
+        """Take mark updates (see the module contract); the events they cause, in
+        order. ``cursor`` is kept as given, for the caller to resume from."""
+        events: list[AlertEvent] = []
+        watermark = self._watermark
+        horizon = None if watermark is None else self._mark_horizon(watermark)
+        for update in updates:
+            if horizon is not None and update.mark.end_ms <= horizon:
+                continue  # nothing it covers can be judged again here
+            change = self._marks.apply(update)
+            if change is None or watermark is None:
+                continue
+            for rule, evaluator in self._rules:
+                if isinstance(evaluator, MarkAware):
+                    found = evaluator.marks_changed([change], watermark)
+                    events += self._lifecycle(rule, found)
+        if cursor is not None:
+            self._mark_cursor = list(cursor)
+        self.stats.events += len(events)
+        return events
+
+    def forgotten_windows(self, mark: Mark) -> list[ForgottenWindow]:
+        """The windows ``mark`` covers that are no longer held (see the module
+        contract), by rule in pack order, oldest first."""
+        if self._watermark is None:
+            return []
+        return [
+            ForgottenWindow(rule.id, window, rule.metrics(), rule.series)
+            for rule, evaluator in self._rules
+            if isinstance(evaluator, WindowEvaluator)
+            for window in evaluator.forgotten(mark, self._watermark)
+        ]
+
+    def rejudge(
+        self,
+        change: MarkChange,
+        window: ForgottenWindow,
+        readings: Sequence[Obs],
+        marks: Sequence[Mark],
+    ) -> list[AlertEvent]:
+        """A forgotten window judged again because of ``change`` from its stored
+        ``readings`` and the ``marks`` in force now that overlap it (see
+        :meth:`rules.kinds.window.WindowEvaluator.rejudge`). Changes no state: the
+        alert id is the window's revision id, whatever is open now, so the event
+        id depends only on the rule version, the window, the stored data and the
+        mark."""
+        events: list[AlertEvent] = []
+        for rule, evaluator in self._rules:
+            if rule.id != window.rule_id or not isinstance(evaluator, WindowEvaluator):
+                continue
+            for f in evaluator.rejudge(change, window.window, readings, marks):
+                alert_id = self._alert_id(rule, f, "revision")
+                events.append(self._event(rule, alert_id, EventKind.REVISED, f))
+        self.stats.events += len(events)
+        return events
+
+    def _mark_horizon(self, watermark_ms: int) -> int:
+        return watermark_ms - self.pack.allowed_lateness - _MARK_HORIZON_MS
 
     def _lifecycle(self, rule: RuleSpec, findings: list[Finding]) -> list[AlertEvent]:
         out: list[AlertEvent] = []
@@ -193,6 +316,8 @@ class Engine:
             "watermark": self._watermark,
             "open": dict(sorted(self._open.items())),
             "silence": self._silence,
+            "marks": self._marks.snapshot(),
+            "mark_cursor": self._mark_cursor,
             "rules": {rule.id: ev.snapshot() for rule, ev in self._rules},
         }
 
@@ -211,6 +336,8 @@ class Engine:
         engine._watermark = state["watermark"]
         engine._open = dict(state["open"])
         engine._silence = state.get("silence")  # absent in older snapshots
+        engine._marks.restore(state.get("marks", []))
+        engine._mark_cursor = state.get("mark_cursor")
         for rule, evaluator in engine._rules:
             evaluator.restore(state["rules"][rule.id])
         return engine

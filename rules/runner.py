@@ -32,6 +32,19 @@ Contracts (on top of :class:`stream.group.DbPositionedConsumer`):
   only time elapsed here. Those events have the ids a later reading would have
   given them. A partition with a backlog is not judged by the clock: its records
   decide.
+- Data marks: every ``rules.marks_poll_ms`` the runner reads the mark feed
+  (:class:`storage.rule_marks.RuleMarkStore`: new marks, corrections,
+  withdrawals, reviews since the engines' cursors) and gives each change to the
+  engine of the partition its enterprise's records go to
+  (:meth:`~rules.engine.Engine.apply_marks`; the cursor is part of the engine's
+  snapshot, so it is checkpointed with the offsets and a restart neither misses
+  nor repeats a change). Open windows simply judge with the marks; closed ones
+  within ``allowed_lateness`` are revised by the engine; closed ones beyond it
+  are re-judged from stored telemetry (:meth:`~rules.engine.Engine.rejudge`):
+  ``revised`` events whose ids depend only on the rule version, the window, the
+  stored data and the mark, so a repeat after a restart stores nothing twice. An
+  engine that has never read the feed (fresh, or a new pack version) only learns
+  the marks: it has judged no window they could revise.
 - A record that does not decode is counted and skipped (the sink dead-letters it).
 - The pack file is re-read every ``rules.reload_every_s``: a valid pack with a new
   version replaces the old one; the owned partitions continue from their current
@@ -45,26 +58,35 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Self
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from rules.engine import Engine
+from rules.marks import Mark, MarkChange, MarkUpdate
 from rules.model import AlertEvent, Obs
 from rules.pack import Pack, load_pack
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import ConfigError, PayloadError, StorageError
 from smartpark.settings import Settings
 from storage import AlertEventRow, RuleState, Storage
+from storage.rule_marks import MarkCursor, RuleMarkRow, RuleMarkStore
 from stream.group import Batch, DbPositionedConsumer
 from stream.kafka import ensure_topics, make_producer
 from stream.records import decode_record
 
 log = logging.getLogger(__name__)
+
+# The mark feed re-reads marks this recent (their ids may commit out of order).
+_MARKS_RECHECK_S = 60.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -81,6 +103,9 @@ class RunnerStats:
     checkpoints: int = 0
     dropped_late: int = 0
     silence_events: int = 0  # offline events raised by the clock, while silent
+    mark_polls: int = 0
+    mark_updates: int = 0  # mark rows read from the feed (repeats included)
+    mark_events: int = 0  # revisions caused by marks, new or not
 
 
 class RulesRunner(DbPositionedConsumer):
@@ -107,6 +132,13 @@ class RulesRunner(DbPositionedConsumer):
         self._next: dict[int, int] = {}
         self._checkpoint_ms = clock()
         self._every_ms = settings.rules.checkpoint_every_ms
+        self._mark_feed = RuleMarkStore(self._storage)
+        self._marks_polled_ms: int | None = None
+        # The next offset each partition's engine state covers (for a checkpoint
+        # of a state that moved by marks alone).
+        self._offsets: dict[int, int] = {}
+        # Marks re-judged from storage in this process, and as what (active).
+        self._rejudged: dict[int, bool] = {}
         self.stats = RunnerStats(pack=self._pack.pack, pack_version=self._pack.version)
 
     @property
@@ -150,6 +182,7 @@ class RulesRunner(DbPositionedConsumer):
     async def load_positions(self, tps: set[TopicPartition]) -> dict[int, int]:
         for tp in tps:  # whatever ran since the checkpoint is evaluated again
             self._next.pop(tp.partition, None)
+            self._offsets.pop(tp.partition, None)
             self._seen_ms[tp.partition] = self._clock()
         stored = {
             s.partition: s
@@ -158,6 +191,8 @@ class RulesRunner(DbPositionedConsumer):
         pack = self._pack
         for tp in tps:
             state = stored.get(tp.partition)
+            if state is not None:
+                self._offsets[tp.partition] = state.next_offset
             if state is None:
                 self._engines[tp.partition] = Engine(pack)
             elif (state.pack, state.pack_version) == (pack.pack, pack.version):
@@ -178,6 +213,7 @@ class RulesRunner(DbPositionedConsumer):
         for tp in revoked:
             self._engines.pop(tp.partition, None)
             self._next.pop(tp.partition, None)
+            self._offsets.pop(tp.partition, None)
             self._seen_ms.pop(tp.partition, None)
 
     def _states(self, partitions: set[int]) -> list[RuleState]:
@@ -213,6 +249,11 @@ class RulesRunner(DbPositionedConsumer):
             self._maybe_reload()
         async with self._lock:
             await self._judge_silence(now)
+        polled = self._marks_polled_ms
+        if polled is None or now - polled >= self._settings.rules.marks_poll_ms:
+            self._marks_polled_ms = now
+            async with self._lock:
+                await self._poll_marks()
         if self._next and now - self._checkpoint_ms >= self._every_ms:
             # idle since the last batch: checkpoint what moved, under the lock a
             # revocation takes too
@@ -245,6 +286,104 @@ class RulesRunner(DbPositionedConsumer):
                 self._unpositioned |= self._owned
                 raise
             self.stats.silence_events += len(events)
+
+    async def _poll_marks(self) -> None:
+        """Read the mark feed since the engines' cursors and apply it (see the
+        module contract); the events are stored now (deterministic ids)."""
+        positioned = {tp.partition for tp in self._owned - self._unpositioned}
+        engines = {p: e for p, e in sorted(self._engines.items()) if p in positioned}
+        if not engines:
+            return
+        # Engines read the feed from their own cursor: a fresh engine (from 0)
+        # must not make the others take old marks for new ones.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for p, engine in engines.items():
+            at = engine.mark_cursor or [0, 0]
+            groups.setdefault((at[0], at[1]), []).append(p)
+        partitions = self._partitions()
+        events: list[AlertEvent] = []
+        for (mark_id, review_id), members in sorted(groups.items()):
+            feed = await self._mark_feed.changes(
+                MarkCursor(mark_id, review_id), recheck_s=_MARKS_RECHECK_S
+            )
+            self.stats.mark_polls += 1
+            self.stats.mark_updates += len(feed.rows)
+            cursor = [feed.cursor.mark_id, feed.cursor.review_id]
+            routed: dict[int, list[MarkUpdate]] = {}
+            for row in feed.rows:
+                partition = _partition_of(row.enterprise, partitions)
+                update = MarkUpdate(_mark(row), row.active)
+                routed.setdefault(partition, []).append(update)
+            for p in members:
+                engine = engines[p]
+                before = engine.mark_cursor
+                updates = routed.get(p, [])
+                if before == cursor and not updates:
+                    continue
+                found = engine.apply_marks(updates, cursor=cursor)
+                if before is not None:
+                    found += await self._rejudge(
+                        engine, updates, known_mark_id=before[0]
+                    )
+                events += found
+                if (before != cursor or found) and p in self._offsets:
+                    self._next.setdefault(p, self._offsets[p])  # checkpoint it
+        if events:
+            try:
+                self.stats.events += await self._storage.alerts.write(
+                    [event_row(self._pack, e) for e in events], []
+                )
+            except StorageError:
+                self._unpositioned |= self._owned  # back to the checkpoints
+                raise
+            self.stats.mark_events += len(events)
+
+    async def _rejudge(
+        self, engine: Engine, updates: Sequence[MarkUpdate], *, known_mark_id: int
+    ) -> list[AlertEvent]:
+        """Revisions of the windows beyond ``allowed_lateness`` that the updates
+        change, from stored telemetry. A mark lifted that this engine never read
+        as a mark (its id is past the engine's cursor: rejected or withdrawn
+        before it was read) revises nothing."""
+        events: list[AlertEvent] = []
+        store = self._mark_feed
+        for update in updates:
+            mark = update.mark
+            if self._rejudged.get(mark.id) == update.active:
+                continue
+            if not update.active and mark.id > known_mark_id:
+                continue
+            self._rejudged[mark.id] = update.active
+            change = MarkChange(mark, "applied" if update.active else "lifted")
+            for window in engine.forgotten_windows(mark):
+                start = _at(window.window.start_ms)
+                end = _at(window.window.end_ms)
+                rows = await store.readings(
+                    park=mark.park, enterprise=mark.enterprise, device=mark.device,
+                    metrics=sorted(window.metrics), data_type=window.series,
+                    start=start, end=end,
+                )  # fmt: skip
+                in_force = await store.in_force(
+                    park=mark.park, enterprise=mark.enterprise, device=mark.device,
+                    start=start, end=end,
+                )  # fmt: skip
+                readings = [
+                    Obs(
+                        _ms(r.time), mark.park, mark.enterprise, mark.device,
+                        r.metric, r.value, r.quality, r.seq, r.reset, window.series,
+                    )
+                    for r in rows
+                ]  # fmt: skip
+                marks = [_mark(r) for r in in_force]
+                events += engine.rejudge(change, window, readings, marks)
+        return events
+
+    def _partitions(self) -> list[int]:
+        consumer = self._consumer
+        known = None if consumer is None else consumer.partitions_for_topic(self._topic)
+        if not known:
+            return list(range(self._settings.kafka.partitions))
+        return sorted(known)
 
     async def process(self, batch: Batch) -> dict[TopicPartition, int]:
         try:
@@ -284,6 +423,7 @@ class RulesRunner(DbPositionedConsumer):
                     )  # fmt: skip
             next_offsets[tp] = records[-1].offset + 1
             self._next[tp.partition] = next_offsets[tp]
+            self._offsets[tp.partition] = next_offsets[tp]
             self._seen_ms[tp.partition] = now_ms
         if now_ms - self._checkpoint_ms >= self._every_ms:
             states = self._states(set(self._next))
@@ -370,6 +510,27 @@ class RulesRunner(DbPositionedConsumer):
 def _read_pack(path: Path) -> tuple[Pack, str]:
     data = path.read_bytes()
     return load_pack(path), hashlib.sha256(data).hexdigest()
+
+
+def _partition_of(enterprise: str, partitions: list[int]) -> int:
+    """The telemetry partition of ``enterprise``: records are keyed by it and
+    produced with the default (murmur2) partitioner."""
+    return int(DefaultPartitioner()(enterprise.encode(), partitions, partitions))
+
+
+def _ms(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _at(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _mark(row: RuleMarkRow) -> Mark:
+    return Mark(
+        row.id, row.park, row.enterprise, row.device, row.metric,
+        _ms(row.start_at), _ms(row.end_at), row.kind,
+    )  # fmt: skip
 
 
 def _key(body: dict[str, object]) -> str:

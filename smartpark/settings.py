@@ -111,6 +111,8 @@ class RulesSettings(ConsumerSettings):
     # How often engine snapshots are stored with their offsets; after a crash the
     # records since the last one are evaluated again (and de-duplicated).
     checkpoint_every_ms: int = 5000
+    # How often the runner polls the data marks for changes (rules.runner).
+    marks_poll_ms: int = Field(default=2000, gt=0)
 
 
 class NotifierSettings(ConsumerSettings):

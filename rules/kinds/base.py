@@ -24,12 +24,14 @@ from __future__ import annotations
 import fnmatch
 import re
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rules.marks import MarkBook, MarkChange
 from rules.model import JSON, Finding, Obs, Scope
 from smartpark.catalogue import METRICS
 from smartpark.yamlfile import located
@@ -162,6 +164,50 @@ class Evaluator(Protocol):
     def snapshot(self) -> JSON: ...
 
     def restore(self, state: JSON) -> None: ...
+
+
+@runtime_checkable
+class MarkAware(Protocol):
+    """An evaluator that honours data marks (:mod:`rules.marks`).
+
+    ``use_marks(book)`` is called once, before anything is fed: the engine's book,
+    which the engine alone updates. ``marks_changed(changes, watermark_ms)`` is
+    called after the book changed; it returns the findings the change causes (for
+    windowed kinds: revisions of closed windows still within ``allowed_lateness``),
+    in a deterministic order, and must not move the watermark.
+    """
+
+    def use_marks(self, marks: MarkBook) -> None: ...
+
+    def marks_changed(
+        self, changes: Sequence[MarkChange], watermark_ms: int
+    ) -> list[Finding]: ...
+
+
+class InstantMarks:
+    """Marks for the kinds that judge each reading as it arrives (threshold,
+    duration, rate of change): a reading covered by a mark in force when it is
+    judged counts as not valid. A verdict is an instant, not a window: a mark that
+    arrives after the reading was judged changes nothing already said (there is no
+    window to revise), only the readings judged after it."""
+
+    _marks: MarkBook | None = None
+
+    def use_marks(self, marks: MarkBook) -> None:
+        self._marks = marks
+
+    def marked(self, obs: Obs) -> bool:
+        return self._marks is not None and (
+            self._marks.covering(
+                obs.park, obs.enterprise, obs.device, obs.metric, obs.ts_ms
+            )
+            is not None
+        )
+
+    def marks_changed(
+        self, changes: Sequence[MarkChange], watermark_ms: int
+    ) -> list[Finding]:
+        return []
 
 
 def check_unit(metric: str, unit: str | None, at: str = "unit") -> None:

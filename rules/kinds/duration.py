@@ -18,7 +18,9 @@ Contract, per device (see also :mod:`rules.kinds.base`):
   that makes the run last ``for`` (its time - the run's first reading's time ≥
   ``for``) gives a BREACH finding at its own time. Once in breach, a valid reading
   back within ``clear`` (default: the limit) gives an OK finding.
-- A reading whose flag is not in ``valid_flags``, a reading within the limit, or a
+- A reading whose flag is not in ``valid_flags`` or that an invalid data mark in
+  force covers when it arrives (:class:`~rules.kinds.base.InstantMarks`: a
+  start-up is not a breach lasting ``for``), a reading within the limit, or a
   gap longer than ``max_gap`` ends the run (the reading after a gap may start a new
   one). None of these resolves a breach: only a valid reading within ``clear`` shows
   the condition ended.
@@ -37,6 +39,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rules.kinds.base import (
+    InstantMarks,
     LimitFields,
     Limits,
     PackContext,
@@ -104,7 +107,7 @@ class _Device:
         )
 
 
-class DurationEvaluator:
+class DurationEvaluator(InstantMarks):
     def __init__(self, spec: DurationSpec, ctx: PackContext) -> None:
         self.spec = spec
         self.dropped_late = 0
@@ -119,7 +122,7 @@ class DurationEvaluator:
                 self.dropped_late += 1
             return []
         dev.newest = obs.ts_ms
-        if obs.quality not in spec.valid_flags:
+        if obs.quality not in spec.valid_flags or self.marked(obs):
             dev.run_start = None
             return []
         limits = spec.limits_for(scope)

@@ -18,6 +18,9 @@ next reading is an OK finding ("back") with the gap and the readings missed in i
 
 Decisions:
 
+- Data marks (:mod:`rules.marks`) do not apply: a mark says data is not valid for
+  judging an exceedance, not that the device is silent; "heard from" is any reading.
+
 - "Heard from" is ``max(reading time, watermark)`` when a reading arrives. A reading
   behind the watermark (a site replaying its outbox after an outage) shows the device
   talks again; judging it by its old time would flag it offline again at every

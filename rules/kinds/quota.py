@@ -26,6 +26,15 @@ total of the scope (``per: enterprise``: ``park/enterprise``; ``per: device``:
 ``park/enterprise/device``) for the period of the step. A reading matching several
 inputs counts for the first only.
 
+Data marks (:mod:`rules.marks`) are deliberately not applied here. A quota is
+consumption, a difference of counter registers: energy and water drawn during a
+start-up, a shutdown or a meter's maintenance were drawn all the same, and the
+register read after the marked period carries them. Dropping marked steps would
+under-count what the plant used and let a mark hide quota use; a marked reading
+whose quality flag is not valid is already bridged by the counters (see
+:mod:`rules.kinds.consumption`). What a mark excludes is *exceedance judgement of
+measured values* (concentrations, temperatures...), the windowed and instant kinds'.
+
 Contract:
 
 - The reading whose step takes the total above ``limit`` is a BREACH finding at

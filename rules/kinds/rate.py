@@ -19,7 +19,9 @@ Contract, per device (see also :mod:`rules.kinds.base`):
   ``rate`` (``rise``) or ``-rate`` (``fall``). A finding when the breach state
   changes, at the reading's time, like ``threshold``; ``direction: below`` (a rate
   under the limit, e.g. a frozen analyser) mirrors it. ``limit`` must be positive.
-- A reading whose flag is not in ``valid_flags`` is skipped: the next valid reading is
+- A reading whose flag is not in ``valid_flags``, or that an invalid data mark in
+  force covers when it arrives (:class:`~rules.kinds.base.InstantMarks`), is
+  skipped: the next valid reading is
   differenced with the last valid one. A gap longer than ``max_gap`` is not
   differenced; the later reading becomes the new base.
 - Counters are allowed. A reading with ``reset`` set (rollover, meter replacement)
@@ -38,6 +40,7 @@ from typing import Any, Literal
 from pydantic import field_validator, model_validator
 
 from rules.kinds.base import (
+    InstantMarks,
     LimitFields,
     PackContext,
     RuleSpec,
@@ -91,7 +94,7 @@ class _Device:
     breaching: bool = False
 
 
-class RateEvaluator:
+class RateEvaluator(InstantMarks):
     def __init__(self, spec: RateSpec, ctx: PackContext) -> None:
         self.spec = spec
         self.dropped_late = 0
@@ -106,7 +109,7 @@ class RateEvaluator:
                 self.dropped_late += 1
             return []
         dev.newest = obs.ts_ms
-        valid = obs.quality in spec.valid_flags
+        valid = obs.quality in spec.valid_flags and not self.marked(obs)
         if obs.reset is not None:
             dev.base_ts = obs.ts_ms if valid else None
             dev.base_value = obs.value

@@ -24,6 +24,11 @@ units, or the coefficient set's unit for a side with a coefficient (kWh/t,
 kgce/t). ``unit`` may say another one only where a unit definition converts to it
 (``tce/t``); anything else is refused at load.
 
+Data marks (:mod:`rules.marks`) are not applied, for the reason given in
+:mod:`rules.kinds.quota`: both sides are consumption (energy used, product made),
+and a marked period's consumption is still consumption; dropping it would bias the
+ratio either way.
+
 Contract:
 
 - A period closes when the watermark reaches its end: a finding at the period's

@@ -12,8 +12,10 @@
 
 Per device: a finding when the breach state changes (a reading beyond the limit
 while not in breach; a reading back within ``clear`` while in breach). Readings
-whose flag is not in ``valid_flags`` are skipped. Late readings do not exist for an
-instant rule: each reading is judged when it arrives, in stream order.
+whose flag is not in ``valid_flags``, or covered by an invalid data mark in force
+when they arrive (:class:`~rules.kinds.base.InstantMarks`), are skipped. Late
+readings do not exist for an instant rule: each reading is judged when it arrives,
+in stream order.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from rules.kinds.base import (
+    InstantMarks,
     LimitFields,
     PackContext,
     RuleSpec,
@@ -52,14 +55,14 @@ class ThresholdSpec(RuleSpec, LimitFields):
         return frozenset({self.metric})
 
 
-class ThresholdEvaluator:
+class ThresholdEvaluator(InstantMarks):
     def __init__(self, spec: ThresholdSpec, ctx: PackContext) -> None:
         self.spec = spec
         self.dropped_late = 0
         self._breaching: dict[str, bool] = {}  # scope key -> in breach
 
     def feed(self, obs: Obs, watermark_ms: int) -> list[Finding]:
-        if obs.quality not in self.spec.valid_flags:
+        if obs.quality not in self.spec.valid_flags or self.marked(obs):
             return []
         scope = device_scope(obs, metric=obs.metric)
         was = self._breaching.get(scope.key, False)

@@ -53,6 +53,15 @@ Contract (see also :mod:`rules.kinds.base`):
   lifecycle follows the stream). A window first seen through a late reading is
   reported as a revision too (previous verdict ``None``), judged against the limit
   alone. Older readings are dropped and counted in ``dropped_late``.
+- **Marks** (:mod:`rules.marks`): a reading (or its O2 partner) covered by an
+  invalid data mark in force when the window is judged is not valid (counted as
+  ``excluded_mark``, the marks' ids in ``marks``): an hour covered by a start-up
+  mark is INSUFFICIENT, never a breach. A mark that comes or goes while a window
+  is open simply applies when it closes; one for a closed window still within
+  ``allowed_lateness`` re-judges it like a late reading (a revision with the
+  previous verdict and the mark, ``applied`` or ``lifted``, in ``mark``). Windows
+  already forgotten are the runner's to re-judge from stored telemetry
+  (:meth:`WindowEvaluator.rejudge`).
 - **Duplicates**: a second reading of the same device, metric and event time is
   ignored (the first one wins, whatever its flag) and counted in the evidence.
 - **Memory**: per device, the readings of its open windows and of closed windows
@@ -62,6 +71,7 @@ Contract (see also :mod:`rules.kinds.base`):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -78,12 +88,14 @@ from rules.kinds.base import (
 from rules.kinds.windowing import (
     DAY_MS,
     Bucket,
+    Marked,
     O2Correction,
     fmt_ms,
     summarise,
     window_of,
 )
-from rules.model import JSON, Finding, Obs, Verdict, Window
+from rules.marks import Mark, MarkBook, MarkChange
+from rules.model import JSON, Finding, Obs, Scope, Verdict, Window
 from smartpark.catalogue import METRICS, check_metric
 from smartpark.yamlfile import located
 
@@ -203,6 +215,97 @@ class WindowEvaluator:
         # they never had one.
         self._o2_seen: set[str] = set()
         self._o2_warned: set[str] = set()
+        self._marks: MarkBook | None = None
+
+    def use_marks(self, marks: MarkBook) -> None:
+        self._marks = marks
+
+    def marks_changed(
+        self, changes: Sequence[MarkChange], watermark_ms: int
+    ) -> list[Finding]:
+        """Revisions of the closed windows (still within lateness) that the
+        changed marks cover; open windows are judged with the marks when they
+        close."""
+        out: list[Finding] = []
+        for change in changes:
+            mark = change.mark
+            if mark.metric is not None and mark.metric not in self.spec.metrics():
+                continue
+            key = Scope(mark.park, mark.enterprise, mark.device, self.spec.metric).key
+            for _, bucket in sorted(self._buckets.get(key, {}).items()):
+                if bucket.closed and mark.overlaps(bucket.start_ms, bucket.end_ms):
+                    out += self._revise(key, bucket, {"mark": change.to_json()})
+        return out
+
+    def forgotten(self, mark: Mark, watermark_ms: int) -> list[Window]:
+        """The windows ``mark`` covers that are closed and beyond
+        ``allowed_lateness`` at ``watermark_ms``: no longer held here, for the
+        caller to :meth:`rejudge` from stored readings. Oldest first."""
+        if mark.metric is not None and mark.metric not in self.spec.metrics():
+            return []
+        probe = Obs(mark.start_ms, mark.park, mark.enterprise, mark.device,
+                    self.spec.metric, 0.0, data_type=self.spec.series)  # fmt: skip
+        if not self.spec.selects(probe):
+            return []
+        out: list[Window] = []
+        start, end = window_of(mark.start_ms, self.spec.window, self._tz)
+        while start < mark.end_ms and end + self._lateness <= watermark_ms:
+            out.append(Window(start, end))
+            start, end = window_of(end, self.spec.window, self._tz)
+        return out
+
+    def rejudge(
+        self,
+        change: MarkChange,
+        window: Window,
+        readings: Sequence[Obs],
+        marks: Sequence[Mark],
+    ) -> list[Finding]:
+        """A window beyond ``allowed_lateness`` judged again because of ``change``,
+        from its stored ``readings`` (the rule's metric and O2 of the mark's
+        device) and the ``marks`` in force now that overlap it: a revision when the
+        verdict or value with the marks differs from the one without the change.
+
+        Pure and deterministic (the same stored readings and marks give the same
+        finding after any restart). The hysteresis state of the time is not known
+        any more: both verdicts are judged against the limit alone, and the
+        evidence says ``rejudged: stored_telemetry``.
+        """
+        mark = change.mark
+        key = Scope(mark.park, mark.enterprise, mark.device, self.spec.metric).key
+        bucket = Bucket(window.start_ms, window.end_ms, closed=True)
+        subject = (mark.park, mark.enterprise, mark.device)
+        for obs in sorted(readings, key=lambda o: (o.ts_ms, o.metric)):
+            if (
+                (obs.park, obs.enterprise, obs.device) == subject
+                and self.spec.selects(obs)
+                and window.start_ms <= obs.ts_ms < window.end_ms
+            ):
+                bucket.add(obs, is_o2=obs.metric != self.spec.metric)
+        if not bucket.readings:
+            return []
+        now = [m for m in marks if m.id != mark.id]
+        if change.change == "applied":
+            before_marks, after_marks = now, [*now, mark]
+        else:
+            before_marks, after_marks = [*now, mark], now
+        before = self._judge(key, bucket, False, MarkBook.of(before_marks))
+        after = self._judge(key, bucket, False, MarkBook.of(after_marks))
+        if (before.verdict, before.value) == (after.verdict, after.value):
+            return []
+        previous = {"verdict": before.verdict.value, "value": before.value}
+        evidence = {
+            **after.evidence,
+            "previous": previous,
+            "mark": change.to_json(),
+            "rejudged": "stored_telemetry",
+        }
+        return [
+            Finding(
+                after.scope, after.at_ms, after.verdict, after.value, after.window,
+                evidence, revision=True,
+            )
+        ]  # fmt: skip
 
     def feed(self, obs: Obs, watermark_ms: int) -> list[Finding]:
         out = self._close(watermark_ms)
@@ -219,7 +322,7 @@ class WindowEvaluator:
             bucket = buckets[start] = Bucket(start, end, closed=end <= watermark_ms)
             self._due(end + self._lateness if bucket.closed else end)
         if bucket.add(obs, is_o2=obs.metric != self.spec.metric) and bucket.closed:
-            out += self._revise(key, bucket, obs)
+            out += self._revise(key, bucket, {"late_reading": obs.to_json()})
         return out
 
     def advance(self, watermark_ms: int) -> list[Finding]:
@@ -287,9 +390,13 @@ class WindowEvaluator:
             finding.window, evidence,
         )  # fmt: skip
 
-    def _judge(self, key: str, bucket: Bucket, prior: bool) -> Finding:
+    def _judge(
+        self, key: str, bucket: Bucket, prior: bool, marks: MarkBook | None = None
+    ) -> Finding:
+        """The verdict of ``bucket`` with the engine's marks (or ``marks``)."""
         spec = self.spec
-        summary = summarise(bucket, spec.valid_flags, spec.o2_correction)
+        marked = self._marked(key, self._marks if marks is None else marks)
+        summary = summarise(bucket, spec.valid_flags, spec.o2_correction, marked)
         required = spec.required_valid(bucket.end_ms - bucket.start_ms)
         value = summary.aggregate(spec.aggregate)
         limits = spec.limits_for(scope_from_key(key))
@@ -318,7 +425,23 @@ class WindowEvaluator:
             evidence,
         )
 
-    def _revise(self, key: str, bucket: Bucket, obs: Obs) -> list[Finding]:
+    def _marked(self, key: str, marks: MarkBook | None) -> Marked | None:
+        if marks is None or not len(marks):
+            return None
+        park, enterprise, device, _ = key.split("/")  # a device scope: no "*"
+        o2 = self.spec.o2_correction
+        o2_metric = o2.o2_metric if o2 is not None else self.spec.metric
+        metric = self.spec.metric
+
+        def marked(is_o2: bool, ts_ms: int) -> Mark | None:
+            name = o2_metric if is_o2 else metric
+            return marks.covering(park, enterprise, device, name, ts_ms)
+
+        return marked
+
+    def _revise(self, key: str, bucket: Bucket, cause: JSON) -> list[Finding]:
+        """A revision of closed ``bucket`` if its verdict or value changed;
+        ``cause`` (a late reading, a mark) goes into the evidence."""
         if not bucket.readings:
             return []
         new = self._judge(key, bucket, bucket.prior)
@@ -326,7 +449,7 @@ class WindowEvaluator:
             return []
         previous = {"verdict": bucket.verdict, "value": bucket.value}
         bucket.verdict, bucket.value = new.verdict.value, new.value
-        evidence = {**new.evidence, "previous": previous, "late_reading": obs.to_json()}
+        evidence = {**new.evidence, "previous": previous, **cause}
         return [
             Finding(
                 new.scope,

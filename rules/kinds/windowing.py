@@ -11,6 +11,7 @@ gives bit-identical floats.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -18,6 +19,7 @@ from zoneinfo import ZoneInfo
 from pydantic import field_validator
 
 from rules.kinds.base import StrictModel
+from rules.marks import Mark
 from rules.model import JSON, Obs
 from smartpark.catalogue import METRICS, check_metric
 
@@ -153,20 +155,42 @@ class Summary:
         return min(self.values) if how == "min" else max(self.values)
 
 
+# (is the O2 reading, event time) -> the invalid mark covering that reading, if any
+Marked = Callable[[bool, int], Mark | None]
+
+
 def summarise(
-    bucket: Bucket, valid_flags: tuple[str, ...], correction: O2Correction | None
+    bucket: Bucket,
+    valid_flags: tuple[str, ...],
+    correction: O2Correction | None,
+    marked: Marked | None = None,
 ) -> Summary:
     """Valid values of ``bucket`` in event-time order, with counts of the readings
-    left out: by their flag, for want of an O2 partner at the same event time, for
-    an O2 partner whose flag is not valid, or an O2 outside ``[0, 21)`` %."""
+    left out: by their flag, by an invalid data mark (``excluded_mark``, and the
+    marks' ids in ``marks``; both only when a mark excluded something), for want of
+    an O2 partner at the same event time, for an O2 partner whose flag is not valid
+    or that a mark covers, or an O2 outside ``[0, 21)`` %."""
     counts = {"readings": len(bucket.readings), "excluded_flag": 0}
     if correction is not None:
         counts |= {"no_o2": 0, "o2_excluded_flag": 0, "o2_out_of_range": 0}
     counts["duplicates"] = bucket.duplicates
     used: list[tuple[int, float, float | None, float]] = []  # ts, raw, o2, value
+    marks: set[int] = set()
+
+    def is_marked(is_o2: bool, ts: int) -> bool:
+        mark = None if marked is None else marked(is_o2, ts)
+        if mark is None:
+            return False
+        marks.add(mark.id)
+        name = "o2_excluded_mark" if is_o2 else "excluded_mark"
+        counts[name] = counts.get(name, 0) + 1
+        return True
+
     for ts, (raw, flag) in sorted(bucket.readings.items()):
         if flag not in valid_flags:
             counts["excluded_flag"] += 1
+            continue
+        if is_marked(False, ts):
             continue
         if correction is None:
             used.append((ts, raw, None, raw))
@@ -176,6 +200,8 @@ def summarise(
             counts["no_o2"] += 1
         elif partner[1] not in valid_flags:
             counts["o2_excluded_flag"] += 1
+        elif is_marked(True, ts):
+            pass
         elif not 0 <= partner[0] < 21:
             counts["o2_out_of_range"] += 1
         else:
@@ -184,6 +210,8 @@ def summarise(
     counts["valid"] = len(used)
     counts["invalid"] = counts["readings"] - len(used)
     evidence: JSON = {"counts": counts}
+    if marks:
+        evidence["marks"] = sorted(marks)
     if used:
         raws = [u[1] for u in used]
         evidence["raw"] = {"min": min(raws), "max": max(raws)}
