@@ -14,7 +14,17 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from api import problems
-from api.routes import alerts, health, metrics, registry, telemetry, webhooks
+from api.routes import (
+    alerts,
+    coverage,
+    health,
+    kpis,
+    marks,
+    metrics,
+    registry,
+    telemetry,
+    webhooks,
+)
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import ConfigError
 from smartpark.settings import Settings
@@ -69,6 +79,9 @@ def create_app(
     app.state.settings = settings
     problems.install(app)
     metrics.install(app)
-    for module in (health, metrics, registry, telemetry, alerts, webhooks):
+    for module in (
+        health, metrics, registry, telemetry, alerts, webhooks, marks, coverage,
+        kpis,
+    ):  # fmt: skip
         app.include_router(module.router)
     return app

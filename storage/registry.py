@@ -20,7 +20,7 @@ children; validation of values (ids, time zones, metrics) is the caller's.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
 
@@ -59,6 +59,8 @@ class ParkRow:
     created_at: datetime
     updated_at: datetime
     retired_at: datetime | None
+    # region of the grid CO2 factor (migration 0011; smartpark.kpi); None: default
+    grid_region: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,10 @@ class EnterpriseRow:
     created_at: datetime
     updated_at: datetime
     retired_at: datetime | None
+    # KPI configuration (migration 0011; storage.kpis): the product and the
+    # purchased electricity meters (None: every active_energy device)
+    product: dict[str, Any] | None = None
+    electricity_meters: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,9 @@ class DeviceRow:
     created_at: datetime
     updated_at: datetime
     retired_at: datetime | None
+    # HJ 212 data type -> reporting interval (s); {}: real-time every interval_s
+    # (migration 0012; smartpark.coverage.reported_types)
+    data_types: dict[str, int] = field(default_factory=dict)
 
 
 R = TypeVar("R", ParkRow, EnterpriseRow, OutletRow, DeviceRow)
@@ -124,12 +133,15 @@ class _Entity(Generic[R]):
 
 
 _STAMPS = ("created_at", "updated_at", "retired_at")
-PARKS = _Entity("parks", "park", ParkRow, "id", None, frozenset({"name", "timezone"}))
+PARKS = _Entity(
+    "parks", "park", ParkRow, "id", None,
+    frozenset({"name", "timezone", "grid_region"}),
+)  # fmt: skip
 ENTERPRISES = _Entity(
     "enterprises", "enterprise", EnterpriseRow, "park", "id",
     frozenset({"name", "industry", "permits", "energy_quota_tce", "water_quota_m3",
-               "quotas_from"}),
-    frozenset({"energy_quota_tce", "water_quota_m3"}),
+               "quotas_from", "product", "electricity_meters"}),
+    frozenset({"energy_quota_tce", "water_quota_m3", "product"}),
 )  # fmt: skip
 OUTLETS = _Entity(
     "outlets", "outlet", OutletRow, "park", "enterprise",
@@ -137,7 +149,8 @@ OUTLETS = _Entity(
 )  # fmt: skip
 DEVICES = _Entity(
     "devices", "device", DeviceRow, "park", "enterprise",
-    frozenset({"outlet", "protocol", "interval_s", "metrics", "mn"}),
+    frozenset({"outlet", "protocol", "interval_s", "metrics", "mn", "data_types"}),
+    frozenset({"data_types"}),
 )  # fmt: skip
 
 

@@ -11,7 +11,9 @@ detects TimescaleDB). Then the stores work over that pool:
 - ``storage.alerts`` (:class:`~storage.alerts.AlertStore`): alert events, alerts and
   rule-engine checkpoints;
 - ``storage.webhooks`` (:class:`~storage.webhooks.WebhookStore`): subscriptions,
-  secrets, the delivery outbox and its log.
+  secrets, the delivery outbox and its log;
+- ``storage.marks`` (:class:`~storage.marks.MarkStore`): data marks, their
+  corrections and reviews, automatic marks and the invalid periods.
 
 Every database failure surfaces as :class:`~smartpark.errors.StorageError`
 (retriable), a wrong setting or an unmigrated schema as
@@ -35,6 +37,7 @@ from storage import migrate, reads
 from storage.alerts import AlertStore
 from storage.base import Conn, storage_errors
 from storage.keys import KeyStore
+from storage.marks import MarkStore
 from storage.model import AppliedMigration, Dialect, StorageInfo
 from storage.offsets import OffsetStore
 from storage.queries import TelemetryQueries
@@ -80,6 +83,7 @@ class Storage:
         self.webhooks = WebhookStore(self, webhook_keys)
         self.keys = KeyStore(self)
         self.registry = RegistryStore(self)
+        self.marks = MarkStore(self)
 
     # -- the Database protocol the stores work through --------------------------------
 

@@ -35,8 +35,9 @@ from pydantic import (
 from api import edgeconfig
 from api.auth import Caller, Reader, Writer
 from api.problems import MEDIA_TYPE, Problem, ProblemBody, bad_input, not_found
-from smartpark import wire
+from smartpark import catalogue, kpi, wire
 from smartpark.catalogue import check_metric
+from smartpark.coverage import check_data_types
 from smartpark.tenancy import Role
 from storage.registry import (
     DEVICES,
@@ -142,6 +143,15 @@ Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Limit = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 ReferenceO2 = Annotated[float, Field(ge=0, lt=21, allow_inf_nan=False)]
 IntervalS = Annotated[int, Field(ge=1, le=86400)]
+DataTypes = Annotated[
+    dict[str, int],
+    AfterValidator(check_data_types),
+    Field(
+        description="HJ 212 data type -> reporting interval (s) the device reports,"
+        ' e.g. {"realtime": 30, "minute": 600, "hour": 3600, "day": 86400};'
+        " empty: real-time every interval_s (what coverage expects)"
+    ),
+]
 
 
 class _In(BaseModel):
@@ -163,13 +173,38 @@ def _quota(value: Quota | dict[str, float] | None) -> dict[str, float]:
     return dict(value or {})
 
 
+def _column(value: Any) -> Any:
+    """A body value as its registry column holds it (objects as JSON)."""
+    if isinstance(value, Quota):
+        return _quota(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_none=True)
+    return value
+
+
 # -- parks ------------------------------------------------------------------------
+
+
+def _check_grid_region(value: str) -> str:
+    regions = kpi.shipped().grid.regions
+    if value not in regions:
+        raise ValueError(f"unknown grid region {value!r} (one of {sorted(regions)})")
+    return value
+
+
+GridRegion = Annotated[
+    str,
+    StringConstraints(max_length=64),
+    AfterValidator(_check_grid_region),
+    Field(description="region of the grid CO2 factor (absent: national)"),
+]
 
 
 class ParkCreate(_In):
     id: Id
     name: Text
     timezone: TimeZone = Field(description="IANA time zone, e.g. Asia/Shanghai")
+    grid_region: GridRegion | None = None
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"id": "park-1", "name": "Binhai Chemical Park", "timezone": "Asia/Shanghai"}
@@ -179,6 +214,7 @@ class ParkCreate(_In):
 class ParkUpdate(_In):
     name: Text | None = None
     timezone: TimeZone | None = None
+    grid_region: GridRegion | None = None
 
 
 class ParkOut(BaseModel):
@@ -188,6 +224,7 @@ class ParkOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     retired_at: datetime | None
+    grid_region: str | None = None
 
 
 _STAMPS_EX = {"created_at": "2026-12-01T08:00:00Z",
@@ -204,6 +241,60 @@ class Parks(BaseModel):
 # -- enterprises ------------------------------------------------------------------
 
 
+def _check_pattern(value: str) -> str:
+    if not wire.valid_id(value.replace("*", "x").replace("?", "x")):
+        raise ValueError("a device id or a pattern of one with * and ?")
+    return value
+
+
+DevicePattern = Annotated[str, StringConstraints(max_length=64),
+                          AfterValidator(_check_pattern)]  # fmt: skip
+DevicePatterns = Annotated[
+    list[DevicePattern], Field(min_length=1, max_length=100), AfterValidator(_unique)
+]
+
+
+def _check_product_metric(value: str) -> str:
+    names = sorted(
+        n for n, m in catalogue.METRICS.items()
+        if m.domain is catalogue.Domain.PRODUCTION
+        and m.kind is catalogue.Kind.COUNTER
+    )  # fmt: skip
+    if value not in names:
+        raise ValueError(f"not a production counter (one of {names})")
+    return value
+
+
+def _check_indicator(value: str) -> str:
+    known = kpi.shipped().norm.indicators
+    if value not in known:
+        raise ValueError(f"unknown indicator {value!r} (one of {sorted(known)})")
+    return value
+
+
+class Product(_In):
+    """What the enterprise makes, for unit-product energy and water per output."""
+
+    name: Text
+    metric: Annotated[
+        str, StringConstraints(max_length=64), AfterValidator(_check_product_metric)
+    ] = "production_mass"
+    devices: DevicePatterns | None = Field(
+        default=None,
+        description="device ids or patterns (* ?) of the product's meters; absent:"
+        " every device of the enterprise reporting the metric",
+    )
+    indicator: Annotated[str, StringConstraints(max_length=64),
+                         AfterValidator(_check_indicator)] | None = Field(
+        default=None, description="the GB 21346 indicator the product is judged on"
+    )  # fmt: skip
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "aluminium liquid", "metric": "production_mass",
+         "devices": ["cast-*"], "indicator": "aluminium_liquid_ac_power"}
+    ]})  # fmt: skip
+
+
 class EnterpriseCreate(_In):
     id: Id
     park: Id
@@ -213,6 +304,12 @@ class EnterpriseCreate(_In):
     energy_quota_tce: Quota = Quota()
     water_quota_m3: Quota = Quota()
     quotas_from: date | None = None
+    product: Product | None = None
+    electricity_meters: DevicePatterns | None = Field(
+        default=None,
+        description="purchased electricity meters (ids or patterns); absent: every"
+        " device reporting active_energy",
+    )
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"id": "coal-power", "park": "park-1", "name": "Binhai Power Co.",
@@ -229,6 +326,8 @@ class EnterpriseUpdate(_In):
     energy_quota_tce: Quota | None = None
     water_quota_m3: Quota | None = None
     quotas_from: date | None = None
+    product: Product | None = None
+    electricity_meters: DevicePatterns | None = None
 
 
 class EnterpriseOut(BaseModel):
@@ -243,6 +342,8 @@ class EnterpriseOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     retired_at: datetime | None
+    product: dict[str, Any] | None = None
+    electricity_meters: list[str] | None = None
 
 
 ENTERPRISE_EX = {
@@ -335,6 +436,7 @@ class DeviceCreate(_In):
     interval_s: IntervalS = Field(description="expected reporting interval")
     metrics: Metrics
     mn: Mn | None = Field(default=None, description="HJ 212 MN (protocol hj212)")
+    data_types: DataTypes = {}
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"id": "stack-1-cems", "enterprise": "coal-power", "outlet": "stack-1",
@@ -349,6 +451,7 @@ class DeviceUpdate(_In):
     interval_s: IntervalS | None = None
     metrics: Metrics | None = None
     mn: Mn | None = None
+    data_types: DataTypes | None = None
 
 
 class DeviceOut(BaseModel):
@@ -360,6 +463,7 @@ class DeviceOut(BaseModel):
     interval_s: int
     metrics: list[str]
     mn: str | None
+    data_types: dict[str, int]
     created_at: datetime
     updated_at: datetime
     retired_at: datetime | None
@@ -368,7 +472,8 @@ class DeviceOut(BaseModel):
 DEVICE_EX = {
     "id": "stack-1-cems", "park": "park-1", "enterprise": "coal-power",
     "outlet": "stack-1", "protocol": "hj212", "interval_s": 60,
-    "metrics": ["so2", "so2_corrected", "o2"], "mn": "88888880000001", **_STAMPS_EX,
+    "metrics": ["so2", "so2_corrected", "o2"], "mn": "88888880000001",
+    "data_types": {"realtime": 60, "hour": 3600}, **_STAMPS_EX,
 }  # fmt: skip
 
 
@@ -444,7 +549,7 @@ def _changes(body: BaseModel, nullable: frozenset[str] = frozenset()) -> dict[st
         value = getattr(body, name)
         if value is None and name not in nullable:
             raise bad_input(f"body.{name}", "may not be null")
-        out[name] = _quota(value) if isinstance(value, Quota) else value
+        out[name] = _column(value)
     return out
 
 
@@ -543,7 +648,7 @@ async def get_park(id: PathId, who: Reader) -> ParkOut:
 )  # fmt: skip
 async def update_park(id: PathId, body: ParkUpdate, who: Writer) -> ParkOut:
     _operator(who)
-    changes = _changes(body)
+    changes = _changes(body, frozenset({"grid_region"}))
     with _refusals("path.id"):
         row = await who.storage.registry.update(PARKS, who.scope, _path_id(id), changes)
     if row is None:
@@ -579,7 +684,7 @@ async def retire_park(id: PathId, who: Writer) -> ParkOut:
 )  # fmt: skip
 async def create_enterprise(body: EnterpriseCreate, who: Writer) -> EnterpriseOut:
     _operator(who)
-    values = {k: _quota(v) if isinstance(v, Quota) else v for k, v in body}
+    values = {k: _column(v) for k, v in body}
     with _refusals():
         row = await who.storage.registry.create_enterprise(who.scope, values)
     if row is None:
@@ -633,7 +738,10 @@ async def update_enterprise(
     id: PathId, body: EnterpriseUpdate, who: Writer
 ) -> EnterpriseOut:
     _operator(who)
-    changes = _changes(body, frozenset({"industry", "quotas_from"}))
+    changes = _changes(
+        body,
+        frozenset({"industry", "quotas_from", "product", "electricity_meters"}),
+    )
     with _refusals("path.id"):
         row: EnterpriseRow | None = await who.storage.registry.update(
             ENTERPRISES, who.scope, _path_id(id), changes
@@ -877,6 +985,13 @@ def _check_mn_protocol(protocol: str, mn: str | None) -> None:
         raise bad_input("body.mn", "only for devices of protocol hj212")
 
 
+def _check_types_protocol(protocol: str, data_types: dict[str, int]) -> None:
+    if protocol != "hj212" and set(data_types) - {"realtime"}:
+        raise bad_input(
+            "body.data_types", "minute, hour and day data only for protocol hj212"
+        )
+
+
 @router.post(
     "/devices", status_code=201, response_model=DeviceOut,
     summary="Register a device",
@@ -889,6 +1004,7 @@ def _check_mn_protocol(protocol: str, mn: str | None) -> None:
 async def create_device(body: DeviceCreate, who: Writer) -> DeviceOut:
     _operator(who)
     _check_mn_protocol(body.protocol, body.mn)
+    _check_types_protocol(body.protocol, body.data_types)
     with _refusals():
         row = await who.storage.registry.create_device(who.scope, body.model_dump())
     if row is None:
@@ -952,6 +1068,10 @@ async def update_device(id: PathId, body: DeviceUpdate, who: Writer) -> DeviceOu
         raise not_found("device")
     _check_mn_protocol(
         changes.get("protocol", current.protocol), changes.get("mn", current.mn)
+    )
+    _check_types_protocol(
+        changes.get("protocol", current.protocol),
+        changes.get("data_types", current.data_types),
     )
     with _refusals("path.id"):
         row = await registry.update(DEVICES, who.scope, id, changes)

@@ -35,6 +35,8 @@ MIGRATIONS = [
     "0008_registry",
     "0009_webhook_secrets",
     "0010_marks",
+    "0011_kpi_registry",
+    "0012_device_data_types",
 ]  # fmt: skip
 
 
@@ -88,6 +90,8 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (8, "registry", Dialect.POSTGRES),
             (9, "webhook_secrets", Dialect.POSTGRES),
             (10, "marks", Dialect.POSTGRES),
+            (11, "kpi_registry", Dialect.POSTGRES),
+            (12, "device_data_types", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:

@@ -70,6 +70,8 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0008_registry",
             "0009_webhook_secrets",
             "0010_marks",
+            "0011_kpi_registry",
+            "0012_device_data_types",
         ]
         assert await s.migrate() == []
         await s.require_migrated()

@@ -1,0 +1,1 @@
+"""Coefficient sets shipped with the platform (YAML package data; see smartpark.kpi)."""

@@ -1,0 +1,11 @@
+-- Which HJ 212 data types a device reports, and how often: what coverage expects.
+--
+-- ``data_types``: {"realtime": 30, "minute": 600, "hour": 3600, "day": 86400},
+-- the data type (smartpark.wire.DataType) and its reporting interval in seconds.
+-- Empty (every device registered before this migration, and every meter): real-time
+-- readings every ``interval_s`` and nothing else. An analyser's data logger that
+-- sends minute, hourly and daily packets lists each of them, real-time included if
+-- it sends real-time packets at all. Checked by the API (api/routes/registry.py).
+--
+-- A column with a constant default: a catalogue change only, no table rewrite.
+ALTER TABLE devices ADD COLUMN data_types jsonb NOT NULL DEFAULT '{}';
