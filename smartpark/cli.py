@@ -75,6 +75,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("storage.cli", "database: migrate | info | maintain"),
     "api": ("api.cli:api_main", "the platform HTTP API"),
     "keys": ("api.cli", "API keys: create | list | revoke"),
+    "report": ("api.report.cli", "reports: monthly (PDF, PNG, CSV)"),
     "demo": ("demo.cli", "embedded demo: the whole path on one laptop, no services"),
 }
 
