@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -355,26 +356,47 @@ class RulesRunner(DbPositionedConsumer):
                 continue
             self._rejudged[mark.id] = update.active
             change = MarkChange(mark, "applied" if update.active else "lifted")
-            for window in engine.forgotten_windows(mark):
-                start = _at(window.window.start_ms)
-                end = _at(window.window.end_ms)
-                rows = await store.readings(
-                    park=mark.park, enterprise=mark.enterprise, device=mark.device,
-                    metrics=sorted(window.metrics), data_type=window.series,
-                    start=start, end=end,
-                )  # fmt: skip
-                in_force = await store.in_force(
-                    park=mark.park, enterprise=mark.enterprise, device=mark.device,
-                    start=start, end=end,
-                )  # fmt: skip
-                readings = [
-                    Obs(
-                        _ms(r.time), mark.park, mark.enterprise, mark.device,
-                        r.metric, r.value, r.quality, r.seq, r.reset, window.series,
-                    )
-                    for r in rows
-                ]  # fmt: skip
-                marks = [_mark(r) for r in in_force]
+            windows = engine.forgotten_windows(mark)
+            if not windows:
+                continue
+            # One read of the marks and one of the readings per rule's series over
+            # the windows' whole span, sliced per window below: a month-long mark
+            # covers hundreds of hourly windows, and the runner holds its lock.
+            span_start = _at(min(w.window.start_ms for w in windows))
+            span_end = _at(max(w.window.end_ms for w in windows))
+            rows_in_force = await store.in_force(
+                park=mark.park, enterprise=mark.enterprise, device=mark.device,
+                start=span_start, end=span_end,
+            )  # fmt: skip
+            in_force = [_mark(r) for r in rows_in_force]
+            stored: dict[tuple[frozenset[str], str], tuple[list[Obs], list[int]]] = {}
+            for window in windows:
+                key = (window.metrics, window.series)
+                if key not in stored:
+                    rows = await store.readings(
+                        park=mark.park, enterprise=mark.enterprise,
+                        device=mark.device, metrics=sorted(window.metrics),
+                        data_type=window.series, start=span_start, end=span_end,
+                    )  # fmt: skip
+                    series = [
+                        Obs(
+                            _ms(r.time), mark.park, mark.enterprise, mark.device,
+                            r.metric, r.value, r.quality, r.seq, r.reset,
+                            window.series,
+                        )
+                        for r in rows
+                    ]  # fmt: skip
+                    stored[key] = (series, [o.ts_ms for o in series])
+                series, times = stored[key]
+                w = window.window
+                readings = series[
+                    bisect_left(times, w.start_ms) : bisect_left(times, w.end_ms)
+                ]
+                marks = [
+                    m
+                    for m in in_force
+                    if m.start_ms < w.end_ms and m.end_ms > w.start_ms
+                ]
                 events += engine.rejudge(change, window, readings, marks)
         return events
 
