@@ -76,6 +76,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("api.cli:api_main", "the platform HTTP API"),
     "keys": ("api.cli", "API keys: create | list | revoke"),
     "report": ("api.report.cli", "reports: monthly (PDF, PNG, CSV)"),
+    "signing": ("storage.signing_cli", "the platform's signing key: keygen | public"),
     "demo": ("demo.cli", "embedded demo: the whole path on one laptop, no services"),
 }
 

@@ -173,6 +173,16 @@ def _check_key(text: str) -> None:
         raise ValueError("expected 32 random bytes in URL-safe base64")
 
 
+class SigningSettings(BaseModel):
+    # The platform's Ed25519 private key (storage.signing): it signs replay reports
+    # and archive manifests. PKCS#8 PEM, or the 32-byte seed in URL-safe base64
+    # (``smartpark signing keygen`` prints one). Required by what signs.
+    private_key: SecretStr | None = None
+    # Public keys (PEM) of retired private keys, so what they signed still verifies
+    # after a rotation (README, "Signing key").
+    public_keys: list[str] = []
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -206,6 +216,7 @@ class Settings(BaseSettings):
     notifier: NotifierSettings = NotifierSettings()
     api: ApiSettings = ApiSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    signing: SigningSettings = SigningSettings()
     log_level: str = "INFO"
 
 
