@@ -30,9 +30,11 @@ The figures (written once, in :data:`DEFINITIONS`, returned by the API):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -89,6 +91,20 @@ DEFINITIONS: dict[str, str] = {
         " invalid-marked period, gateway_offline when every other registered"
         " device of the enterprise (at least one) is silent over it too,"
         " device_offline otherwise"
+    ),
+    "sequence": (
+        "per device and edge outbox epoch: the polls stored (distinct sequence"
+        " numbers; every reading of one poll shares its number), the first and"
+        " last number seen in the range, and the numbers missing between them"
+        " (missing = last - first + 1 - polls), each run of missing numbers with"
+        " the polls around it. The edge numbers every poll it reads, in its"
+        " outbox, before anything is sent; a poll refused by a full outbox keeps"
+        " its number. A missing number is a poll the gateway read that the"
+        " platform never stored: lost at the edge (counted there as refused or"
+        " dropped) or on the way (a dead letter). A device silent because it was"
+        " not read leaves a time gap, not a missing number. A poll belongs to the"
+        " latest epoch first stored at or before its time; numbers before the"
+        " range's first poll are not judged"
     ),
 }
 
@@ -575,4 +591,75 @@ def statuses(
             _status("device", d.id, [d], now, enterprise=d.enterprise, outlet=d.outlet)
             for d in devices
         ]
+    return out
+
+
+# -- sequence numbers --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceRun:
+    """Missing numbers ``after_seq + 1 .. before_seq - 1`` between two stored polls."""
+
+    after_seq: int
+    before_seq: int
+    after: datetime
+    before: datetime
+
+    @property
+    def missing(self) -> int:
+        return self.before_seq - self.after_seq - 1
+
+
+@dataclass(frozen=True, slots=True)
+class EpochSequence:
+    epoch: str | None  # None: polls stored before the device's first recorded epoch
+    first_seq: int
+    last_seq: int
+    first: datetime
+    last: datetime
+    polls: int
+    runs: tuple[SequenceRun, ...]
+
+    @property
+    def missing(self) -> int:
+        return self.last_seq - self.first_seq + 1 - self.polls
+
+
+def sequences(
+    polls: Iterable[tuple[datetime, int]], epochs: Sequence[tuple[str, datetime]]
+) -> list[EpochSequence]:
+    """Per epoch (``epochs``: (epoch, first stored time), any order), the stored
+    polls' numbers and the runs missing between them (see DEFINITIONS
+    ``sequence``). ``polls`` are (time, seq) of stored readings, any order and
+    repeated per reading; a poll's time is its earliest reading's."""
+    starts = sorted(epochs, key=lambda e: e[1])
+    times = [t for _, t in starts]
+    first_at: dict[tuple[int, int], datetime] = {}
+    for at, seq in polls:
+        i = bisect_right(times, at) - 1  # -1: before every recorded epoch
+        key = (i, seq)
+        seen = first_at.get(key)
+        if seen is None or at < seen:
+            first_at[key] = at
+    by_epoch: dict[int, list[tuple[int, datetime]]] = {}
+    for (i, seq), at in first_at.items():
+        by_epoch.setdefault(i, []).append((seq, at))
+    out = []
+    for i in sorted(by_epoch):
+        numbered = sorted(by_epoch[i])
+        runs = tuple(
+            SequenceRun(a, b, at_a, at_b)
+            for (a, at_a), (b, at_b) in pairwise(numbered)
+            if b > a + 1
+        )
+        out.append(
+            EpochSequence(
+                epoch=starts[i][0] if i >= 0 else None,
+                first_seq=numbered[0][0], last_seq=numbered[-1][0],
+                first=min(at for _, at in numbered),
+                last=max(at for _, at in numbered),
+                polls=len(numbered), runs=runs,
+            )
+        )  # fmt: skip
     return out

@@ -550,6 +550,40 @@ class CoverageStore:
                 rows = await cur.fetchall()
         return merge_gaps(rows)
 
+    # -- sequence numbers -------------------------------------------------------------
+
+    async def sequence(
+        self, scope: Scope, park: str, device: str, *, start: datetime,
+        end: datetime, max_polls: int,
+    ) -> list[cov.EpochSequence]:  # fmt: skip
+        """The device's stored polls in ``[start, end)`` per edge outbox epoch
+        (:func:`smartpark.coverage.sequences`). More than ``max_polls`` distinct
+        (time, seq) pairs is :class:`TooManyRows`, found before they are all read
+        into memory."""
+        conds, params = _scoped(scope, "park", "enterprise", alias="s")
+        polls = sql.SQL(
+            "SELECT t.time, t.seq FROM {series} s JOIN {raw} t ON t.series_id = s.id"
+            " WHERE s.park = %s AND s.device = %s AND {conds}"
+            "  AND t.time >= %s AND t.time < %s"
+            " GROUP BY t.time, t.seq LIMIT %s"
+        ).format(
+            series=self._t("series"), raw=self._t("telemetry"), conds=_and(conds)
+        )  # fmt: skip
+        epochs = sql.SQL(
+            "SELECT epoch, first_time FROM {} WHERE park = %s AND device = %s"
+        ).format(self._t("device_epochs"))
+        with storage_errors("read sequence numbers"):
+            async with self._db.connection() as conn:
+                cur = await conn.execute(
+                    polls, [park, device, *params, start, end, max_polls + 1]
+                )
+                rows: list[tuple[datetime, int]] = await cur.fetchall()
+                if len(rows) > max_polls:
+                    raise TooManyRows(len(rows), max_polls)
+                cur = await conn.execute(epochs, [park, device])
+                starts: list[tuple[str, datetime]] = await cur.fetchall()
+        return cov.sequences(rows, starts)
+
 
 def merge_gaps(rows: Sequence[GapRow]) -> list[Gap]:
     """One gap per (device, data type, span), its metrics listed."""

@@ -28,6 +28,7 @@ router = APIRouter(prefix="/v1/coverage", tags=["coverage"])
 MAX_DAYS = 366
 MAX_MONTHS = 60
 MAX_GAPS = 10_000
+MAX_SEQUENCE_DAYS = 31
 # Readings carry Unix-epoch milliseconds; the far end keeps local midnights and
 # their next day within Python's dates in every zone.
 EARLIEST = date(1970, 1, 1)
@@ -173,6 +174,42 @@ class Gaps(BaseModel):
                    "end": "2026-03-01T11:00:00+08:00", "interval_s": 10,
                    "missed": 360, "cause": "device_offline"}],
     }]})  # fmt: skip
+
+
+class SequenceRunOut(BaseModel):
+    after_seq: int = Field(description="the stored poll before the missing numbers")
+    before_seq: int = Field(description="the stored poll after them")
+    missing: int
+    after: datetime = Field(description="time of the poll before (local time)")
+    before: datetime = Field(description="time of the poll after (local time)")
+
+
+class EpochOut(BaseModel):
+    epoch: str | None = Field(
+        description="edge outbox epoch; null: before the first recorded epoch"
+    )
+    first_seq: int
+    last_seq: int
+    first: datetime
+    last: datetime
+    polls: int = Field(description="distinct polls stored")
+    missing: int = Field(description="numbers missing between first_seq and last_seq")
+    runs: list[SequenceRunOut] = Field(
+        description="at most `runs` of them, oldest first"
+    )
+    runs_truncated: bool
+
+
+class SequenceReport(BaseModel):
+    device: str
+    park: str
+    first: date
+    last: date
+    timezone: str
+    definition: str
+    polls: int
+    missing: int
+    epochs: list[EpochOut]
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -396,4 +433,65 @@ async def gaps(
         parks=[ParkOut(id=p.id, timezone=zone_.key if zone_ else p.timezone)
                for p in parks],
         definition=cov.DEFINITIONS["gap"], items=items,
+    )  # fmt: skip
+
+
+@router.get("/sequence", response_model=SequenceReport, summary="Polls missing by number")
+async def sequence(
+    who: Reader,
+    *,
+    device: Annotated[str, Query(pattern=ID_PATTERN, description="a device id")],
+    from_: From,
+    to: To,
+    tz: Tz = None,
+    runs: Annotated[
+        int, Query(ge=0, le=MAX_GAPS, description="at most this many runs per epoch")
+    ] = 100,
+) -> SequenceReport:
+    """The device's polls stored over local dates ``from``..``to`` (at most
+    MAX_SEQUENCE_DAYS) per edge outbox epoch, and the sequence numbers missing
+    between them: polls the gateway read that the platform never stored (see
+    ``definition``). Another tenant's device is the 404 of a missing one."""
+    _dates(from_, to, "day")
+    if (to - from_).days >= MAX_SEQUENCE_DAYS:
+        raise bad_input("query.to", f"at most {MAX_SEQUENCE_DAYS} days per request")
+    zone_ = _zone(tz)
+    store = CoverageStore(who.storage)
+    (p,) = await _parks(who, store, None, enterprise=None, outlet=None, device=device)
+    z = zone_ or zone(p.timezone)
+    start = cov.local_midnight(from_, z)
+    end = cov.local_midnight(to + timedelta(days=1), z)
+    max_polls: int = who.settings.api.max_points
+    try:
+        found = await store.sequence(
+            who.scope, p.id, device, start=start, end=end, max_polls=max_polls
+        )
+    except TooManyRows as exc:
+        raise Problem(
+            422,
+            f"more than {exc.limit} polls: narrow the request (fewer days)",
+            errors=[{"field": "query.from", "reason": "too many polls"}],
+        ) from None
+    epochs = [
+        EpochOut(
+            epoch=e.epoch, first_seq=e.first_seq, last_seq=e.last_seq,
+            first=e.first.astimezone(z), last=e.last.astimezone(z), polls=e.polls,
+            missing=e.missing,
+            runs=[
+                SequenceRunOut(
+                    after_seq=r.after_seq, before_seq=r.before_seq,
+                    missing=r.missing, after=r.after.astimezone(z),
+                    before=r.before.astimezone(z),
+                )
+                for r in e.runs[:runs]
+            ],
+            runs_truncated=len(e.runs) > runs,
+        )
+        for e in found
+    ]  # fmt: skip
+    return SequenceReport(
+        device=device, park=p.id, first=from_, last=to, timezone=z.key,
+        definition=cov.DEFINITIONS["sequence"],
+        polls=sum(e.polls for e in epochs), missing=sum(e.missing for e in epochs),
+        epochs=epochs,
     )  # fmt: skip
