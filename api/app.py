@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from api import problems
+from api.replay.jobs import running_jobs
 from api.routes import (
     alerts,
     coverage,
@@ -22,6 +23,7 @@ from api.routes import (
     marks,
     metrics,
     registry,
+    replay,
     reports,
     telemetry,
     webhooks,
@@ -53,15 +55,18 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if storage is not None:
             app.state.storage = storage
-            yield
+            async with running_jobs(storage, settings) as app.state.replays:
+                yield
             return
         async with Storage(
             settings.database, pool_size=settings.api.pool_size, clock=clock,
             application_name="smartpark-api", webhook_keys=webhook_keys,
+            prefill=True,  # replay jobs read beside the requests: no growing later
         ) as own:  # fmt: skip
             await own.require_migrated()
             app.state.storage = own
-            yield
+            async with running_jobs(own, settings) as app.state.replays:
+                yield
 
     app = FastAPI(
         title="smartpark",
@@ -82,7 +87,7 @@ def create_app(
     metrics.install(app)
     for module in (
         health, metrics, registry, telemetry, alerts, webhooks, marks, coverage,
-        kpis, reports,
+        kpis, reports, replay,
     ):  # fmt: skip
         app.include_router(module.router)
     return app

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from smartpark.errors import StorageError
+from smartpark.errors import ArchivedRange, StorageError
 
 MEDIA_TYPE = "application/problem+json"
 _TITLES = {
@@ -162,6 +162,12 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers) if exc.headers else None
         return problem_response(exc.status_code, str(exc.detail), None, headers)
+
+    @app.exception_handler(ArchivedRange)
+    async def _archived(request: Request, exc: ArchivedRange) -> JSONResponse:
+        return problem_response(
+            409, str(exc), [{"field": "query", "reason": "days in the sealed archive"}]
+        )
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError) -> JSONResponse:

@@ -51,6 +51,11 @@ Contracts (on top of :class:`stream.group.DbPositionedConsumer`):
   offsets with fresh engines (windows in progress start over; say so in the log).
   A changed file with the same version is refused (a version is what the alerts
   record), and an invalid file is logged and ignored; the old pack keeps running.
+- Pack versions are recorded (:class:`storage.rule_packs.RulePackStore`, for
+  replay "with the version in force at the time"): at start (a version recorded
+  before with another content hash stops the start with a ConfigError) and before
+  a switch (a new version whose recorded hash differs is refused like an invalid
+  file; the old pack keeps running). The times recorded are this runner's clock.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ from smartpark.errors import ConfigError, PayloadError, StorageError
 from smartpark.settings import Settings
 from storage import AlertEventRow, RuleState, Storage
 from storage.rule_marks import MarkCursor, RuleMarkRow, RuleMarkStore
+from storage.rule_packs import PackConflict, RulePackStore
 from stream.group import Batch, DbPositionedConsumer
 from stream.kafka import ensure_topics, make_producer
 from stream.records import decode_record
@@ -122,7 +128,9 @@ class RulesRunner(DbPositionedConsumer):
         self._settings = settings
         self._clock = clock
         self._pack_path = pack_path
-        self._pack, self._pack_digest = _read_pack(pack_path)
+        self._pack, self._pack_digest, self._pack_text = _read_pack(pack_path)
+        # A valid new version read from the file, recorded before it replaces.
+        self._pending: tuple[Pack, str, str] | None = None
         self._checked_ms = clock()
         self._storage = Storage(settings.database, clock=clock)
         self._producer: AIOKafkaProducer | None = None
@@ -134,6 +142,7 @@ class RulesRunner(DbPositionedConsumer):
         self._checkpoint_ms = clock()
         self._every_ms = settings.rules.checkpoint_every_ms
         self._mark_feed = RuleMarkStore(self._storage)
+        self._pack_store = RulePackStore(self._storage)
         self._marks_polled_ms: int | None = None
         # The next offset each partition's engine state covers (for a checkpoint
         # of a state that moved by marks alone).
@@ -154,6 +163,7 @@ class RulesRunner(DbPositionedConsumer):
         await self._storage.open()
         try:
             await self._storage.require_migrated()
+            await self._record_pack(self._pack, self._pack_digest, self._pack_text)
             await ensure_topics(self._settings.kafka)
             self._producer = make_producer(
                 self._settings.kafka,
@@ -248,6 +258,7 @@ class RulesRunner(DbPositionedConsumer):
         if now - self._checked_ms >= self._settings.rules.reload_every_s * 1000:
             self._checked_ms = now
             self._maybe_reload()
+        await self._switch_pending()  # also retries a record the database failed
         async with self._lock:
             await self._judge_silence(now)
         polled = self._marks_polled_ms
@@ -502,11 +513,37 @@ class RulesRunner(DbPositionedConsumer):
             except ConfigError as exc:
                 problem = f"changed but invalid: {exc}"
             else:
-                self._replace(pack)
+                self._pending = (pack, digest, data.decode("utf-8", "replace"))
                 return
         log.error(
             "pack %s %s; keeping %s", self._pack_path, problem, self._pack.version
         )
+
+    async def _record_pack(self, pack: Pack, digest: str, text: str) -> None:
+        await self._pack_store.record(
+            pack=pack.pack, version=pack.version, sha256=digest, content=text,
+            at=_at(self._clock()),
+        )  # fmt: skip
+
+    async def _switch_pending(self) -> None:
+        """Record the version read from the file, then run it (module contract)."""
+        if self._pending is None:
+            return
+        pack, digest, text = self._pending
+        conflict = None
+        if (pack.pack, pack.version) != (self._pack.pack, self._pack.version):
+            try:
+                await self._record_pack(pack, digest, text)
+            except PackConflict as exc:
+                conflict = exc
+        self._pending = None
+        if conflict is not None:
+            log.error("pack %s refused: %s; keeping %s", self._pack_path, conflict,
+                      self._pack.version)  # fmt: skip
+            return
+        self._replace(pack)
+        if self._pack is pack:  # not refused as the same version
+            self._pack_text = text
 
     def _replace(self, pack: Pack) -> None:
         if (pack.pack, pack.version) == (self._pack.pack, self._pack.version):
@@ -529,9 +566,12 @@ class RulesRunner(DbPositionedConsumer):
         self.stats.reloads += 1
 
 
-def _read_pack(path: Path) -> tuple[Pack, str]:
+def _read_pack(path: Path) -> tuple[Pack, str, str]:
     data = path.read_bytes()
-    return load_pack(path), hashlib.sha256(data).hexdigest()
+    return (
+        load_pack(path), hashlib.sha256(data).hexdigest(),
+        data.decode("utf-8", "replace"),
+    )  # fmt: skip
 
 
 def _partition_of(enterprise: str, partitions: list[int]) -> int:

@@ -75,8 +75,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("storage.cli", "database: migrate | info | maintain"),
     "api": ("api.cli:api_main", "the platform HTTP API"),
     "keys": ("api.cli", "API keys: create | list | revoke"),
+    "mqtt": ("api.mqtt.cli", "MQTT accounts; the broker's password and ACL files"),
     "report": ("api.report.cli", "reports: monthly (PDF, PNG, CSV)"),
     "signing": ("storage.signing_cli", "the platform's signing key: keygen | public"),
+    "replay": ("api.replay.cli", "regulator replay: run (a signed CSV report)"),
+    "archive": ("storage.archive.cli", "sealed archive: seal | verify | retain"),
+    "upstream": ("upstream.cli", "HJ 212 forwarding to regulators: run | status"),
     "demo": ("demo.cli", "embedded demo: the whole path on one laptop, no services"),
 }
 

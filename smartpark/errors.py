@@ -101,3 +101,21 @@ class StorageError(SmartparkError):
     """The database refused or lost a write; nothing of the batch was committed."""
 
     retriable = True
+
+
+class ArchivedRange(SmartparkError):
+    """A figure computed from the hot database's raw rows was asked over days that
+    left it for the sealed archive: computed, it would leave those days out, so it
+    is refused, naming them (``days``: (enterprise, local day) pairs, the first
+    few)."""
+
+    def __init__(self, what: str, days: list[tuple[str, str]]) -> None:
+        listed = ", ".join(f"{e} {d}" for e, d in days)
+        super().__init__(
+            f"{what} are computed from the hot database only, and the range includes"
+            f" days moved to the sealed archive ({listed}); ask for days after them"
+            " (raw readings and exports read the archive; rollup aggregates keep"
+            " those days)"
+        )
+        self.what = what
+        self.days = days

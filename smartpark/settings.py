@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
@@ -140,6 +142,20 @@ class NotifierSettings(ConsumerSettings):
     rotation_overlap_h: float = 24.0
 
 
+class UpstreamSettings(ConsumerSettings):
+    """HJ 212 forwarding (upstream/); the platforms and outlets are in the file
+    given to ``smartpark upstream run --config``."""
+
+    group_id: str = "smartpark-upstream"
+    # How often an idle link looks for queued packets (the feed also wakes it).
+    poll_ms: int = Field(default=1000, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Delays before each reconnection after a failure, the last one repeated.
+    backoff_s: list[float] = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
+    # How often a waiting service tries to take over sending.
+    lock_retry_s: float = Field(default=2.0, gt=0)
+
+
 class WebhookSettings(BaseModel):
     # Webhook signing secrets are stored encrypted with this key (AES-256-GCM,
     # storage.secretbox): 32 random bytes, URL-safe base64. Required by the
@@ -183,6 +199,34 @@ class SigningSettings(BaseModel):
     public_keys: list[str] = []
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ArchiveSettings(BaseModel):
+    # Where sealed segments and their manifests live (storage.archive): a local
+    # directory or any fsspec URL (s3://bucket/prefix, memory://..., with the
+    # protocol's own package and credentials configured as fsspec reads them).
+    url: str = "./archive"
+    # A local day is sealed once it ended this long ago ("30m", "6h", "2d"; a bare
+    # number is seconds): rows
+    # arriving later become amendments. Outbox backlogs after an edge outage are
+    # what arrives late in the normal course.
+    seal_delay: timedelta = timedelta(hours=24)
+
+    @field_validator("seal_delay", mode="before")
+    @classmethod
+    def _delay(cls, value: object) -> object:
+        if isinstance(value, str):
+            m = _DURATION_RE.match(value)
+            if m is None:
+                raise ValueError("expected a duration such as 30m, 6h or 2d")
+            value = timedelta(seconds=float(m[1]) * _DURATION_UNITS[m[2]])
+        if isinstance(value, timedelta) and value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -193,6 +237,10 @@ class ApiSettings(BaseModel):
     pool_size: int = Field(default=4, ge=1)
     # The most points (raw readings or aggregate buckets) one request may produce.
     max_points: int = Field(default=100_000, gt=0)
+    # Replay jobs (POST /v1/replays) running at once in one API process; more are
+    # refused with 429 until one ends. Each holds one of pool_size's connections
+    # while it reads: keep it below pool_size.
+    max_replays: int = Field(default=2, ge=1)
 
     @field_validator("key_pepper")
     @classmethod
@@ -217,6 +265,8 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     webhooks: WebhookSettings = WebhookSettings()
     signing: SigningSettings = SigningSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     log_level: str = "INFO"
 
 

@@ -7,9 +7,10 @@ postgres; see :mod:`smartpark.settings`).
 
     smartpark db migrate            apply missing migrations (idempotent)
     smartpark db info [--json]      dialect, applied migrations, row counts
-    smartpark db maintain [--retention-days N]
+    smartpark db maintain [--retention-days N [--drop-unarchived]]
                                     partitions around today, rollup refresh,
-                                    drop raw data older than N days
+                                    drop raw partitions older than N days that
+                                    the archive emptied (or all of them)
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ async def _info(storage: Storage, as_json: bool) -> None:
         _print_info(info)
 
 
-async def _maintain(storage: Storage, retention_days: int | None) -> None:
+async def _maintain(
+    storage: Storage, retention_days: int | None, drop_unarchived: bool
+) -> None:
     await storage.require_migrated()
     created = await storage.telemetry.ensure_partitions()
     _out(f"partitions created: {', '.join(created) or 'none'}")
@@ -80,8 +83,15 @@ async def _maintain(storage: Storage, retention_days: int | None) -> None:
             f"{c.bytes_after} bytes"
         )
     if retention_days is not None:
-        dropped = await storage.telemetry.apply_retention(keep_days=retention_days)
+        dropped, kept = await storage.telemetry.apply_retention(
+            keep_days=retention_days, drop_unarchived=drop_unarchived
+        )
         _out(f"partitions dropped: {', '.join(dropped) or 'none'}")
+        if kept:
+            _out(
+                f"partitions kept (rows in no archive: smartpark archive retain"
+                f" moves them): {', '.join(kept)}"
+            )
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> None:
@@ -91,7 +101,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> None:
         elif args.command == "info":
             await _info(storage, args.json)
         else:
-            await _maintain(storage, args.retention_days)
+            await _maintain(storage, args.retention_days, args.drop_unarchived)
 
 
 @command("db")
@@ -111,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         "--retention-days",
         type=int,
         metavar="N",
-        help="drop raw partitions older than N days (plain PostgreSQL)",
+        help="drop raw partitions older than N days that the archive emptied"
+        " (plain PostgreSQL)",
+    )
+    maintain.add_argument(
+        "--drop-unarchived",
+        action="store_true",
+        help="with --retention-days: drop old partitions even when they hold rows"
+        " no archive holds (those rows are lost)",
     )
     args = parser.parse_args(argv)
     settings = load_settings()

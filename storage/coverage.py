@@ -29,6 +29,7 @@ from psycopg.rows import class_row
 
 from smartpark import coverage as cov
 from smartpark.tenancy import Scope
+from storage.archive.reader import check_not_evicted
 from storage.base import Database, storage_errors, table
 from storage.marks import InvalidPeriod, MarkStore
 
@@ -116,6 +117,16 @@ class CoverageStore:
 
     def _t(self, name: str) -> sql.Identifier:
         return table(self._db.schema, name)
+
+    async def _not_evicted(
+        self, what: str, scope: Scope, sel: Selection, start: datetime, end: datetime
+    ) -> None:
+        """These figures count the hot table's raw rows: refuse a range holding
+        days moved to the sealed archive (:class:`~smartpark.errors.ArchivedRange`)."""
+        await check_not_evicted(
+            self._db, what, park=sel.park,
+            enterprise=scope.enterprise or sel.enterprise, start=start, end=end,
+        )  # fmt: skip
 
     # -- what the selection is ------------------------------------------------------
 
@@ -371,6 +382,8 @@ class CoverageStore:
         now = _now(self._db)
         detail = _detail(scope, sel, detail)
         periods = cov.local_periods(first, last, unit, tz)
+        await self._not_evicted("coverage figures", scope, sel, periods[0].start,
+                                periods[-1].end)  # fmt: skip
         reg = await self.registered(
             scope, sel, start=periods[0].start, end=periods[-1].end
         )
@@ -455,6 +468,7 @@ class CoverageStore:
         end = min(end, now)
         if end <= start:
             return []
+        await self._not_evicted("coverage gaps", scope, sel, start, end)
         reg = await self.registered(scope, sel, start=start, end=end)
         if not reg.devices:
             return []
@@ -560,6 +574,7 @@ class CoverageStore:
         (:func:`smartpark.coverage.sequences`). More than ``max_polls`` distinct
         (time, seq) pairs is :class:`TooManyRows`, found before they are all read
         into memory."""
+        await self._not_evicted("sequence numbers", scope, Selection(park), start, end)
         conds, params = _scoped(scope, "park", "enterprise", alias="s")
         polls = sql.SQL(
             "SELECT t.time, t.seq FROM {series} s JOIN {raw} t ON t.series_id = s.id"

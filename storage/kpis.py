@@ -52,6 +52,7 @@ from psycopg import sql
 from smartpark import kpi
 from smartpark.catalogue import METRICS
 from smartpark.tenancy import Scope
+from storage.archive.reader import check_not_evicted
 from storage.base import Database, storage_errors, table
 from storage.marks import InvalidPeriod, MarkStore
 from storage.queries import Filters, TelemetryQueries
@@ -323,6 +324,11 @@ class KpiStore:
         ent = await registry.enterprise(scope, enterprise)
         if ent is None:
             return None
+        if periods:
+            await check_not_evicted(
+                self._db, "KPIs", park=ent.park, enterprise=ent.id,
+                start=periods[0].start, end=periods[-1].end,
+            )  # fmt: skip
         park = await registry.park(scope, ent.park)
         devices = await registry.devices(scope, ent)
         outlets = await registry.outlets(scope, ent)
@@ -344,6 +350,11 @@ class KpiStore:
         row = await registry.park(scope, park)
         if row is None:
             return None
+        if periods:
+            await check_not_evicted(
+                self._db, "KPIs", park=park, enterprise=None,
+                start=periods[0].start, end=periods[-1].end,
+            )  # fmt: skip
         by_ent = []
         for ent in await registry.enterprises(scope, park):
             devices = await registry.devices(scope, ent)

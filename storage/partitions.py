@@ -113,14 +113,29 @@ class Partitions:
         self._known.clear()
         return await self.ensure_days(conn, days)
 
-    async def drop_before(self, conn: Conn, cutoff: date) -> list[str]:
-        """Drop the partitions of days before ``cutoff``; return their names.
+    async def drop_before(
+        self, conn: Conn, cutoff: date, *, drop_unarchived: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """Drop the partitions of days before ``cutoff`` that hold no row (their
+        days were moved into the sealed archive, ``smartpark archive retain``), or
+        every one of them with ``drop_unarchived``; return (dropped, kept) names.
 
-        Only raw rows go: the rollup tables keep their history.
+        Only raw rows go: the rollup tables keep their history. A partition that
+        still holds rows is kept and named: its rows are in no archive, and
+        dropping it would lose them.
         """
-        dropped = []
+        dropped, kept = [], []
         for day, name in sorted((await self.existing(conn)).items()):
             if day < cutoff:
+                ident = sql.Identifier(self._schema, name)
+                if not drop_unarchived:
+                    cur = await conn.execute(
+                        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(ident)
+                    )
+                    row = await cur.fetchone()
+                    if row is not None and row[0]:
+                        kept.append(name)
+                        continue
                 await conn.execute(
                     sql.SQL("DROP TABLE IF EXISTS {}").format(
                         sql.Identifier(self._schema, name)
@@ -130,7 +145,13 @@ class Partitions:
                 dropped.append(name)
         if dropped:
             log.info("retention dropped %d partitions: %s", len(dropped), dropped)
-        return dropped
+        if kept:
+            log.warning(
+                "retention kept %d partitions that hold rows no archive holds: %s"
+                " (seal and evict them with smartpark archive retain first)",
+                len(kept), kept,
+            )  # fmt: skip
+        return dropped, kept
 
     async def compact_before(self, conn: Conn, cutoff: date) -> list[Compacted]:
         """Rebuild the indexes of the partitions of days before ``cutoff`` not

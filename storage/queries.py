@@ -29,6 +29,16 @@ the bucket (the step into the first reading of the range starts from the last
 reading before it). A reading flagged ``reset`` starts again from zero: its step
 is its own value, never a negative one; a decrease without a reset flag (a meter
 error) counts as zero and is reported in ``negative_steps``.
+
+Archive: raw readings and exports also return the rows of days evicted from the
+hot table into the sealed archive (:mod:`storage.archive.reader`), merged in key
+order with the hot rows, so paging runs across the seam unchanged (both sides
+order text by code point: the SQL side with ``COLLATE "C"``, whatever the
+database's collation). The archive's days are
+planned before the export's cursor opens and read one enterprise-day at a time.
+A key present on both sides (a late row of an evicted day) is the archived row.
+Aggregates, consumption, ``latest`` and silent devices read the hot table only
+(README, "Sealed archive", what they return for evicted days).
 """
 
 from __future__ import annotations
@@ -43,6 +53,14 @@ from psycopg import sql
 
 from smartpark.catalogue import METRICS, Kind
 from smartpark.tenancy import Scope
+from storage.archive.reader import (
+    ArchivedDay,
+    RowFilter,
+    plan_read,
+    read_planned,
+    refuse_evicted,
+)
+from storage.archive.segment import ArchivedRow
 from storage.base import Database, storage_errors, table
 from storage.model import Dialect
 
@@ -171,6 +189,97 @@ def _series_where(
     return conds, params
 
 
+_SortKey = tuple[datetime, str, str, str, str]
+
+
+def _key_of(r: ReadingOut | ArchivedRow) -> _SortKey:
+    return (r.time, r.device, r.metric, r.data_type, r.stat)
+
+
+def _page_tuple(k: PageKey) -> _SortKey:
+    return (k.time, k.device, k.metric, k.data_type, k.stat)
+
+
+def _archive_filter(scope: Scope, f: Filters) -> RowFilter | None:
+    """The archive's filter for the scope and filters; None when they
+    contradict (nothing matches)."""
+    park, enterprise = f.park, f.enterprise
+    for mine, theirs in ((scope.park, park), (scope.enterprise, enterprise)):
+        if mine is not None and theirs is not None and mine != theirs:
+            return None
+    return RowFilter(
+        park=scope.park or park, enterprise=scope.enterprise or enterprise,
+        device=f.device, metric=f.metric, data_type=f.data_type, stat=f.stat,
+        devices=f.devices,
+    )  # fmt: skip
+
+
+def _merge_keyed(hot: list[ReadingOut], cold: list[ReadingOut]) -> list[ReadingOut]:
+    """Both in key order, merged; a key in both (a late row of an evicted day not
+    yet amended and evicted again) is the archived row."""
+    by_key = {_key_of(r): r for r in hot}
+    by_key.update((_key_of(r), r) for r in cold)
+    return [by_key[k] for k in sorted(by_key)]
+
+
+async def _archived(
+    db: Database, scope: Scope, f: Filters, start: datetime, end: datetime
+) -> AsyncIterator[ArchivedDay]:
+    """The archived days of a read (planned now, before any cursor is open)."""
+    where = _archive_filter(scope, f)
+    if where is None:
+        return _nothing()
+    return read_planned(await plan_read(db, start=start, end=end, where=where))
+
+
+async def _nothing() -> AsyncIterator[ArchivedDay]:
+    return
+    yield
+
+
+class _Merge:
+    """Merges the hot rows of an export, chunk by chunk, with the archived rows of
+    evicted days (loaded one enterprise-day at a time, as the export reaches
+    them), in key order."""
+
+    def __init__(self, days: AsyncIterator[ArchivedDay]) -> None:
+        self._days = days
+        self._next: ArchivedDay | None = None
+        self._pending: list[ReadingOut] = []
+        self._done = False
+
+    async def _peek(self) -> ArchivedDay | None:
+        if self._next is None and not self._done:
+            self._next = await anext(self._days, None)
+            self._done = self._next is None
+        return self._next
+
+    async def _fill(self, upto: datetime | None) -> None:
+        """Load every archived day starting at or before ``upto`` (None: all)."""
+        while (day := await self._peek()) is not None and (
+            upto is None or day.start <= upto
+        ):
+            self._next = None
+            self._pending = _merge_keyed(
+                self._pending, [ReadingOut(*r) for r in day.rows]
+            )
+
+    async def take(self, hot: list[ReadingOut]) -> list[ReadingOut]:
+        """``hot`` with the archived rows that sort up to its last one."""
+        last = _key_of(hot[-1])
+        await self._fill(last[0])
+        cut = 0
+        while cut < len(self._pending) and _key_of(self._pending[cut]) <= last:
+            cut += 1
+        cold, self._pending = self._pending[:cut], self._pending[cut:]
+        return _merge_keyed(hot, cold) if cold else hot
+
+    async def rest(self) -> list[ReadingOut]:
+        await self._fill(None)
+        rest, self._pending = self._pending, []
+        return rest
+
+
 def _and(conds: Sequence[sql.Composable]) -> sql.Composable:
     if not conds:
         return sql.SQL("true")
@@ -237,7 +346,8 @@ class TelemetryQueries:
         if after is not None:
             conds.append(
                 sql.SQL(
-                    "(t.time, s.device, s.metric, s.data_type, s.stat)"
+                    '(t.time, s.device COLLATE "C", s.metric COLLATE "C",'
+                    ' s.data_type COLLATE "C", s.stat COLLATE "C")'
                     " > (%s, %s, %s, %s, %s)"
                 )
             )
@@ -247,27 +357,46 @@ class TelemetryQueries:
             "SELECT t.time, s.park, s.enterprise, s.device, s.metric, s.data_type,"
             " s.stat, s.unit, t.value, t.quality::text, t.seq, t.reset"
             " FROM {} t JOIN {} s ON s.id = t.series_id WHERE {}"
-            " ORDER BY t.time, s.device, s.metric, s.data_type, s.stat"
+            ' ORDER BY t.time, s.device COLLATE "C", s.metric COLLATE "C",'
+            ' s.data_type COLLATE "C", s.stat COLLATE "C"'
         ).format(self._t("telemetry"), self._t("series"), _and(conds)), params
 
     async def readings(
         self, scope: Scope, f: Filters, *, start: datetime, end: datetime,
         after: PageKey | None = None, limit: int = 1000,
     ) -> list[ReadingOut]:  # fmt: skip
-        """Up to ``limit`` readings after ``after``, in key order."""
+        """Up to ``limit`` readings after ``after``, in key order: the hot rows
+        and the archived rows of evicted days (module doc, "Archive")."""
         query, params = self._readings_sql(scope, f, start, end, after)
         with storage_errors("read readings"):
             async with self._db.connection() as conn:
                 cur = await conn.execute(query + sql.SQL(" LIMIT %s"), [*params, limit])
-                return [ReadingOut(*r) for r in await cur.fetchall()]
+                hot = [ReadingOut(*r) for r in await cur.fetchall()]
+        cold: list[ReadingOut] = []
+        # rows before the page key's time cannot follow it: skip their days
+        first = start if after is None else max(start, after.time)
+        async for day in await _archived(self._db, scope, f, first, end):
+            if len(hot) == limit and day.start > hot[-1].time:
+                break  # every row of it sorts after the hot page
+            if len(cold) >= limit and day.start > cold[-1].time:
+                break
+            cold = _merge_keyed(cold, [
+                ReadingOut(*r) for r in day.rows
+                if after is None or _key_of(r) > _page_tuple(after)
+            ])  # fmt: skip
+        if not cold:
+            return hot
+        return _merge_keyed(hot, cold)[:limit]
 
     async def stream_readings(
         self, scope: Scope, f: Filters, *, start: datetime, end: datetime,
         chunk: int = 5000,
     ) -> AsyncIterator[list[ReadingOut]]:  # fmt: skip
         """Every reading of the range in key order, ``chunk`` rows at a time
-        through a server-side cursor: memory stays flat whatever the range."""
+        through a server-side cursor: memory stays flat whatever the range
+        (archived rows are held one evicted enterprise-day at a time)."""
         query, params = self._readings_sql(scope, f, start, end, None)
+        merged = _Merge(await _archived(self._db, scope, f, start, end))
         with storage_errors("export readings"):
             async with (
                 self._db.connection() as conn,
@@ -276,7 +405,12 @@ class TelemetryQueries:
             ):
                 await cur.execute(query, params)
                 while rows := await cur.fetchmany(chunk):
-                    yield [ReadingOut(*r) for r in rows]
+                    out = await merged.take([ReadingOut(*r) for r in rows])
+                    if out:
+                        yield out
+        rest = await merged.rest()
+        for i in range(0, len(rest), chunk):
+            yield rest[i : i + chunk]
 
     # -- aggregates -----------------------------------------------------------------
 
@@ -305,6 +439,14 @@ class TelemetryQueries:
                 )
                 if use == "rollup" and self._dialect is not Dialect.POSTGRES:
                     use = "raw"  # see the module doc
+                if use == "raw" or consumption:
+                    await refuse_evicted(
+                        conn, self._db.schema,
+                        "raw aggregates and counter consumption",
+                        park=scope.park or f.park,
+                        enterprise=scope.enterprise or f.enterprise,
+                        start=start, end=end,
+                    )  # fmt: skip
                 base = (
                     self._rollup_base(hourly) if use == "rollup" else self._raw_base()
                 )

@@ -67,10 +67,13 @@ class Storage:
         connect_timeout_s: float = 30.0,
         application_name: str = "smartpark",
         webhook_keys: SecretBox | None = None,
+        prefill: bool = False,
     ) -> None:
         self._schema = settings.schema_
         self._settings = settings
         self._pool_size = pool_size
+        # Open every connection at start: the pool never grows under load later.
+        self._min_size = pool_size if prefill else 1
         self._clock = clock
         self._connect_timeout_s = connect_timeout_s
         self._application_name = application_name
@@ -115,7 +118,7 @@ class Storage:
         """Connect and resolve the dialect. Does not require the schema migrated."""
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self._settings.dsn.get_secret_value(),
-            min_size=1,
+            min_size=self._min_size,
             max_size=self._pool_size,
             open=False,
             kwargs={"autocommit": True, "application_name": self._application_name},

@@ -135,18 +135,24 @@ class TelemetryStore:
             async with self._db.connection() as conn:
                 return await self._partitions.compact_before(conn, cutoff)
 
-    async def apply_retention(self, *, keep_days: int) -> list[str]:
-        """Plain PostgreSQL: drop raw partitions older than ``keep_days`` days.
+    async def apply_retention(
+        self, *, keep_days: int, drop_unarchived: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """Plain PostgreSQL: drop raw partitions older than ``keep_days`` days
+        that hold no row any more (moved into the sealed archive), or all of them
+        with ``drop_unarchived``; (dropped, kept) partition names.
 
-        TimescaleDB has a retention policy instead (see its migration); there this
-        returns ``[]``.
+        TimescaleDB: its days leave through the archive only (migration 0017
+        removed the retention policy); there this returns ``([], [])``.
         """
         if self._dialect is not Dialect.POSTGRES:
-            return []
+            return [], []
         cutoff = self._today() - timedelta(days=keep_days)
         with storage_errors("apply retention"):
             async with self._db.connection() as conn:
-                return await self._partitions.drop_before(conn, cutoff)
+                return await self._partitions.drop_before(
+                    conn, cutoff, drop_unarchived=drop_unarchived
+                )
 
     async def refresh_rollups(
         self, start: datetime | None = None, end: datetime | None = None

@@ -436,7 +436,9 @@ async def gaps(
     )  # fmt: skip
 
 
-@router.get("/sequence", response_model=SequenceReport, summary="Polls missing by number")
+@router.get(
+    "/sequence", response_model=SequenceReport, summary="Polls missing by number"
+)
 async def sequence(
     who: Reader,
     *,

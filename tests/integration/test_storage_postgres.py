@@ -37,6 +37,11 @@ MIGRATIONS = [
     "0010_marks",
     "0011_kpi_registry",
     "0012_device_data_types",
+    "0013_rule_packs",
+    "0014_archive",
+    "0015_upstream",
+    "0016_mqtt_accounts",
+    "0017_no_raw_retention_policy",
 ]  # fmt: skip
 
 
@@ -92,6 +97,11 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (10, "marks", Dialect.POSTGRES),
             (11, "kpi_registry", Dialect.POSTGRES),
             (12, "device_data_types", Dialect.POSTGRES),
+            (13, "rule_packs", Dialect.POSTGRES),
+            (14, "archive", Dialect.POSTGRES),
+            (15, "upstream", Dialect.POSTGRES),
+            (16, "mqtt_accounts", Dialect.POSTGRES),
+            (17, "no_raw_retention_policy", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:
@@ -325,8 +335,15 @@ async def test_retention_drops_old_partitions_and_keeps_rollups(
     await storage.telemetry.write(rows_for("m1", 4, start=T0 - timedelta(days=40)))
     await storage.telemetry.write(rows_for("m1", 4, start=T0))
     await storage.telemetry.refresh_rollups()
-    dropped = await storage.telemetry.apply_retention(keep_days=30)
-    assert dropped == ["telemetry_p20260120"]
+    # rows no archive holds are kept, and named
+    assert await storage.telemetry.apply_retention(keep_days=30) == (
+        [], ["telemetry_p20260120"],
+    )  # fmt: skip
+    assert await storage.telemetry.count_rows() == 8
+    dropped, kept = await storage.telemetry.apply_retention(
+        keep_days=30, drop_unarchived=True
+    )
+    assert (dropped, kept) == (["telemetry_p20260120"], [])
     assert await storage.telemetry.count_rows() == 4
     daily = await storage.telemetry.rollup(
         RollupLevel.DAY, start=T0 - timedelta(days=50), end=T0 + timedelta(days=1)
@@ -444,3 +461,19 @@ async def test_closed_days_are_compacted_once(storage: Storage) -> None:
     # late rows still land in a compacted day
     late = [r._replace(time=r.time + timedelta(seconds=5)) for r in old[:3]]
     assert (await storage.telemetry.write(late)).inserted == 3
+
+
+async def test_retention_drops_a_partition_the_archive_emptied(
+    storage: Storage, db_schema: str
+) -> None:
+    old = T0 - timedelta(days=40)
+    await storage.telemetry.write(rows_for("m1", 4, start=old))
+    async with storage.connection() as conn:  # what archive retain does to a day
+        await conn.execute(
+            sql.SQL("DELETE FROM {}").format(
+                sql.Identifier(db_schema, f"telemetry_p{old:%Y%m%d}")
+            )
+        )
+    assert await storage.telemetry.apply_retention(keep_days=30) == (
+        [f"telemetry_p{old:%Y%m%d}"], [],
+    )  # fmt: skip

@@ -72,6 +72,11 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0010_marks",
             "0011_kpi_registry",
             "0012_device_data_types",
+            "0013_rule_packs",
+            "0014_archive",
+            "0015_upstream",
+            "0016_mqtt_accounts",
+            "0017_no_raw_retention_policy",
         ]
         assert await s.migrate() == []
         await s.require_migrated()
@@ -106,7 +111,6 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
     assert dict(jobs) == {
         "policy_compression": 1,
         "policy_refresh_continuous_aggregate": 3,
-        "policy_retention": 1,
     }
 
 
@@ -244,7 +248,6 @@ async def test_policies_run_through_run_job(timescale_dsn: str, ts_schema: str) 
             ("policy_refresh_continuous_aggregate", "telemetry_1d"),
             ("policy_refresh_continuous_aggregate", "telemetry_1h"),
             ("policy_refresh_continuous_aggregate", "telemetry_1m"),
-            ("policy_retention", "telemetry"),
         ]
         for job_id, _, _ in jobs:
             conn.execute("CALL run_job(%s)", (job_id,))

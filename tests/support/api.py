@@ -19,6 +19,7 @@ from smartpark.settings import (
     KafkaSettings,
     NotifierSettings,
     Settings,
+    SigningSettings,
     WebhookSettings,
 )
 from smartpark.tenancy import Role, Scope
@@ -27,6 +28,8 @@ from storage.secretbox import SecretBox
 from tests.support.settings import WEBHOOK_KEY
 
 PEPPER = "test-pepper-" + "x" * 32
+# The platform's signing key in API tests (replay reports): a fixed 32-byte seed.
+SIGNING_KEY = "dGVzdC1zaWduaW5nLWtleS0zMi1ieXRlcy1sb25nISE="
 
 
 @dataclass
@@ -55,6 +58,7 @@ def api_settings(
         kafka=KafkaSettings(bootstrap=kafka),
         api=ApiSettings(key_pepper=SecretStr(PEPPER), max_points=max_points),
         webhooks=WebhookSettings(secret_key=SecretStr(WEBHOOK_KEY)),
+        signing=SigningSettings(private_key=SecretStr(SIGNING_KEY)),
     )
 
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ROOMS = (
     "smartpark", "edge_agent", "simulators", "storage", "stream", "ingest", "rules",
     "notifier", "api", "demo", "bench",
+    "upstream",
 )  # fmt: skip
 
 # Which rooms each room may import (itself included).
@@ -40,6 +41,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "ingest": {"smartpark", "storage", "stream", "ingest"},
     "rules": {"smartpark", "storage", "stream", "rules"},
     "notifier": {"smartpark", "storage", "stream", "notifier"},
+    "upstream": {"smartpark", "storage", "stream", "edge_agent", "upstream"},
     "api": {"smartpark", "storage", "rules", "api"},
     "demo": set(ROOMS) - {"bench"},
     "bench": set(ROOMS) - {"demo"},
@@ -49,6 +51,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 PURE = (
     "smartpark.wire", "smartpark.catalogue", "smartpark.clock", "smartpark.errors",
     "rules.model", "rules.engine", "rules.pack", "rules.kinds",
+    "rules.replay",
     "edge_agent.hj212.codec", "edge_agent.hj212.model", "edge_agent.hj212.jsonform",
     "notifier.signing", "notifier.events", "notifier.retry",
 )  # fmt: skip
@@ -72,6 +75,7 @@ ROOM_BANS: dict[str, set[str]] = {
     "ingest": {"psycopg", "psycopg_pool"},
     "rules": {"psycopg", "psycopg_pool"},
     "notifier": {"psycopg", "psycopg_pool"},
+    "upstream": {"psycopg", "psycopg_pool"},
     "api": {"psycopg", "psycopg_pool"},
 }
 
@@ -176,3 +180,23 @@ def test_the_pure_core_loads_no_io_library_through_its_imports() -> None:
     third_party_io = IO_LIBRARIES - set(sys.stdlib_module_names)
     assert sorted(set(out) & third_party_io) == []
     assert sorted(set(out) & {"storage", "stream", "ingest", "demo", "bench"}) == []
+
+
+# What the upstream service may take from the edge agent: the pure HJ 212 codec.
+UPSTREAM_EDGE_MODULES = (
+    "edge_agent.hj212.codec", "edge_agent.hj212.model",
+    "edge_agent.hj212.dictionary", "edge_agent.hj212.stream",
+)  # fmt: skip
+
+
+def test_upstream_takes_only_the_pure_hj212_codec_from_the_edge_agent() -> None:
+    problems = []
+    for path in _files("upstream"):
+        for line, name in _imports(path):
+            if name.split(".")[0] != "edge_agent":
+                continue
+            if not any(
+                name == m or name.startswith(f"{m}.") for m in UPSTREAM_EDGE_MODULES
+            ):
+                problems.append(f"{path.relative_to(ROOT)}:{line}: imports {name}")
+    assert problems == []

@@ -1,0 +1,1 @@
+"""Regulator replay: the service, its jobs, the signed report and the CLI."""
