@@ -398,6 +398,7 @@ async def _start_pipeline(
         args.poll_interval,
         # a silenced meter is polled again soon after it answers again
         max_backoff_s=max(2.0, 2 * args.poll_interval),
+        mqtt_protocol="3.1.1",  # amqtt speaks only MQTT 3.1.1
     )
     for config in configs:
         agent = EdgeAgent(config)

@@ -27,7 +27,7 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig, BrokerConfig, Hj212Config, load_config
 from edge_agent.hj212.listener import Hj212Listener
 from edge_agent.pollers import location, make_pollers
-from edge_agent.publisher import connect_error
+from edge_agent.publisher import V311_HINT, connect_error
 from edge_agent.sample import Sample, utc_now
 from edge_agent.stats import AgentStats
 from smartpark.cli import command
@@ -88,13 +88,15 @@ def format_stats(stats: AgentStats) -> str:
     broker = "broker connected" if pub.connected else "broker DISCONNECTED"
     if not pub.connected and pub.last_connect_error:
         broker += f" ({pub.last_connect_error})"
+    refusing = [f"{r.topic}: {r.reason}" for r in pub.refusing]
     parts = [
         *([f"POLLS REFUSED: {stats.clock_problem}"] if stats.clock_problem else []),
+        *([f"BROKER REFUSES {', '.join(refusing)}"] if refusing else []),
         broker,
         f"outbox {ob.rows}/{ob.max_rows} rows (oldest {age}, dropped {ob.dropped_rows},"
         f" expired {ob.expired_rows}, refused polls {ob.refused_polls})",
         f"messages published {pub.published_messages} acked {pub.acked_messages}"
-        f" in flight {pub.in_flight}",
+        f" refused {sum(pub.refused_messages.values())} in flight {pub.in_flight}",
     ]
     if (hj := stats.hj212) is not None:
         rejected = ", ".join(f"{k} {n}" for k, n in sorted(hj.frames_rejected.items()))
@@ -147,14 +149,18 @@ def probe_broker(broker: BrokerConfig, *, timeout_s: float = 5.0) -> str | None:
     """Connect once with a throw-away clean session; None if the broker accepts us.
 
     Blocking. Uses ``{client_id}.check`` as client id so a running agent's
-    persistent session is not taken over. Returns the reason on failure (a TLS
-    failure as ``TLS: certificate verify failed: ...``), never a credential.
+    persistent session is not taken over, and ``broker.protocol``. Returns the
+    reason on failure (a TLS failure as ``TLS: certificate verify failed: ...``),
+    never a credential; with MQTT 5, a failure that a 3.1.1-only broker would cause
+    says so.
     """
+    v5 = broker.protocol == "5"
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"{broker.client_id}.check",
-        clean_session=True,
-        protocol=mqtt.MQTTv311,
+        # MQTT 5: clean start on the first connection, no session expiry
+        clean_session=None if v5 else True,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
     )
     if broker.tls is not None:
         client.tls_set_context(broker.tls.ssl_context())
@@ -193,12 +199,17 @@ def probe_broker(broker: BrokerConfig, *, timeout_s: float = 5.0) -> str | None:
     while not answers and not closed and time.monotonic() < deadline:
         client.loop(timeout=0.1)
     client.disconnect()
+    hint = V311_HINT if v5 else ""
     if not answers and closed:
         why = errors[-1] if errors else closed[0]
-        return f"the broker closed the connection before answering ({why})"
+        return f"the broker closed the connection before answering ({why}){hint}"
     if not answers:
-        return f"no answer from {where} within {timeout_s} s"
-    return f"refused: {answers[0]}" if answers[0].is_failure else None
+        return f"no answer from {where} within {timeout_s} s{hint}"
+    if not answers[0].is_failure:
+        return None
+    if str(answers[0]) != "Unsupported protocol version":
+        hint = ""
+    return f"refused: {answers[0]}{hint}"
 
 
 async def check_hj212(config: Hj212Config, wait_s: float) -> bool:

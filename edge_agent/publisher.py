@@ -3,20 +3,69 @@
 Contracts:
 
 - Rows leave the outbox only in the PUBACK handler of the message that carried
-  them (at least once). A crash before the PUBACK re-sends them after restart:
-  duplicates, never loss.
-- Per device, messages are published in outbox order and never overtake each other.
-  Devices are served round-robin (one message per device per round), so a device
-  with a large backlog does not starve the others.
+  them, and only if the PUBACK accepts it (at least once). A crash before the
+  PUBACK re-sends them after restart: duplicates, never loss.
+- Protocol: MQTT 5 by default (``broker.protocol``), so that a broker's refusal is
+  visible. A PUBACK whose reason code is a failure (>= 0x80: 0x87 Not authorized,
+  0x97 Quota exceeded, 0x99 Payload format invalid, ...) is not an
+  acknowledgement: the message's rows stay in the outbox, the refusal is counted
+  per reason (:attr:`PublisherStats.refused_messages`), and its topic is
+  *refused* (:attr:`PublisherStats.refusing`, logged once per change of reason,
+  with the topic) until a message on it is accepted. 0x10 No matching subscribers
+  is a success (the rows are deleted), counted apart and logged once per topic:
+  nobody was subscribed, so the broker dropped the message (e.g. the bridge's
+  session is gone). With ``broker.protocol: "3.1.1"`` a PUBACK carries no reason
+  code: a refused publish looks delivered and is lost on the broker.
+- A refused topic is retried with one message at a time, after
+  ``publish.refused_retry_min_s``, doubling up to ``refused_retry_max_s`` after each
+  refused retry; never in a hot loop. Other topics (other devices) keep flowing
+  meanwhile. Per device the retry starts again from the device's oldest row in the
+  outbox, once none of its messages is in flight; messages of that device that were
+  already in flight when the refusal came and were accepted are not retracted, so
+  a refusal that hits one message of a device but not the next (a quota, a
+  transient broker condition) lets the next overtake it. An ACL refusal hits every
+  message of the topic alike, so the order is kept. A refused status (retained) is
+  retried with the device's current status.
+- Per device, messages are published in outbox order and never overtake each other
+  (but for the refusal case above). Devices are served round-robin (one message
+  per device per round), so a device with a large backlog does not starve the
+  others.
 - At most ``publish.max_in_flight`` unacknowledged messages.
 - Reconnects are paho's (``loop_start``, backoff from ``broker.reconnect_min_s`` to
-  ``reconnect_max_s``). The session is persistent (fixed client id,
-  ``clean_session=False``) and paho keeps unacknowledged messages in memory and
-  re-sends them itself after a reconnect, under their original message ids. Paho
-  calls ``on_connect`` *before* it re-sends them, so a message published at that
-  moment would overtake older ones: after a reconnect nothing new is published
-  until every message from before the outage is acknowledged ("draining"). That
-  costs one round trip after an outage and keeps the per-device order.
+  ``reconnect_max_s``). The session is persistent (fixed client id; 3.1.1:
+  ``clean_session=False``; 5: ``clean_start=False`` on every connection and a
+  Session Expiry Interval of ``broker.session_expiry_s``, default one day) and paho
+  keeps unacknowledged messages in memory and re-sends them itself after a
+  reconnect, under their original message ids. Paho calls ``on_connect`` *before*
+  it re-sends them, so a message published at that moment would overtake older
+  ones: after a reconnect nothing new is published until every message from before
+  the outage is acknowledged ("draining"). That costs one round trip after an
+  outage and keeps the per-device order.
+- When the session expires (the agent away longer than ``session_expiry_s``; a
+  3.1.1 session never expires unless the broker's ``persistent_client_expiration``
+  says so) the broker discards it: its subscriptions and the messages queued *for*
+  the agent. Neither matters: the agent subscribes again on every connection, and
+  only at QoS 0. The agent's own unacknowledged messages are kept by paho and the
+  outbox, not by the broker, and are re-sent on the new connection (CONNACK
+  "session present: False"): nothing is lost.
+- What this relies on (paho-mqtt 2.2 ``client.py``, Mosquitto 2.0 ``src/``):
+  paho's ``_handle_pubackcomp`` hands every PUBACK's reason code to ``on_publish``
+  and then drops the message from its own queue whatever the code, so paho never
+  re-sends a refused message (the agent does); ``_handle_connack`` re-sends every
+  unacknowledged QoS 1 message (DUP) after each CONNACK, session present or not;
+  ``connect(clean_start=...)`` sets the flag of every CONNECT (paho's default
+  would start clean on the first connection of each process); a 3.1.1-only broker
+  answers an MQTT 5 CONNECT with return code 1, which paho reports as
+  "Unsupported protocol version" (amqtt 0.12 misreads one with a will and never
+  answers; the agent then says so after the keepalive). Mosquitto's
+  ``handle__publish`` answers a QoS 1 publish its ACL denies with PUBACK 0x87 (to
+  a 3.1.1 client the same PUBACK carries no code: success), one over the client's
+  quota with 0x97, one nobody is subscribed to with 0x10 (MQTT 5 only), and logs a
+  denied publish only at debug level; ``session_expiry__add`` keeps a 3.1.1
+  persistent session forever and an MQTT 5 one for its Session Expiry Interval,
+  capped by ``persistent_client_expiration``. Mosquitto answers QoS 1 at once, so its
+  Receive Maximum (20 by default, sent in CONNACK; paho does not enforce it) never
+  runs out; a broker that enforces it refuses with 0x93 or 0x97, retried as above.
 - Status (retained, QoS 1): the agent's own status on
   ``sp/v1/{park}/{enterprise}/agent.{client_id}/status`` — online after connect,
   offline as the last will (``reason="connection lost"``, its ``ts_ms`` is the
@@ -45,11 +94,14 @@ import contextlib
 import logging
 import ssl
 import sys
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import AgentConfig
@@ -60,12 +112,42 @@ from smartpark.errors import PayloadError
 
 log = logging.getLogger(__name__)
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+_FAILURE = 0x80  # reason codes from here on are failures (MQTT 5, 2.4)
+_NO_SUBSCRIBERS = 0x10
+# A 3.1.1-only broker refuses an MQTT 5 CONNECT (return code 1) or misreads it and
+# never answers (amqtt 0.12 with the agent's will: paho's keepalive gives up).
+V311_HINT = '; a broker that speaks only MQTT 3.1.1 needs broker.protocol: "3.1.1"'
 
 
 @dataclass(slots=True)
 class _InFlight:
+    topic: str
+    device: str  # whose rows or status it carries (the agent's own status too)
     row_ids: list[int]  # empty for a status message
     readings: int
+
+
+@dataclass(slots=True)
+class _Refused:
+    """A topic the broker refuses, until a message on it is accepted."""
+
+    device: str
+    reason: str
+    since_ms: int
+    refusals: int  # refused messages on the topic since it was first refused
+    attempts: int  # refused rounds (the first refusal, then each refused retry)
+    retry_at: float  # loop time of the next retry
+    retrying: bool = False  # the retry message is in flight
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A topic the broker refuses (MQTT 5 PUBACK failure) and why, since when."""
+
+    topic: str
+    reason: str  # e.g. "Not authorized (0x87)"
+    since_ms: int
+    refusals: int  # refused messages on it so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +167,15 @@ class PublisherStats:
     clock_offset_ms: int | None = None  # platform clock - ours, at the last beacon
     clock_heard_ms: int | None = None  # our clock when that beacon arrived
     bad_beacons: int = 0
+    refused_messages: dict[str, int] = field(default_factory=dict)  # by reason
+    refused_readings: int = 0  # readings in refused messages (kept, retried)
+    refusing: tuple[Refusal, ...] = ()  # topics refused right now
+    no_subscribers: int = 0  # accepted with 0x10: nobody subscribed, dropped
+
+
+def reason_text(code: int, name: str) -> str:
+    """How a reason code is shown: ``Not authorized (0x87)``."""
+    return f"{name} (0x{code:02x})"
 
 
 def connect_error(exc: OSError) -> str:
@@ -116,7 +207,7 @@ class Publisher:
         self._draining = False
         self._stopping = False
         self._in_flight: dict[int, _InFlight] = {}
-        self._acks: list[int] = []  # PUBACKed message ids not yet processed
+        self._acks: list[tuple[int, int, str]] = []  # (mid, reason code, name)
         self._cursor: dict[str, int] = {}  # highest row id handed to paho, per device
         self._statuses: dict[str, wire.DeviceStatus] = {}
         self._connects = self._disconnects = 0
@@ -125,12 +216,19 @@ class Publisher:
         self._published_readings = self._acked_readings = 0
         self._connect_failures = 0
         self._last_connect_error = ""
-        self._refused = False  # a CONNACK refusal was counted; its disconnect is not
+        self._connack_refused = False  # counted; its disconnect is not
         self._paho_error = ""  # paho's last error-level log line (network thread)
         self._disconnected_since_ms: int | None = None
         self._clock_offset_ms: int | None = None
         self._clock_heard_ms: int | None = None
         self._bad_beacons = 0
+        self._topic_in_flight: Counter[str] = Counter()
+        self._refused: dict[str, _Refused] = {}  # by topic
+        self._rewind: set[str] = set()  # devices to publish again from their oldest
+        self._refusals: Counter[str] = Counter()
+        self._refused_readings = 0
+        self._no_subscribers = 0
+        self._unheard: set[str] = set()  # topics last acknowledged with 0x10
 
     @property
     def agent_status_topic(self) -> str:
@@ -141,12 +239,20 @@ class Publisher:
         self._loop = asyncio.get_running_loop()
         self._disconnected_since_ms = to_ms(self._clock())
         broker = self._cfg.broker
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=broker.client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-        )
+        v5 = broker.protocol == "5"
+        if v5:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=broker.client_id,
+                protocol=mqtt.MQTTv5,
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=broker.client_id,
+                clean_session=False,
+                protocol=mqtt.MQTTv311,
+            )
         # Room for our telemetry window plus one status per device and the agent's,
         # so paho never holds a message back in its own queue.
         client.max_inflight_messages_set(
@@ -169,7 +275,18 @@ class Publisher:
         client.on_connect_fail = self._cb_connect_fail
         client.on_log = self._cb_log
         client.on_message = self._cb_message
-        client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
+        if v5:
+            session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            session.SessionExpiryInterval = broker.session_expiry_s
+            client.connect_async(
+                broker.host,
+                broker.port,
+                keepalive=broker.keepalive_s,
+                clean_start=False,
+                properties=session,
+            )
+        else:
+            client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
         self._client = client
         client.loop_start()
         self._task = asyncio.create_task(self._run(), name="publisher")
@@ -206,6 +323,13 @@ class Publisher:
             clock_offset_ms=self._clock_offset_ms,
             clock_heard_ms=self._clock_heard_ms,
             bad_beacons=self._bad_beacons,
+            refused_messages=dict(self._refusals),
+            refused_readings=self._refused_readings,
+            refusing=tuple(
+                Refusal(topic, r.reason, r.since_ms, r.refusals)
+                for topic, r in self._refused.items()
+            ),
+            no_subscribers=self._no_subscribers,
         )
 
     async def stop(self, flush_timeout_s: float = 5.0) -> None:
@@ -216,19 +340,13 @@ class Publisher:
         self._stopping = True
         deadline = asyncio.get_running_loop().time() + flush_timeout_s
         self._wake.set()
-        await self._wait_until(
-            lambda: (
-                not self._connected
-                or (not self._in_flight and self._outbox.stats().rows == 0)
-            ),
-            deadline,
-        )
+        await self._wait_until(lambda: not self._connected or self._flushed(), deadline)
         if self._connected and not self._draining:
             for device in self._statuses:
                 self.set_device_status(device, online=False, reason="agent stopped")
             now = to_ms(self._clock())
             bye = wire.DeviceStatus(False, now, "agent stopped")
-            self._publish(self.agent_status_topic, bye.encode(), rows=[], retain=True)
+            self._publish_status(self._cfg.agent_id, bye)
             await self._wait_until(
                 lambda: not self._connected or not self._in_flight, deadline + 1.0
             )
@@ -245,6 +363,17 @@ class Publisher:
             await asyncio.to_thread(client.loop_stop)
             self._client = None
             self._connected = False
+
+    def _flushed(self) -> bool:
+        """Nothing in flight, and no rows left but those of refused topics."""
+        if self._in_flight:
+            return False
+        site = self._cfg.site
+        return all(
+            wire.telemetry_topic(site.park, site.enterprise, device) in self._refused
+            or not self._outbox.pending(1, device=device, after_id=0)
+            for device in self._outbox.devices()
+        )
 
     async def _wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -303,7 +432,7 @@ class Publisher:
         properties: object,
     ) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._on_ack, mid)
+        self._loop.call_soon_threadsafe(self._on_ack, mid, reason.value, str(reason))
 
     def _cb_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         # paho calls this inside its `except OSError:` around the attempt (and
@@ -335,7 +464,9 @@ class Publisher:
         self._changed.set()
         b = self._cfg.broker
         if failed:
-            self._refused = True
+            self._connack_refused = True
+            if reason == "Unsupported protocol version" and b.protocol == "5":
+                reason += V311_HINT
             # Bad credentials or a banned client id: retrying will not fix it.
             self._on_connect_failed(f"refused: {reason}", level=logging.ERROR)
             return
@@ -366,12 +497,13 @@ class Publisher:
     def _on_disconnect(self, reason: str, error: str = "") -> None:
         self._changed.set()
         if not self._connected and not self._stopping:
-            if self._refused:  # the refusal was counted; this is its aftermath
-                self._refused = False
+            if self._connack_refused:  # counted already; this is its aftermath
+                self._connack_refused = False
             else:
                 why = error or reason
                 self._on_connect_failed(
                     f"the broker closed the connection before accepting it ({why})"
+                    + V311_HINT * (self._cfg.broker.protocol == "5")
                 )
             return
         if self._connected:
@@ -399,18 +531,23 @@ class Publisher:
         self._clock_offset_ms = platform_ms - heard_ms
         self._clock_heard_ms = heard_ms
 
-    def _on_ack(self, mid: int) -> None:
+    def _on_ack(self, mid: int, code: int, name: str) -> None:
         # Deleting rows happens in the publishing task, so a storage failure
         # fails that task (and the agent) instead of vanishing in a callback.
-        self._acks.append(mid)
+        self._acks.append((mid, code, name))
         self._wake.set()
 
     def _process_acks(self) -> None:
         acks, self._acks = self._acks, []
-        for mid in acks:
+        for mid, code, name in acks:
             entry = self._in_flight.pop(mid, None)
             if entry is None:
                 continue
+            self._topic_in_flight[entry.topic] -= 1
+            if code >= _FAILURE:
+                self._on_refused(entry, reason_text(code, name))
+                continue
+            self._on_accepted(entry.topic, no_subscribers=code == _NO_SUBSCRIBERS)
             if entry.row_ids:
                 self._outbox.delete(entry.row_ids)
                 self._acked += 1
@@ -422,19 +559,128 @@ class Publisher:
             log.info("messages from before the reconnect acknowledged; resuming")
             self._announce()
 
+    def _on_refused(self, entry: _InFlight, reason: str) -> None:
+        """The broker refused a message: keep its rows, count, block its topic."""
+        self._refusals[reason] += 1
+        self._refused_readings += entry.readings
+        if entry.row_ids:
+            self._rewind.add(entry.device)
+        topic, now = entry.topic, asyncio.get_running_loop().time()
+        refused = self._refused.get(topic)
+        if refused is None:
+            refused = _Refused(entry.device, reason, to_ms(self._clock()), 0, 0, now)
+            self._refused[topic] = refused
+        elif refused.reason != reason:
+            log.error("the broker now refuses %s: %s", topic, reason)
+            refused.reason = reason
+        refused.refusals += 1
+        # Messages sent before the first refusal come back refused together: one
+        # round. Only the first refusal and each refused retry lengthen the wait.
+        if refused.attempts == 0 or refused.retrying:
+            refused.attempts += 1
+            refused.retrying = False
+            pub = self._cfg.publish
+            wait = min(
+                pub.refused_retry_max_s,
+                pub.refused_retry_min_s * 2 ** min(refused.attempts - 1, 30),
+            )
+            refused.retry_at = now + wait
+            if refused.attempts == 1:
+                log.error(
+                    "the broker refuses %s: %s; its readings stay in the outbox, "
+                    "retrying in %.1f s",
+                    topic,
+                    reason,
+                    wait,
+                )
+
+    def _on_accepted(self, topic: str, *, no_subscribers: bool) -> None:
+        refused = self._refused.pop(topic, None)
+        if refused is not None:
+            log.warning(
+                "the broker accepts %s again, after %d refused messages (%s)",
+                topic,
+                refused.refusals,
+                refused.reason,
+            )
+        if not no_subscribers:
+            self._unheard.discard(topic)
+            return
+        self._no_subscribers += 1
+        if topic not in self._unheard:
+            self._unheard.add(topic)
+            log.warning(
+                "the broker accepted a message on %s but nobody is subscribed to it "
+                "(No matching subscribers): it was dropped; is the bridge's session "
+                "there?",
+                topic,
+            )
+
+    def _retry_due(self, topic: str, now: float) -> bool | None:
+        """None: the topic is not refused; else whether one retry may go now."""
+        refused = self._refused.get(topic)
+        if refused is None:
+            return None
+        return (
+            not refused.retrying
+            and refused.retry_at <= now
+            and not self._topic_in_flight[topic]
+        )
+
+    def _next_retry_in(self) -> float:
+        """Seconds until the next retry of a refused topic falls due (1.0 at most).
+
+        Retries already due were tried in the last pass; one that could not go
+        (messages of its topic in flight, no rows, not connected) waits for an
+        event or the next tick rather than spinning."""
+        now = asyncio.get_running_loop().time()
+        waits = [
+            r.retry_at - now
+            for r in self._refused.values()
+            if not r.retrying and r.retry_at > now
+        ]
+        return min([1.0, *waits])
+
     def _announce(self) -> None:
-        online = wire.DeviceStatus(True, to_ms(self._clock()))
-        self._publish(self.agent_status_topic, online.encode(), rows=[], retain=True)
+        self._publish_status(self._cfg.agent_id, self._agent_online())
         for device, status in self._statuses.items():
             self._publish_status(device, status)
+
+    def _agent_online(self) -> wire.DeviceStatus:
+        return wire.DeviceStatus(True, to_ms(self._clock()))
 
     def _publish_status(self, device: str, status: wire.DeviceStatus) -> None:
         site = self._cfg.site
         topic = wire.status_topic(site.park, site.enterprise, device)
-        self._publish(topic, status.encode(), rows=[], retain=True)
+        self._publish(topic, device, status.encode(), rows=[], retain=True)
+
+    def _retry_statuses(self) -> None:
+        """Publish the current status again on each refused status topic due."""
+        now = asyncio.get_running_loop().time()
+        site = self._cfg.site
+        for topic, refused in list(self._refused.items()):
+            device = refused.device
+            if wire.status_topic(site.park, site.enterprise, device) != topic:
+                continue
+            if not self._retry_due(topic, now):
+                continue
+            if device == self._cfg.agent_id:
+                status = self._agent_online()
+            elif device in self._statuses:
+                status = self._statuses[device]
+            else:
+                continue
+            refused.retrying = True
+            self._publish_status(device, status)
 
     def _publish(
-        self, topic: str, payload: bytes, *, rows: list[Row], retain: bool = False
+        self,
+        topic: str,
+        device: str,
+        payload: bytes,
+        *,
+        rows: list[Row],
+        retain: bool = False,
     ) -> bool:
         """Hand one message to paho; False if paho would not take it now."""
         assert self._client is not None
@@ -446,7 +692,10 @@ class Publisher:
             return False
         # NO_CONN: the connection dropped just now; paho keeps the message and
         # sends it after the reconnect, so it is in flight all the same.
-        self._in_flight[info.mid] = _InFlight([r.id for r in rows], len(rows))
+        self._in_flight[info.mid] = _InFlight(
+            topic, device, [r.id for r in rows], len(rows)
+        )
+        self._topic_in_flight[topic] += 1
         return True
 
     async def _run(self) -> None:
@@ -455,10 +704,12 @@ class Publisher:
             # (asyncio.timeout, not wait_for: on 3.11 wait_for swallows a
             # cancellation that coincides with the event being set.)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(self._next_retry_in()):
                     await self._wake.wait()
             self._wake.clear()
             self._process_acks()
+            if self._connected and not self._draining and not self._stopping:
+                self._retry_statuses()
             self._fill()
 
     def _fill(self) -> None:
@@ -469,12 +720,23 @@ class Publisher:
         size = self._cfg.publish.max_readings_per_message
         site = self._cfg.site
         devices = self._outbox.devices()
+        now = asyncio.get_running_loop().time()
         progress = True
         while progress and len(self._in_flight) < window:
             progress = False
             for device in devices:
                 if len(self._in_flight) >= window:
                     return
+                topic = wire.telemetry_topic(site.park, site.enterprise, device)
+                retry = self._retry_due(topic, now)
+                if retry is False:
+                    continue
+                if device in self._rewind:
+                    if self._topic_in_flight[topic]:
+                        continue
+                    # Its refused rows are still in the outbox: from the oldest.
+                    self._rewind.discard(device)
+                    self._cursor[device] = 0
                 after = self._cursor.get(device, 0)
                 rows = self._outbox.pending(size, device=device, after_id=after)
                 if not rows:
@@ -499,9 +761,11 @@ class Publisher:
                     ),
                     epoch=self._outbox.epoch,
                 )
-                topic = wire.telemetry_topic(site.park, site.enterprise, device)
-                if not self._publish(topic, wire.encode_batch(batch), rows=rows):
+                payload = wire.encode_batch(batch)
+                if not self._publish(topic, device, payload, rows=rows):
                     return
+                if retry:
+                    self._refused[topic].retrying = True
                 self._cursor[device] = rows[-1].id
                 self._published += 1
                 self._published_readings += len(rows)

@@ -21,7 +21,9 @@ connection (``Connection: close``):
   503 means "data is not leaving this gateway", not "restart the agent" — that
   would not bring the broker back. Device failures do not make it unhealthy: they
   are per-device metrics. A clock the agent refuses to stamp readings with
-  (:mod:`edge_agent.clockcheck`) makes it 503 at once, with the reason.
+  (:mod:`edge_agent.clockcheck`) makes it 503 at once, with the reason, and so does
+  a topic the broker refuses (an MQTT 5 PUBACK failure, see
+  :mod:`edge_agent.publisher`), until the broker accepts a message on it again.
 - ``HEAD`` as ``GET`` without a body; another method on those paths → 405 (with
   ``Allow``); any other path → 404; a malformed request line → 400; a request head
   over :data:`MAX_REQUEST_HEAD` bytes → 431; a head not complete within
@@ -245,6 +247,35 @@ def _families(stats: AgentStats) -> list[_Family]:
             pub.in_flight,
         ),
         _Family(
+            "broker_refused_messages_total",
+            "counter",
+            "Messages the broker refused (MQTT 5 PUBACK failure), by reason; their"
+            " readings stay in the outbox and are retried.",
+            [({"reason": r}, n) for r, n in sorted(pub.refused_messages.items())],
+        ),
+        _counter(
+            "broker_refused_readings_total",
+            "Readings in refused messages (each refusal counts them again).",
+            pub.refused_readings,
+        ),
+        _gauge(
+            "broker_refused_topics",
+            "Topics the broker refuses right now (0 when it takes everything).",
+            len(pub.refusing),
+        ),
+        _Family(
+            "broker_refused_topic_info",
+            "gauge",
+            "A topic the broker refuses and why, 1 until it accepts a message on it.",
+            [({"topic": r.topic, "reason": _cut(r.reason)}, 1) for r in pub.refusing],
+        ),
+        _counter(
+            "broker_no_subscribers_messages_total",
+            "Messages the broker accepted with No matching subscribers (0x10):"
+            " nobody received them.",
+            pub.no_subscribers,
+        ),
+        _Family(
             "clock_offset_seconds",
             "gauge",
             "The platform's clock minus the agent's at the last beacon (absent"
@@ -378,6 +409,10 @@ def health(
     pub = stats.publisher
     if stats.clock_problem:
         return False, f"polls refused: {stats.clock_problem}"
+    if pub.refusing:
+        first = pub.refusing[0]
+        more = f" and {len(pub.refusing) - 1} more" if len(pub.refusing) > 1 else ""
+        return False, f"the broker refuses {first.topic}: {first.reason}{more}"
     if pub.connected:
         return True, "ok"
     if pub.disconnected_since_ms is None:  # not started

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -136,6 +136,7 @@ class SimulatedPark:
         poll_interval_s: float,
         timeout_s: float,
         max_backoff_s: float,
+        mqtt_protocol: Literal["5", "3.1.1"] = "5",
     ) -> dict[str, Any]:
         """The config of one enterprise's agent as plain data (what YAML holds)."""
         devices = []
@@ -165,6 +166,7 @@ class SimulatedPark:
                 "host": mqtt_host,
                 "port": mqtt_port,
                 "client_id": f"edge-{self.park}-{enterprise}",
+                **({"protocol": mqtt_protocol} if mqtt_protocol != "5" else {}),
             },
             "outbox": {"path": outbox_path},
             "devices": devices,
@@ -179,6 +181,7 @@ class SimulatedPark:
         *,
         timeout_s: float = 1.0,
         max_backoff_s: float = 30.0,
+        mqtt_protocol: Literal["5", "3.1.1"] = "5",
     ) -> list[AgentConfig]:
         """One agent config per enterprise (see the module contract)."""
         return [
@@ -191,6 +194,7 @@ class SimulatedPark:
                     poll_interval_s=poll_interval_s,
                     timeout_s=timeout_s,
                     max_backoff_s=max_backoff_s,
+                    mqtt_protocol=mqtt_protocol,
                 ),
                 source=f"{e} (generated)",
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -215,7 +215,20 @@ def _pem_problem(exc: ssl.SSLError, what: str) -> str:
     return f"not a valid PEM {what}: {exc.reason}"
 
 
+#: Session Expiry Interval ceiling in MQTT 5 (0xFFFFFFFF: the session never expires).
+MAX_SESSION_EXPIRY_S = 0xFFFF_FFFF
+
+
 class BrokerConfig(StrictModel):
+    """Where the broker is and how to talk to it.
+
+    ``protocol``: ``"5"`` (default) or ``"3.1.1"`` for a broker that speaks only
+    3.1.1; with 3.1.1 a publish the broker refuses (ACL, quota) is acknowledged like
+    any other and the agent cannot see the refusal. ``session_expiry_s`` (MQTT 5
+    only): how long the broker keeps the agent's session after the connection
+    drops (see :mod:`edge_agent.publisher`).
+    """
+
     host: str
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: str
@@ -226,6 +239,8 @@ class BrokerConfig(StrictModel):
     reconnect_min_s: int = Field(default=1, ge=1)
     reconnect_max_s: int = Field(default=60, ge=1)
     tls: TlsConfig | None = None  # None: plain TCP
+    protocol: Literal["5", "3.1.1"] = "5"
+    session_expiry_s: int = Field(default=86_400, ge=1, le=MAX_SESSION_EXPIRY_S)
     _password: SecretStr | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -242,6 +257,25 @@ class BrokerConfig(StrictModel):
     def _bare_tls(cls, value: Any) -> Any:
         # A bare "tls:" in YAML is null; whoever wrote it meant TLS, not plain TCP.
         return {} if value is None else value
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_number(cls, value: Any) -> Any:
+        # "protocol: 5" in YAML is the integer 5; the version is meant either way.
+        return (
+            str(value)
+            if isinstance(value, int) and not isinstance(value, bool)
+            else value
+        )
+
+    @model_validator(mode="after")
+    def _expiry_needs_v5(self) -> BrokerConfig:
+        if self.protocol != "5" and "session_expiry_s" in self.model_fields_set:
+            raise ValueError(
+                "session_expiry_s needs protocol 5 (an MQTT 3.1.1 session without "
+                "clean session never expires on the broker)"
+            )
+        return self
 
     @field_validator("client_id")
     @classmethod

@@ -47,8 +47,20 @@ class OutboxConfig(StrictModel):
 
 
 class PublishConfig(StrictModel):
+    """How the outbox is published. A message the broker refuses (an MQTT 5 PUBACK
+    with a failure reason code) keeps its rows; its topic is retried, one message at
+    a time, after ``refused_retry_min_s``, doubling up to ``refused_retry_max_s``."""
+
     max_readings_per_message: int = Field(default=500, ge=1, le=wire.MAX_READINGS)
     max_in_flight: int = Field(default=20, ge=1, le=1000)
+    refused_retry_min_s: float = Field(default=1.0, gt=0)
+    refused_retry_max_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _retry_range(self) -> PublishConfig:
+        if self.refused_retry_max_s < self.refused_retry_min_s:
+            raise ValueError("refused_retry_max_s is below refused_retry_min_s")
+        return self
 
 
 class ClockConfig(StrictModel):

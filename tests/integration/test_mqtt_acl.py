@@ -450,8 +450,9 @@ async def test_real_agents_and_the_real_bridge_under_the_generated_acl(
     """The edge agent (status, last will, clock subscription) and the bridge (its
     subscriptions, the clock beacon, Kafka) with their accounts: the honest
     gateway's readings reach Kafka and its clock is heard; a gateway whose config
-    names another enterprise gets nothing through, yet with MQTT 3.1.1 it is
-    acknowledged, so its outbox empties: those readings are lost."""
+    names another enterprise gets nothing through: the broker refuses each publish
+    in its MQTT 5 PUBACK, so the agent keeps those readings in its outbox, counts the
+    refusals and retries (README, "Refused publishes")."""
     from edge_agent.agent import EdgeAgent
     from edge_agent.config import parse_config
     from ingest.bridge import Bridge
@@ -509,13 +510,15 @@ async def test_real_agents_and_the_real_bridge_under_the_generated_acl(
                         await until(
                             lambda: (
                                 a.stats().publisher.acked_messages >= 3
-                                and rogue.stats().publisher.acked_messages >= 3
+                                and rogue.stats().publisher.refused_readings >= 3
                                 and a.stats().publisher.clock_offset_ms is not None
                             ),
                             20,
-                            "both agents acknowledged and the clock heard",
+                            "the honest agent acknowledged, the rogue refused, the"
+                            " clock heard",
                         )
-                        rogue_acked = rogue.stats().publisher.acked_messages
+                        rogue_stats = rogue.stats().publisher
+                        rogue_kept = rogue.outbox.stats().rows
                     records = await consume_until(
                         kafka_bootstrap,
                         settings.kafka.telemetry_topic,
@@ -528,5 +531,6 @@ async def test_real_agents_and_the_real_bridge_under_the_generated_acl(
     devices = {json.loads(r.value)["device"] for r in records if r.value}
     honest_devices = {d.device.device_id for d in sim.devices if d.enterprise == honest}
     assert devices == honest_devices
-    assert rogue_acked >= 3  # acknowledged by the broker, deleted from the outbox
+    assert rogue_stats.refused_messages.get("Not authorized (0x87)", 0) >= 1
+    assert rogue_kept >= 3  # kept in the outbox, not lost
     assert "Denied PUBLISH from gw1@" + other in broker.log()

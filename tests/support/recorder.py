@@ -131,8 +131,10 @@ def first_seen_seqs(batches: list[wire.TelemetryBatch]) -> dict[str, list[int]]:
 
 
 def delivered_through(rec: Recorder, last: dict[str, int]) -> bool:
+    """Every sequence number 1..n of each device was received (a gap keeps this
+    False, so a wait on it fails rather than passing with a reading missing)."""
     seen = first_seen_seqs(rec.batches())
-    return all(len(seen.get(d, [])) >= n for d, n in last.items())
+    return all(set(range(1, n + 1)) <= set(seen.get(d, ())) for d, n in last.items())
 
 
 def assert_complete_and_ordered(

@@ -13,7 +13,7 @@ from edge_agent import cli
 from edge_agent.agent import backoff_delay
 from edge_agent.hj212.listener import ListenerStats
 from edge_agent.outbox import OutboxStats
-from edge_agent.publisher import PublisherStats
+from edge_agent.publisher import PublisherStats, Refusal
 from edge_agent.stats import AgentStats, DeviceStats
 
 
@@ -53,6 +53,33 @@ def test_stats_line_names_failing_devices() -> None:
     assert "meter-1: ok 5 errors 0 seq 5;" in line
     assert "meter-2: ok 0 errors 3 seq 0 FAILING x3 (no answer) backoff 30 s" in line
     assert "hj212" not in line
+    assert "BROKER REFUSES" not in line
+
+
+def test_stats_line_names_the_topics_the_broker_refuses() -> None:
+    refusal = Refusal("sp/v1/p1/e1/meter-2/telemetry", "Not authorized (0x87)", 0, 4)
+    stats = AgentStats(
+        devices={"meter-2": DeviceStats(polls_ok=5, last_seq=5)},
+        outbox=OutboxStats(12, 3.4, 1000, 0, 0, 0, 0),
+        publisher=PublisherStats(
+            True,
+            1,
+            0,
+            "",
+            0,
+            10,
+            6,
+            40,
+            24,
+            refused_messages={"Not authorized (0x87)": 4},
+            refusing=(refusal,),
+        ),
+    )
+    line = cli.format_stats(stats)
+    assert line.startswith(
+        "BROKER REFUSES sp/v1/p1/e1/meter-2/telemetry: Not authorized (0x87);"
+    )
+    assert "messages published 10 acked 6 refused 4 in flight 0" in line
 
 
 def test_stats_line_shows_the_hj212_listener_and_counter_resets() -> None:

@@ -242,6 +242,53 @@ def test_parse_config_from_data_has_no_line() -> None:
     assert info.value.line is None
 
 
+def test_mqtt_5_by_default_with_a_session_expiry(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert (cfg.broker.protocol, cfg.broker.session_expiry_s) == ("5", 86_400)
+    assert (cfg.publish.refused_retry_min_s, cfg.publish.refused_retry_max_s) == (
+        1.0,
+        60.0,
+    )
+    broker = "keepalive_s: 30}"
+    for written, expected in [("5", "5"), ('"3.1.1"', "3.1.1"), ("3.1.1", "3.1.1")]:
+        text = GOOD.replace(broker, f"keepalive_s: 30, protocol: {written}}}")
+        assert load_config(write(tmp_path, text)).broker.protocol == expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "keepalive_s: 30}",
+            "keepalive_s: 30, protocol: 4}",
+            "agent.yaml:2: broker.protocol: unknown value '4' (expected one of '5' or"
+            " '3.1.1')",
+        ),
+        (
+            "keepalive_s: 30}",
+            "keepalive_s: 30, protocol: 3.1.1, session_expiry_s: 60}",
+            "agent.yaml:2: broker: session_expiry_s needs protocol 5 (an MQTT 3.1.1"
+            " session without clean session never expires on the broker)",
+        ),
+        (
+            "keepalive_s: 30}",
+            "keepalive_s: 30, session_expiry_s: 0}",
+            "agent.yaml:2: broker.session_expiry_s: Input should be greater than or"
+            " equal to 1 (got 0)",
+        ),
+        (
+            "max_in_flight: 20}",
+            "max_in_flight: 20, refused_retry_min_s: 30, refused_retry_max_s: 10}",
+            "agent.yaml:4: publish: refused_retry_max_s is below refused_retry_min_s",
+        ),
+    ],
+)
+def test_protocol_and_retry_mistakes(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    assert str(error_of(tmp_path, GOOD.replace(old, new, 1))) == expected
+
+
 def test_models_are_frozen(tmp_path: Path) -> None:
     cfg: AgentConfig = load_config(write(tmp_path, GOOD))
     with pytest.raises(ValueError, match="frozen"):

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.hj212.listener import ListenerStats
 from edge_agent.outbox import OutboxStats
-from edge_agent.publisher import PublisherStats
+from edge_agent.publisher import PublisherStats, Refusal
 from edge_agent.stats import AgentStats, DeviceStats
 from edge_agent.status import (
     CONTENT_TYPE,
@@ -47,6 +47,9 @@ def publisher(**kw: object) -> PublisherStats:
         "acked_messages": 37,
         "published_readings": 400,
         "acked_readings": 370,
+        "refused_messages": {"Quota exceeded (0x97)": 1},
+        "refused_readings": 10,
+        "no_subscribers": 2,
     }
     return PublisherStats(**(base | kw))  # type: ignore[arg-type]
 
@@ -266,6 +269,33 @@ def test_disconnected_broker_and_no_listener() -> None:
     assert not any(name.startswith("smartpark_edge_hj212") for name in types)
 
 
+REFUSAL = Refusal(
+    "sp/v1/p1/e1/meter-2/telemetry", "Not authorized (0x87)", NOW_MS - 5_000, 3
+)
+
+
+def test_refusals_by_reason_and_the_refused_topics() -> None:
+    stats = make_stats(
+        refused_messages={"Not authorized (0x87)": 3, "Quota exceeded (0x97)": 1},
+        refused_readings=40,
+        refusing=(REFUSAL,),
+    )
+    samples, types = parse(render_metrics(stats, agent_id=AGENT))
+    by_reason = "broker_refused_messages_total"
+    assert value(samples, by_reason, reason="Not authorized (0x87)") == 3
+    assert value(samples, by_reason, reason="Quota exceeded (0x97)") == 1
+    assert value(samples, "broker_refused_readings_total") == 40
+    assert value(samples, "broker_refused_topics") == 1
+    assert value(samples, "broker_no_subscribers_messages_total") == 2
+    info = {"topic": REFUSAL.topic, "reason": REFUSAL.reason}
+    assert value(samples, "broker_refused_topic_info", **info) == 1
+    assert types["smartpark_edge_broker_refused_messages"] == "counter"
+    # none refused: the gauge says 0 and the info family has no sample
+    samples, _ = parse(render_metrics(make_stats(), agent_id=AGENT))
+    assert value(samples, "broker_refused_topics") == 0
+    assert not any(n.endswith("refused_topic_info") for n, _ in samples)
+
+
 @pytest.mark.parametrize(
     ("pub", "healthy", "line"),
     [
@@ -288,6 +318,21 @@ def test_disconnected_broker_and_no_listener() -> None:
             {"connected": False, "disconnected_since_ms": None},
             False,
             "broker not connected",
+        ),
+        (
+            {"refusing": (REFUSAL,)},
+            False,
+            "the broker refuses sp/v1/p1/e1/meter-2/telemetry: Not authorized (0x87)",
+        ),
+        (
+            {
+                "refusing": (REFUSAL, dataclasses.replace(REFUSAL, topic="t2")),
+                "connected": False,
+                "disconnected_since_ms": NOW_MS - 10_000,
+            },
+            False,
+            "the broker refuses sp/v1/p1/e1/meter-2/telemetry: Not authorized (0x87)"
+            " and 1 more",
         ),
     ],
 )
