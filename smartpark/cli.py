@@ -76,6 +76,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("api.cli:api_main", "the platform HTTP API"),
     "keys": ("api.cli", "API keys: create | list | revoke"),
     "mqtt": ("api.mqtt.cli", "MQTT accounts; the broker's password and ACL files"),
+    "grafana": ("api.grafana.cli", "Grafana: provision (HTTP API) | export DIR"),
     "report": ("api.report.cli", "reports: monthly (PDF, PNG, CSV)"),
     "signing": ("storage.signing_cli", "the platform's signing key: keygen | public"),
     "replay": ("api.replay.cli", "regulator replay: run (a signed CSV report)"),

@@ -42,6 +42,7 @@ MIGRATIONS = [
     "0015_upstream",
     "0016_mqtt_accounts",
     "0017_no_raw_retention_policy",
+    "0018_grafana_roles",
 ]  # fmt: skip
 
 
@@ -102,6 +103,7 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (15, "upstream", Dialect.POSTGRES),
             (16, "mqtt_accounts", Dialect.POSTGRES),
             (17, "no_raw_retention_policy", Dialect.POSTGRES),
+            (18, "grafana_roles", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:

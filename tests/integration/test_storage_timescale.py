@@ -77,6 +77,7 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0015_upstream",
             "0016_mqtt_accounts",
             "0017_no_raw_retention_policy",
+            "0018_grafana_roles",
         ]
         assert await s.migrate() == []
         await s.require_migrated()

@@ -54,6 +54,7 @@ PURE = (
     "rules.replay",
     "edge_agent.hj212.codec", "edge_agent.hj212.model", "edge_agent.hj212.jsonform",
     "notifier.signing", "notifier.events", "notifier.retry",
+    "api.grafana.macros",
 )  # fmt: skip
 # The rule core may not reach the rule runner, the CLI or any I/O room.
 PURE_RULES_MAY_IMPORT = {"smartpark", "rules"}
