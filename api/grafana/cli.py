@@ -3,6 +3,7 @@
     smartpark grafana provision --url URL (--token TOKEN | --user USER)
         --db-host HOST:PORT [--db-name NAME] [--sslmode MODE] [--timescaledb]
     smartpark grafana export DIR --db-host HOST:PORT [--db-name NAME] ...
+    smartpark grafana render --park PARK --out FILE.png [--from T] [--to T]
 
 Both create the per-scope database roles that are missing (the platform's
 database user needs CREATEROLE). ``provision`` then creates or updates, through
@@ -11,7 +12,10 @@ folder permissions and dashboards, and prints one line per change (nothing when
 Grafana is already as the registry says). Creating organisations needs a Grafana
 server admin: ``--user`` (password from ``GRAFANA_PASSWORD``) for basic
 authentication; a service account ``--token`` only acts in its own organisation.
-``--db-host`` is the database as Grafana reaches it.
+``--db-host`` is the database as Grafana reaches it. ``render`` draws the park
+overview with matplotlib from its own panel queries, run as the park operators'
+role (:mod:`api.grafana.render`); the range defaults to the dashboard's, the last
+two days.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
 from api.grafana.export import export
+from api.grafana.macros import TimeRange
 from api.grafana.provision import Database, connector, plans_with_roles, provision
+from api.grafana.render import default_range, render_park_overview
 from smartpark.cli import command
 from smartpark.errors import UsageError
 from smartpark.settings import Settings, load_settings
@@ -53,8 +60,11 @@ def _credential(args: argparse.Namespace) -> str | tuple[str, str]:
 
 async def _run(args: argparse.Namespace) -> None:
     settings = load_settings()
-    db = _database(args, settings)
     box = SecretBox.from_settings(settings.webhooks)
+    if args.command == "render":
+        await _render(args, settings, box)
+        return
+    db = _database(args, settings)
     async with Storage(settings.database) as storage:
         await storage.require_migrated()
         roles = GrafanaRoles(storage, box)
@@ -70,6 +80,35 @@ async def _run(args: argparse.Namespace) -> None:
             print(line)
         for path in export(args.dir, plans, db):
             print(f"wrote {path}")
+
+
+def _time(flag: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: not an ISO 8601 time") from None
+    if t.tzinfo is None:
+        raise UsageError(f"{flag} {text!r}: give the offset (e.g. +08:00 or Z)")
+    return t
+
+
+async def _render(args: argparse.Namespace, settings: Settings, box: SecretBox) -> None:
+    rng = default_range(datetime.now(UTC))
+    start = _time("--from", args.start) or rng.start
+    end = _time("--to", args.end) or rng.end
+    if start >= end:
+        raise UsageError(
+            f"--from {start.isoformat()} is not before --to {end.isoformat()}"
+        )
+    async with Storage(settings.database) as storage:
+        await storage.require_migrated()
+        rendered = await render_park_overview(
+            storage, settings.database.dsn.get_secret_value(), box,
+            park=args.park, rng=TimeRange(start, end), out=args.out,
+        )  # fmt: skip
+    print(f"wrote {args.out}: {len(rendered.results)} panels of sp-park-{args.park}")
 
 
 @command("grafana")
@@ -95,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             choices=["disable", "require", "verify-ca", "verify-full"],
         )
         p.add_argument("--timescaledb", action="store_true")
+    ren = sub.add_parser("render", help="draw the park overview to a PNG")
+    ren.add_argument("--park", required=True)
+    ren.add_argument("--out", required=True, type=Path, help="the PNG to write")
+    ren.add_argument("--from", dest="start", help="ISO 8601 (default: now - 2 days)")
+    ren.add_argument("--to", dest="end", help="ISO 8601 (default: now)")
     args = parser.parse_args(argv)
     asyncio.run(_run(args))
     return 0
