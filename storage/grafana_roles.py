@@ -135,6 +135,17 @@ class GrafanaRoles:
                     )
                 else:
                     password = self._box.open(row[0], row[1], name)
+                    if row[1] != self._box.current_id:
+                        # sealed with a key being retired: seal it with the
+                        # current one while the old one still opens it
+                        sealed, kid = self._box.seal(password, name)
+                        await conn.execute(
+                            sql.SQL(
+                                "UPDATE {} SET password_sealed = %s,"
+                                " password_kid = %s WHERE role = %s"
+                            ).format(table(self._db.schema, "grafana_roles")),
+                            (sealed, kid, name),
+                        )
                 await self._apply(conn, name, password)
         return GrafanaRole(name, scope, password), created
 

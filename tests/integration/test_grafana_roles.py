@@ -12,7 +12,8 @@ import pytest
 from psycopg import sql
 
 from smartpark.tenancy import Role, Scope
-from storage.grafana_roles import VIEWS, RoleConflict, role_name
+from storage.grafana_roles import VIEWS, GrafanaRoles, RoleConflict, role_name
+from storage.secretbox import SecretBox, new_key
 from tests.support.grafana_world import (
     ENTERPRISES,
     SCOPES,
@@ -20,6 +21,7 @@ from tests.support.grafana_world import (
     grafana_world,
     scram_matches,
 )
+from tests.support.settings import WEBHOOK_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +215,17 @@ async def test_a_taken_name_is_never_reused_for_another_scope(world: World) -> N
         )
     with pytest.raises(RoleConflict, match="belongs to enterprise p1/e2"):
         await world.roles.ensure(SCOPES["e1"])
+
+
+async def test_a_webhook_key_rotation_moves_the_role_passwords_to_the_new_key(
+    world: World,
+) -> None:
+    """Role passwords are sealed with the webhook secret key: after a rotation
+    (the new key current, the old one still configured) the next ensure seals
+    each with the new key, so the old key can go and provisioning still works."""
+    new = new_key()
+    roles = GrafanaRoles(world.storage, SecretBox.from_text(new, [WEBHOOK_KEY]))
+    again, created = await roles.ensure(SCOPES["e1"])
+    assert (again.password, created) == (world.by_scope["e1"].password, False)
+    only_new = GrafanaRoles(world.storage, SecretBox.from_text(new))
+    assert await only_new.get(SCOPES["e1"]) == again
