@@ -1,0 +1,538 @@
+"""End to end: device time → row visible in the database, beside a raw MQTT subscriber.
+
+    smartpark bench e2e --preset city --duration 60 [--rate-scale 1.0]
+
+One run, on a fresh schema, fresh Kafka topics and a fresh park id (hence MQTT
+topics), against the local services (``deploy/local/services up``):
+
+1. migrates the schema, creates the topics, starts ``smartpark bridge`` and
+   ``smartpark sink`` as processes (as they run in production), and waits until a
+   warm-up reading has gone all the way to the database;
+2. runs the open-loop load of :mod:`bench.load` (the preset, scaled by
+   ``--rate-scale``) for ``--duration`` seconds, in ``--publishers`` processes;
+3. measures, on a sample of the devices (the *probes*, one device in
+   ``--probe-every``), the latency of every probe poll from its intended send time
+   (its device time, for a poll sent on time):
+
+   - **row visible**: the database is polled every ``--poll-ms`` for the probes'
+     rows; a poll's latency is the start of the first query that sees it minus its
+     intended time. A row committed between two queries is seen by the second, so
+     the figure is an upper bound, late by at most the poll period plus the
+     query's time to take its snapshot (both printed);
+   - **raw baseline**: an MQTT subscriber in this process, subscribed at QoS 1 to
+     the probes' topics only, records when each probe message arrives — what the
+     broker alone costs on the same messages in the same run;
+
+4. waits until every acknowledged reading is stored (counts the rows), prints
+   p50/p99/max of both, their ratio, the offered and achieved rates and whether
+   the run is valid (:func:`bench.load.verdict`); then stops the services and
+   drops the schema, the topics and the bridge's MQTT session.
+
+Exit code 0 for a valid run with every reading stored, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from psycopg import sql
+from pydantic import SecretStr
+
+from bench.load import (
+    PRESETS,
+    Verdict,
+    Workload,
+    device_ids,
+    device_messages,
+    poll_time_ms,
+    publish_all,
+    verdict,
+)
+from smartpark.settings import (
+    DatabaseSettings,
+    KafkaSettings,
+    MqttSettings,
+    Settings,
+    SinkSettings,
+)
+from smartpark.wire import Reading, TelemetryBatch, encode_batch, telemetry_topic
+from storage import Storage
+from stream.kafka import ensure_topics
+
+PROBE_METRIC = (
+    "active_power"  # one metric stands for its poll (same record, same commit)
+)
+WARMUP_DEVICE = ("e-warmup", "warmup")
+# One Python publisher offers a few thousand messages a second with room to spare.
+MESSAGES_PER_PUBLISHER = 3_000
+
+
+@dataclass(frozen=True)
+class Options:
+    workload: Workload
+    duration_s: float
+    publishers: int
+    probe_every: int = 20
+    poll_ms: int = 50
+    drain_s: float = 60.0
+    dsn: str = "postgresql://postgres@127.0.0.1:54329/smartpark"
+    mqtt: tuple[str, int] = ("127.0.0.1", 18830)
+    kafka: str = "127.0.0.1:19092"
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """Latencies in seconds of the probe polls observed (sorted)."""
+
+    values: list[float]
+    expected: int
+
+    def pct(self, q: float) -> float:
+        """Nearest-rank percentile ``q`` (0..100); NaN if nothing was observed."""
+        if not self.values:
+            return math.nan
+        rank = max(1, math.ceil(q / 100 * len(self.values)))
+        return self.values[rank - 1]
+
+    def cells(self) -> str:
+        p50, p90, p99, top = (self.pct(q) for q in (50, 90, 99, 100))
+        return (
+            f"{p50 * 1000:9.0f} {p90 * 1000:9.0f} {p99 * 1000:9.0f} {top * 1000:9.0f}"
+            f" {len(self.values):>7}/{self.expected}"
+        )
+
+
+@dataclass(frozen=True)
+class Result:
+    workload: Workload
+    options: Options
+    verdict: Verdict
+    raw: Latencies
+    visible: Latencies
+    stored: int
+    drain_s: float
+    query_ms: tuple[float, float]  # p50 and max of the row-visible queries
+    logs: Path
+    schema: str  # dropped at the end of the run
+
+    @property
+    def all_stored(self) -> bool:
+        """Every acknowledged reading is stored (readings acknowledged after the
+        publishers gave up waiting are stored too, hence more rows than acks)."""
+        return self.stored >= self.verdict.acked_readings
+
+    @property
+    def all_observed(self) -> bool:
+        """Both latencies measured on every probe poll (a raw subscriber that lost
+        its connection misses some: the baseline would be partial)."""
+        return len(self.raw.values) == len(self.visible.values) == self.raw.expected
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict.valid and self.all_stored and self.all_observed
+
+    def report(self) -> str:
+        w, o = self.workload, self.options
+        ratio = self.visible.pct(99) / self.raw.pct(99) if self.raw.values else math.nan
+        lines = [
+            f"bench e2e: {w.enterprises} enterprises x {w.devices_per_enterprise} "
+            f"devices x {w.metrics_per_device} metrics every {w.step_ms / 1000:g} s "
+            f"({w.out_of_order:.0%} of polls {w.ooo_delay_ms} ms out of order, "
+            f"{w.batch_polls} poll(s) a message), seed {w.seed}, "
+            f"{o.duration_s:g} s, {o.publishers} publisher(s)",
+            f"load: {self.verdict.line()}",
+            f"probes: 1 device in {o.probe_every}, metric {PROBE_METRIC}; database "
+            f"polled every {o.poll_ms} ms (query p50 {self.query_ms[0]:.0f} ms, max "
+            f"{self.query_ms[1]:.0f} ms): "
+            "row-visible is an upper bound, late by at most the two",
+            "latency from the intended send time (ms)       p50       p90"
+            "       p99       max   observed",
+            f"  raw MQTT subscriber (baseline)        {self.raw.cells()}",
+            f"  row visible in the database           {self.visible.cells()}",
+            f"  ratio p99 row-visible / raw                               {ratio:9.1f}",
+            f"stored: {self.stored:,} readings of {self.verdict.acked_readings:,} "
+            f"acknowledged ({self.verdict.offered_readings:,} offered), the last "
+            f"{self.drain_s:.1f} s after the schedule ended (counted every 0.2 s)"
+            + ("" if self.all_stored else "  MISSING READINGS"),
+            f"service logs: {self.logs}",
+            "RESULT: "
+            + ("VALID" if self.ok else "INVALID")
+            + ("" if self.all_observed else " (probe polls not observed)"),
+        ]
+        return "\n".join(lines)
+
+
+@dataclass
+class Probes:
+    """The probe polls, their intended send times, and when each was observed."""
+
+    intended: dict[tuple[str, int], float]  # (device, seq) -> wall clock, s
+    device_ms: dict[tuple[str, int], int]  # (device, seq) -> ts_ms on the wire
+    raw: dict[tuple[str, int], float] = field(default_factory=dict)
+    visible: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    @classmethod
+    def plan(cls, w: Workload, o: Options, t0_s: float) -> Probes:
+        """The probe polls of a run starting at ``t0_s`` (a whole millisecond, as
+        the publishers stamp ``ts_ms`` from it)."""
+        t0_ms = round(t0_s * 1000)
+        intended: dict[tuple[str, int], float] = {}
+        device_ms: dict[tuple[str, int], int] = {}
+        for i in range(0, w.devices, o.probe_every):
+            device = device_ids(w, i)[1]
+            for m in device_messages(w, i, round(o.duration_s * 1000)):
+                for seq in range(m.first_seq, m.first_seq + m.polls):
+                    intended[(device, seq)] = (t0_ms + m.send_ms) / 1000
+                    device_ms[(device, seq)] = t0_ms + poll_time_ms(w, i, seq)
+        return cls(intended, device_ms)
+
+    def latencies(self, seen: dict[tuple[str, int], float]) -> Latencies:
+        values = sorted(seen[k] - self.intended[k] for k in seen if k in self.intended)
+        return Latencies(values, len(self.intended))
+
+
+def _settings(o: Options, uid: str, schema: str) -> Settings:
+    park = f"bench{uid}"
+    return Settings(
+        mqtt=MqttSettings(
+            host=o.mqtt[0],
+            port=o.mqtt[1],
+            client_id=f"bridge-{park}",
+            subscription=f"sp/v1/{park}/+/+/telemetry",
+        ),
+        kafka=KafkaSettings(bootstrap=o.kafka, topic_prefix=f"bench{uid}."),
+        database=DatabaseSettings(dsn=SecretStr(o.dsn), schema=schema),
+        sink=SinkSettings(group_id=f"sink-{park}"),
+    )
+
+
+def _env(s: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SMARTPARK_MQTT__HOST": s.mqtt.host,
+        "SMARTPARK_MQTT__PORT": str(s.mqtt.port),
+        "SMARTPARK_MQTT__CLIENT_ID": s.mqtt.client_id,
+        "SMARTPARK_MQTT__SUBSCRIPTION": s.mqtt.subscription,
+        "SMARTPARK_KAFKA__BOOTSTRAP": s.kafka.bootstrap,
+        "SMARTPARK_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
+        "SMARTPARK_DATABASE__DSN": s.database.dsn.get_secret_value(),
+        "SMARTPARK_DATABASE__SCHEMA": s.database.schema_,
+        "SMARTPARK_SINK__GROUP_ID": s.sink.group_id,
+    }
+
+
+def _park(s: Settings) -> str:
+    return s.mqtt.subscription.split("/")[2]
+
+
+class Observer:
+    """The raw MQTT subscriber on the probes' topics; also sends the warm-up."""
+
+    def __init__(self, s: Settings, probes: Probes, topics: Sequence[str]) -> None:
+        self.probes = probes
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"bench-observer-{_park(s)}",
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        self._topics = [(t, 1) for t in topics]
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.connect(s.mqtt.host, s.mqtt.port, keepalive=30)
+        self.client.loop_start()
+        if not self._subscribed.wait(20):
+            raise RuntimeError("the raw subscriber's subscription was not acknowledged")
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe(self._topics)  # again after a reconnection (clean session)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        body = json.loads(msg.payload)
+        for r in body["readings"]:
+            self.probes.raw.setdefault((body["device"], r["seq"]), now)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def _warm_up(s: Settings, observer: Observer, conn: Any) -> None:
+    """Send a reading a second until one is in the database (bridge subscribed,
+    sink assigned); the warm-up rows are not counted."""
+    enterprise, device = WARMUP_DEVICE
+    topic = telemetry_topic(_park(s), enterprise, device)
+    for seq in range(1, 61):
+        reading = Reading(seq, PROBE_METRIC, 1.0, "kW", round(time.time() * 1000))
+        payload = encode_batch(TelemetryBatch(_park(s), enterprise, device, (reading,)))
+        observer.client.publish(topic, payload, qos=1)
+        await asyncio.sleep(1)
+        if await _count(conn) > 0:  # only warm-up readings so far
+            return
+    raise RuntimeError("no warm-up reading reached the database in 60 s")
+
+
+async def _count(conn: Any, but_series: int = -1) -> int:
+    cur = await conn.execute(
+        "SELECT count(*) FROM telemetry WHERE series_id <> %s", (but_series,)
+    )
+    row = await cur.fetchone()
+    return int(row[0])
+
+
+async def _warm_up_series(conn: Any) -> int:
+    cur = await conn.execute(
+        "SELECT id FROM series WHERE device = %s", (WARMUP_DEVICE[1],)
+    )
+    row = await cur.fetchone()
+    return int(row[0])
+
+
+async def _watch(
+    s: Settings, probes: Probes, o: Options, stop: asyncio.Event
+) -> list[float]:
+    """Poll the probes' rows until all are seen or ``stop``; query times (ms).
+
+    On a connection of its own, so the bench's other queries never delay a poll.
+    """
+    async with await _connect(o, s) as conn:
+        return await _poll(conn, s, probes, o, stop)
+
+
+async def _connect(o: Options, s: Settings) -> Any:
+    return await psycopg.AsyncConnection.connect(
+        o.dsn,
+        autocommit=True,
+        options=f"-c search_path={s.database.schema_}",
+        prepare_threshold=None,  # a custom plan each poll: prunes partitions
+    )
+
+
+async def _poll(
+    conn: Any, s: Settings, probes: Probes, o: Options, stop: asyncio.Event
+) -> list[float]:
+    stmt = (
+        "SELECT s.device, t.seq FROM telemetry t JOIN series s ON s.id = t.series_id"
+        " WHERE s.park = %s AND s.metric = %s AND s.device = ANY(%s)"
+        " AND t.time >= to_timestamp(%s / 1000.0)"
+    )
+    devices = sorted({d for d, _ in probes.intended})
+    took: list[float] = []
+    while not stop.is_set():
+        unseen = [k for k in probes.intended if k not in probes.visible]
+        if not unseen:
+            break
+        since_ms = min(probes.device_ms[k] for k in unseen) - 1  # (float rounding)
+        start = time.time()
+        if start * 1000 >= since_ms:
+            cur = await conn.execute(stmt, (_park(s), PROBE_METRIC, devices, since_ms))
+            for device, seq in await cur.fetchall():
+                probes.visible.setdefault((device, seq), start)
+            took.append((time.time() - start) * 1000)
+        await asyncio.sleep(max(0.0, start + o.poll_ms / 1000 - time.time()))
+    return took
+
+
+def _start(command: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    with (logs / f"{command}.log").open("wb") as log:  # the child keeps its own
+        return subprocess.Popen(
+            [sys.executable, "-m", "smartpark.cli", command, "--stats-every", "5"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+async def _clean_up(s: Settings, admin_dsn: str) -> None:
+    """Drop the schema, the topics and the bridge's persistent MQTT session."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as c:
+        await c.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(s.database.schema_)
+            )
+        )
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap)
+    await admin.start()
+    try:
+        k = s.kafka
+        ours = {k.telemetry_topic, k.status_topic, k.alerts_topic, k.deadletter_topic}
+        existing = ours & set(await admin.list_topics())
+        if existing:  # (none if the run failed before creating them)
+            await admin.delete_topics(sorted(existing))
+    finally:
+        await admin.close()
+    session = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=s.mqtt.client_id, clean_session=True
+    )
+    session.connect(s.mqtt.host, s.mqtt.port)
+    session.loop_start()
+    await asyncio.sleep(0.5)
+    session.disconnect()
+    session.loop_stop()
+
+
+async def run(o: Options) -> Result:
+    """One end-to-end run (see the module doc); cleans up even when it fails."""
+    uid = uuid.uuid4().hex[:8]
+    schema = f"bench_{uid}"
+    s = _settings(o, uid, schema)
+    logs = Path(tempfile.mkdtemp(prefix=f"smartpark-bench-{uid}-"))
+    async with await psycopg.AsyncConnection.connect(o.dsn, autocommit=True) as c:
+        await c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    procs: list[subprocess.Popen[bytes]] = []
+    observer: Observer | None = None
+    try:
+        async with Storage(s.database) as storage:
+            await storage.migrate()
+        await ensure_topics(s.kafka)
+        procs = [_start(c, _env(s), logs) for c in ("bridge", "sink")]
+        async with await _connect(o, s) as conn:
+            probes = Probes({}, {})  # the warm-up is not measured
+            topics = [
+                telemetry_topic(_park(s), *device_ids(o.workload, i))
+                for i in range(0, o.workload.devices, o.probe_every)
+            ]
+            observer = Observer(s, probes, topics)
+            await _warm_up(s, observer, conn)
+            warm = await _warm_up_series(conn)
+            return await _measure(
+                o, s, observer=observer, conn=conn, warm_series=warm, logs=logs
+            )
+    finally:
+        if observer is not None:
+            observer.close()
+        _stop(procs)
+        await _clean_up(s, o.dsn)
+
+
+async def _measure(
+    o: Options,
+    s: Settings,
+    *,
+    observer: Observer,
+    conn: Any,
+    warm_series: int,
+    logs: Path,
+) -> Result:
+    # The publisher processes start and connect meanwhile; a whole millisecond.
+    t0 = round(time.time() + 3.0, 3)
+    probes = Probes.plan(o.workload, o, t0)
+    observer.probes = probes  # from now on the probe messages are measured
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch(s, probes, o, stop))
+    results = await asyncio.to_thread(
+        publish_all,
+        o.workload,
+        _park(s),
+        *o.mqtt,
+        t0_s=t0,
+        duration_s=o.duration_s,
+        publishers=o.publishers,
+    )
+    run_verdict = verdict(results)
+    end = t0 + o.duration_s
+    stored = await _count(conn, warm_series)
+    grown = time.time()  # when the count last grew
+    deadline = grown + o.drain_s
+    while stored < run_verdict.offered_readings and time.time() < deadline:
+        await asyncio.sleep(0.2)
+        count = await _count(conn, warm_series)
+        if count > stored:
+            stored, grown = count, time.time()
+    drained = max(0.0, grown - end)
+    try:  # the watcher ends once every probe poll is seen
+        await asyncio.wait_for(
+            asyncio.shield(watcher), max(0.0, deadline - time.time())
+        )
+    except TimeoutError:
+        stop.set()
+    took = sorted(await watcher)
+    return Result(
+        o.workload,
+        o,
+        run_verdict,
+        probes.latencies(probes.raw),
+        probes.latencies(probes.visible),
+        stored,
+        drained,
+        (took[len(took) // 2], took[-1]) if took else (math.nan, math.nan),
+        logs,
+        s.database.schema_,
+    )
+
+
+def options(args: argparse.Namespace) -> Options:
+    w = PRESETS[args.preset]
+    if args.rate_scale != 1.0:
+        w = w.scaled(args.rate_scale)
+    if args.seed is not None:
+        w = replace(w, seed=args.seed)
+    messages_per_s = w.devices * 1000 / w.step_ms / w.batch_polls
+    publishers = args.publishers or max(
+        1, math.ceil(messages_per_s / MESSAGES_PER_PUBLISHER)
+    )
+    host, _, port = args.mqtt.rpartition(":")
+    return Options(
+        w,
+        args.duration,
+        publishers,
+        probe_every=args.probe_every,
+        poll_ms=args.poll_ms,
+        dsn=args.dsn,
+        mqtt=(host, int(port)),
+        kafka=args.kafka,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="city")
+    parser.add_argument("--duration", type=float, default=60.0, metavar="S")
+    parser.add_argument("--rate-scale", type=float, default=1.0, metavar="X")
+    parser.add_argument("--publishers", type=int, default=0, help="0: automatic")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--probe-every", type=int, default=20, metavar="N")
+    parser.add_argument("--poll-ms", type=int, default=50)
+    parser.add_argument(
+        "--dsn",
+        default=env(
+            "SMARTPARK_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:54329/smartpark"
+        ),
+    )
+    parser.add_argument("--mqtt", default=env("SMARTPARK_TEST_MQTT", "127.0.0.1:18830"))
+    parser.add_argument(
+        "--kafka", default=env("SMARTPARK_TEST_KAFKA", "127.0.0.1:19092")
+    )
