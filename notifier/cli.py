@@ -48,13 +48,12 @@ import math
 import secrets as stdlib_secrets
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from notifier import events, signing
 from notifier.ssrf import UnsafeDestination, check_url
 from smartpark import logs
-from smartpark.cli import command
+from smartpark.cli import aware_datetime, command
 from smartpark.clock import system_ms
 from smartpark.errors import NotFound, UsageError
 from smartpark.settings import Settings, load_settings
@@ -156,13 +155,8 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 
 def _when(text: str) -> int:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not ISO 8601: {text!r}") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"needs a zone (e.g. +08:00 or Z): {text!r}")
-    return math.floor(moment.timestamp() * 1000)  # --since T includes T itself
+    # --since T includes T itself
+    return math.floor(aware_datetime(text).timestamp() * 1000)
 
 
 def _print(doc: dict[str, Any]) -> None:

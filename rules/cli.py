@@ -58,7 +58,7 @@ from rules.engine import Engine
 from rules.model import Obs
 from rules.pack import load_pack
 from smartpark import logs
-from smartpark.cli import command
+from smartpark.cli import aware_datetime, command
 from smartpark.errors import NotFound, UsageError
 from smartpark.settings import load_settings
 from smartpark.wire import DataType, Stat
@@ -162,13 +162,7 @@ def _open(name: str) -> TextIO:
 
 
 def _when(text: str) -> int:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not ISO 8601: {text!r}") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"needs a zone (e.g. +08:00 or Z): {text!r}")
-    return round(moment.timestamp() * 1000)
+    return round(aware_datetime(text).timestamp() * 1000)
 
 
 def check_readings(

@@ -19,10 +19,12 @@ Every failure is one line on stderr, ``smartpark <command>: <what and why>``.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib
 import sys
 from collections.abc import Callable
+from datetime import datetime
 
 from smartpark.errors import (
     ConfigError,
@@ -61,6 +63,18 @@ def command(name: str) -> Callable[[Main], Main]:
         return run
 
     return wrap
+
+
+def aware_datetime(text: str) -> datetime:
+    """An ISO 8601 time with its zone, for an argparse ``type=``: anything else is
+    an argparse error saying what is missing."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not ISO 8601: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"needs a zone (e.g. +08:00 or Z): {text!r}")
+    return moment
 
 
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -20,27 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from api.replay.report import sign_report
 from api.replay.service import ReplayRequest, ReplayResult, ReplayScope, run_replay
 from rules.kinds.base import parse_duration
-from smartpark.cli import command
+from smartpark.cli import aware_datetime, command
 from smartpark.errors import UsageError
 from smartpark.settings import load_settings
 from storage import Storage
 from storage.signing import signer_from_settings
-
-
-def _when(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not ISO 8601: {text!r}") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"needs a zone (e.g. +08:00 or Z): {text!r}")
-    return moment
 
 
 def _duration(text: str) -> int:
@@ -59,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     narrower.add_argument("--enterprise")
     narrower.add_argument("--outlet")
     narrower.add_argument("--device")
-    run.add_argument("--start", required=True, type=_when, metavar="ISO")
-    run.add_argument("--end", required=True, type=_when, metavar="ISO")
+    run.add_argument("--start", required=True, type=aware_datetime, metavar="ISO")
+    run.add_argument("--end", required=True, type=aware_datetime, metavar="ISO")
     run.add_argument("--pack-name", help="the pack (default: the only one recorded)")
     pack = run.add_mutually_exclusive_group()
     pack.add_argument("--pack-version", help="a recorded version, for the whole range")
