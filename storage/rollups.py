@@ -16,10 +16,14 @@ costs what the first did (``bench/rollup_bench.py`` measures it). A recomputed
 minute whose raw rows are gone (retention) is left as it was.
 
 Concurrency: refreshes are serialised by an advisory lock per schema (each sink
-runs one), so two never merge the same difference twice. A write that commits
-while a refresh runs re-marks its minutes (or its mark waits for the refresh's
-delete and then lands), so the next refresh picks it up; the rollups lag the raw
-rows by at most one refresh interval.
+runs one), so two never merge the same difference twice. The log is append-only
+(no unique key, migration 0019): a write marks its minutes with a plain INSERT,
+which never waits for a refresh deleting the same minute. (With the minute as the
+key it did, and every batch of the current minute stalled for the whole refresh.)
+A refresh takes the marks its snapshot sees; a write that commits while it runs
+leaves its marks for the next refresh, so the rollups lag the raw rows by at most
+one refresh interval. Recomputing a minute twice is harmless: the difference
+merged the second time is zero.
 """
 
 from __future__ import annotations
@@ -50,10 +54,9 @@ def touched_minutes(times: Iterable[datetime]) -> list[datetime]:
 
 def mark(schema: str) -> sql.Composed:
     """Record touched minutes (one array parameter); part of the write transaction."""
-    return sql.SQL(
-        "INSERT INTO {} (bucket) SELECT unnest(%s::timestamptz[])"
-        " ON CONFLICT DO NOTHING"
-    ).format(sql.Identifier(schema, "rollup_pending"))
+    return sql.SQL("INSERT INTO {} (bucket) SELECT unnest(%s::timestamptz[])").format(
+        sql.Identifier(schema, "rollup_pending")
+    )
 
 
 def _ranges(
@@ -175,12 +178,12 @@ async def refresh(
             await conn.execute("SET LOCAL enable_seqscan = off")
             cur = await conn.execute(
                 sql.SQL(
-                    "DELETE FROM {p} WHERE bucket IN (SELECT bucket FROM {p}"
+                    "DELETE FROM {p} WHERE bucket IN (SELECT DISTINCT bucket FROM {p}"
                     " ORDER BY bucket LIMIT %s) RETURNING bucket"
                 ).format(p=pending),
                 (REFRESH_CHUNK_MINUTES,),
             )
-            minutes = sorted(r[0] for r in await cur.fetchall())
+            minutes = sorted({r[0] for r in await cur.fetchall()})
             await _summarize(conn, schema, {m.date() for m in minutes})
             if extra is not None:
                 start, end = _floor(extra[0], _MINUTE), extra[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -43,6 +44,7 @@ MIGRATIONS = [
     "0016_mqtt_accounts",
     "0017_no_raw_retention_policy",
     "0018_grafana_roles",
+    "0019_rollup_log_append_only",
 ]  # fmt: skip
 
 
@@ -104,6 +106,7 @@ async def test_migrate_is_idempotent_and_recorded(pg_dsn: str, db_schema: str) -
             (16, "mqtt_accounts", Dialect.POSTGRES),
             (17, "no_raw_retention_policy", Dialect.POSTGRES),
             (18, "grafana_roles", Dialect.POSTGRES),
+            (19, "rollup_log_append_only", Dialect.POSTGRES),
         ]
     # A second process (fresh Storage) sees the same state and applies nothing.
     async with Storage(DatabaseSettings(dsn=SecretStr(pg_dsn), schema=db_schema)) as s:
@@ -479,3 +482,31 @@ async def test_retention_drops_a_partition_the_archive_emptied(
     assert await storage.telemetry.apply_retention(keep_days=30) == (
         [f"telemetry_p{old:%Y%m%d}"], [],
     )  # fmt: skip
+
+
+async def test_a_write_does_not_wait_for_a_refresh_of_its_minute(
+    storage: Storage, pg_dsn: str, db_schema: str
+) -> None:
+    """A refresh deletes the minutes it takes off the log inside its transaction. A
+    write marking the same minute meanwhile must not wait for that transaction (with
+    the minute as the log's key it did: every batch of the current minute stalled
+    for the whole refresh), and its rows reach the rollups at the next refresh."""
+    await storage.telemetry.write(rows_for("m1", 3))  # 0, 10, 20 s of one minute
+    async with (
+        await psycopg.AsyncConnection.connect(pg_dsn) as held,
+        held.transaction(),  # a refresh, between its delete and commit
+    ):
+        cur = await held.execute(
+            sql.SQL("DELETE FROM {} RETURNING bucket").format(
+                sql.Identifier(db_schema, "rollup_pending")
+            )
+        )
+        assert [r[0] for r in await cur.fetchall()] == [T0]
+        later = [r._replace(seq=10 + r.seq, time=r.time + timedelta(seconds=30))
+                 for r in rows_for("m1", 3)]  # fmt: skip
+        await asyncio.wait_for(storage.telemetry.write(later), timeout=5)
+    await storage.telemetry.refresh_rollups()
+    [minute] = await storage.telemetry.rollup(
+        RollupLevel.MINUTE, start=T0, end=T0 + timedelta(minutes=1)
+    )
+    assert (minute.n, minute.sum) == (6, 0.0 + 1 + 2 + 0 + 1 + 2)

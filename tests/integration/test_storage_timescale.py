@@ -78,6 +78,7 @@ async def test_migrate_is_idempotent_and_creates_timescale_objects(
             "0016_mqtt_accounts",
             "0017_no_raw_retention_policy",
             "0018_grafana_roles",
+            "0019_rollup_log_append_only",
         ]
         assert await s.migrate() == []
         await s.require_migrated()
