@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import math
 import os
@@ -55,6 +56,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
 from pydantic import SecretStr
 
+from bench import hooks
 from bench.load import (
     PRESETS,
     Verdict,
@@ -65,15 +67,20 @@ from bench.load import (
     publish_all,
     verdict,
 )
+from notifier import signing
 from smartpark.settings import (
     DatabaseSettings,
     KafkaSettings,
     MqttSettings,
+    NotifierSettings,
+    RulesSettings,
     Settings,
     SinkSettings,
+    WebhookSettings,
 )
 from smartpark.wire import Reading, TelemetryBatch, encode_batch, telemetry_topic
-from storage import Storage
+from storage import Storage, Subscription
+from storage.secretbox import SecretBox
 from stream.kafka import ensure_topics
 
 PROBE_METRIC = (
@@ -95,6 +102,7 @@ class Options:
     dsn: str = "postgresql://postgres@127.0.0.1:54329/smartpark"
     mqtt: tuple[str, int] = ("127.0.0.1", 18830)
     kafka: str = "127.0.0.1:19092"
+    alerts: int = 20  # enterprises with a breaching analyser (0: no rules, no hooks)
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,22 @@ class Result:
     query_ms: tuple[float, float]  # p50 and max of the row-visible queries
     logs: Path
     schema: str  # dropped at the end of the run
+    hooks: hooks.Outcome | None = None  # None: run without --alerts
+
+    @property
+    def webhook(self) -> Latencies | None:
+        if self.hooks is None:
+            return None
+        return Latencies(self.hooks.latencies, self.hooks.expected)
+
+    @property
+    def all_hooks(self) -> bool:
+        """Every injected breach produced its webhook, each correctly signed and
+        each accounted for by a breach (duplicates are allowed: at least once)."""
+        h = self.hooks
+        return h is None or (
+            len(h.latencies) == h.expected and not h.bad_signatures and not h.unmatched
+        )
 
     @property
     def all_stored(self) -> bool:
@@ -146,7 +170,10 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.verdict.valid and self.all_stored and self.all_observed
+        return (
+            self.verdict.valid and self.all_stored and self.all_observed
+            and self.all_hooks
+        )  # fmt: skip
 
     def report(self) -> str:
         w, o = self.workload, self.options
@@ -167,6 +194,7 @@ class Result:
             f"  raw MQTT subscriber (baseline)        {self.raw.cells()}",
             f"  row visible in the database           {self.visible.cells()}",
             f"  ratio p99 row-visible / raw                               {ratio:9.1f}",
+            *self._hook_lines(),
             f"stored: {self.stored:,} readings of {self.verdict.acked_readings:,} "
             f"acknowledged ({self.verdict.offered_readings:,} offered), the last "
             f"{self.drain_s:.1f} s after the schedule ended (counted every 0.2 s)"
@@ -174,9 +202,24 @@ class Result:
             f"service logs: {self.logs}",
             "RESULT: "
             + ("VALID" if self.ok else "INVALID")
-            + ("" if self.all_observed else " (probe polls not observed)"),
+            + ("" if self.all_observed else " (probe polls not observed)")
+            + ("" if self.all_hooks else " (webhooks missing or wrong)"),
         ]
         return "\n".join(lines)
+
+    def _hook_lines(self) -> list[str]:
+        h, lat = self.hooks, self.webhook
+        if h is None or lat is None:
+            return []
+        ratio = lat.pct(99) / self.raw.pct(99) if self.raw.values else math.nan
+        return [
+            f"  webhook received (breach reading)     {lat.cells()}",
+            f"  ratio p99 webhook / raw                                   {ratio:9.1f}",
+            f"webhooks: {len(h.latencies)} of {h.expected} breaches from "
+            f"{self.options.alerts} enterprises' analysers (rules runner, notifier, a "
+            f"local receiver per subscription), {h.duplicates} duplicate(s), "
+            f"{h.unmatched} unmatched, {h.bad_signatures} bad signature(s)",
+        ]
 
 
 @dataclass
@@ -220,6 +263,11 @@ def _settings(o: Options, uid: str, schema: str) -> Settings:
         kafka=KafkaSettings(bootstrap=o.kafka, topic_prefix=f"bench{uid}."),
         database=DatabaseSettings(dsn=SecretStr(o.dsn), schema=schema),
         sink=SinkSettings(group_id=f"sink-{park}"),
+        rules=RulesSettings(group_id=f"rules-{park}"),
+        notifier=NotifierSettings(group_id=f"notifier-{park}", allow=["127.0.0.1/32"]),
+        webhooks=WebhookSettings(
+            secret_key=SecretStr(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        ),
     )
 
 
@@ -235,7 +283,15 @@ def _env(s: Settings) -> dict[str, str]:
         "SMARTPARK_DATABASE__DSN": s.database.dsn.get_secret_value(),
         "SMARTPARK_DATABASE__SCHEMA": s.database.schema_,
         "SMARTPARK_SINK__GROUP_ID": s.sink.group_id,
+        "SMARTPARK_RULES__GROUP_ID": s.rules.group_id,
+        "SMARTPARK_NOTIFIER__GROUP_ID": s.notifier.group_id,
+        "SMARTPARK_NOTIFIER__ALLOW": json.dumps(s.notifier.allow),
+        "SMARTPARK_WEBHOOKS__SECRET_KEY": _secret(s.webhooks.secret_key),
     }
+
+
+def _secret(value: SecretStr | None) -> str:
+    return "" if value is None else value.get_secret_value()
 
 
 def _park(s: Settings) -> str:
@@ -292,20 +348,22 @@ async def _warm_up(s: Settings, observer: Observer, conn: Any) -> None:
     raise RuntimeError("no warm-up reading reached the database in 60 s")
 
 
-async def _count(conn: Any, but_series: int = -1) -> int:
+async def _count(conn: Any, but_series: Sequence[int] = ()) -> int:
     cur = await conn.execute(
-        "SELECT count(*) FROM telemetry WHERE series_id <> %s", (but_series,)
+        "SELECT count(*) FROM telemetry WHERE series_id <> ALL(%s)", (list(but_series),)
     )
     row = await cur.fetchone()
     return int(row[0])
 
 
-async def _warm_up_series(conn: Any) -> int:
+async def _not_load(conn: Any) -> list[int]:
+    """The series that are not the load's: the warm-up's and the breach
+    analysers' (whose readings are counted by their webhooks)."""
     cur = await conn.execute(
-        "SELECT id FROM series WHERE device = %s", (WARMUP_DEVICE[1],)
+        "SELECT id FROM series WHERE device = %s OR metric = %s",
+        (WARMUP_DEVICE[1], hooks.METRIC),
     )
-    row = await cur.fetchone()
-    return int(row[0])
+    return [int(r[0]) for r in await cur.fetchall()]
 
 
 async def _watch(
@@ -353,10 +411,12 @@ async def _poll(
     return took
 
 
-def _start(command: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    with (logs / f"{command}.log").open("wb") as log:  # the child keeps its own
+def _start(
+    command: Sequence[str], env: dict[str, str], logs: Path
+) -> subprocess.Popen[bytes]:
+    with (logs / f"{command[0]}.log").open("wb") as log:  # the child keeps its own
         return subprocess.Popen(
-            [sys.executable, "-m", "smartpark.cli", command, "--stats-every", "5"],
+            [sys.executable, "-m", "smartpark.cli", *command, "--stats-every", "5"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -414,11 +474,24 @@ async def run(o: Options) -> Result:
         await c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     procs: list[subprocess.Popen[bytes]] = []
     observer: Observer | None = None
+    receiver: hooks.Receiver | None = None
     try:
-        async with Storage(s.database) as storage:
+        secrets: dict[str, str] = {}
+        async with Storage(
+            s.database, webhook_keys=SecretBox.from_settings(s.webhooks)
+        ) as storage:
             await storage.migrate()
+            if o.alerts:
+                receiver = hooks.Receiver()
+                receiver.start()
+                secrets = await _subscribe(storage, o, s, receiver)
         await ensure_topics(s.kafka)
-        procs = [_start(c, _env(s), logs) for c in ("bridge", "sink")]
+        commands = [["bridge"], ["sink"]]
+        if o.alerts:
+            pack = logs / "bench-pack.yaml"
+            pack.write_text(hooks.PACK)
+            commands += [["rules", "run", "--pack", str(pack)], ["notifier"]]
+        procs = [_start(c, _env(s), logs) for c in commands]
         async with await _connect(o, s) as conn:
             probes = Probes({}, {})  # the warm-up is not measured
             topics = [
@@ -427,13 +500,15 @@ async def run(o: Options) -> Result:
             ]
             observer = Observer(s, probes, topics)
             await _warm_up(s, observer, conn)
-            warm = await _warm_up_series(conn)
             return await _measure(
-                o, s, observer=observer, conn=conn, warm_series=warm, logs=logs
-            )
+                o, s, observer=observer, conn=conn, logs=logs,
+                receiver=receiver, secrets=secrets,
+            )  # fmt: skip
     finally:
         if observer is not None:
             observer.close()
+        if receiver is not None:
+            receiver.close()
         _stop(procs)
         await _clean_up(s, o.dsn)
 
@@ -444,8 +519,9 @@ async def _measure(
     *,
     observer: Observer,
     conn: Any,
-    warm_series: int,
     logs: Path,
+    receiver: hooks.Receiver | None,
+    secrets: dict[str, str],
 ) -> Result:
     # The publisher processes start and connect meanwhile; a whole millisecond.
     t0 = round(time.time() + 3.0, 3)
@@ -453,6 +529,8 @@ async def _measure(
     observer.probes = probes  # from now on the probe messages are measured
     stop = asyncio.Event()
     watcher = asyncio.create_task(_watch(s, probes, o, stop))
+    breaches = hooks.plan(o.workload, _park(s), o.alerts, t0, o.duration_s)
+    sender = asyncio.create_task(_send_breaches(observer, breaches))
     results = await asyncio.to_thread(
         publish_all,
         o.workload,
@@ -464,12 +542,12 @@ async def _measure(
     )
     run_verdict = verdict(results)
     end = t0 + o.duration_s
-    stored = await _count(conn, warm_series)
+    stored = await _count(conn, await _not_load(conn))
     grown = time.time()  # when the count last grew
     deadline = grown + o.drain_s
     while stored < run_verdict.offered_readings and time.time() < deadline:
         await asyncio.sleep(0.2)
-        count = await _count(conn, warm_series)
+        count = await _count(conn, await _not_load(conn))
         if count > stored:
             stored, grown = count, time.time()
     drained = max(0.0, grown - end)
@@ -480,6 +558,11 @@ async def _measure(
     except TimeoutError:
         stop.set()
     took = sorted(await watcher)
+    await sender
+    outcome = None
+    if receiver is not None:
+        await _wait_for_hooks(receiver, len(breaches), deadline)
+        outcome = hooks.match(breaches, receiver.snapshot(), secrets)
     return Result(
         o.workload,
         o,
@@ -491,7 +574,41 @@ async def _measure(
         (took[len(took) // 2], took[-1]) if took else (math.nan, math.nan),
         logs,
         s.database.schema_,
+        outcome,
     )
+
+
+async def _subscribe(
+    storage: Storage, o: Options, s: Settings, receiver: hooks.Receiver
+) -> dict[str, str]:
+    """One subscription per breaching enterprise, each its own endpoint; the
+    secrets by enterprise."""
+    secrets: dict[str, str] = {}
+    for enterprise in hooks.enterprises(o.workload, o.alerts):
+        secret = signing.generate_secret()
+        await storage.webhooks.create_subscription(
+            Subscription(
+                f"bench-{enterprise}", _park(s), enterprise,
+                receiver.url(enterprise), hooks.EVENT_TYPES,
+            ),
+            secret,
+        )  # fmt: skip
+        secrets[enterprise] = secret
+    return secrets
+
+
+async def _wait_for_hooks(receiver: hooks.Receiver, n: int, deadline: float) -> None:
+    while time.time() < deadline:
+        if len(receiver.snapshot()) >= n:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _send_breaches(observer: Observer, breaches: Sequence[hooks.Breach]) -> None:
+    """Open loop: each breach reading is published at its intended time."""
+    for b in breaches:
+        await asyncio.sleep(max(0.0, b.send_s - time.time()))
+        observer.client.publish(b.topic, b.payload, qos=1)
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -514,6 +631,7 @@ def options(args: argparse.Namespace) -> Options:
         dsn=args.dsn,
         mqtt=(host, int(port)),
         kafka=args.kafka,
+        alerts=args.alerts,
     )
 
 
@@ -526,6 +644,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--probe-every", type=int, default=20, metavar="N")
     parser.add_argument("--poll-ms", type=int, default=50)
+    parser.add_argument(
+        "--alerts",
+        type=int,
+        default=Options.alerts,
+        metavar="N",
+        help="enterprises whose analyser breaches every 20 s: rules runner, notifier"
+        " and webhook latency (0: bridge and sink only)",
+    )
     parser.add_argument(
         "--dsn",
         default=env(

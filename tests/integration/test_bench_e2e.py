@@ -1,5 +1,6 @@
 """``smartpark bench e2e`` at a small rate: a valid open-loop run, every reading
-stored, both latencies measured on every probe poll, and nothing left behind."""
+stored, both latencies measured on every probe poll, every injected breach's
+webhook received and verified, and nothing left behind."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ async def test_small_run_is_valid_stores_everything_and_cleans_up(
         dsn=pg_dsn,
         mqtt=mqtt_addr,
         kafka=kafka_bootstrap,
+        alerts=4,
     )
     result = await e2e.run(options)
 
@@ -34,6 +36,14 @@ async def test_small_run_is_valid_stores_everything_and_cleans_up(
     assert result.raw.expected >= 30
     # A row is visible after the broker delivered it, not before.
     assert 0 < result.raw.pct(50) < result.visible.pct(50) < 5
+    # 4 analysers, one breach reading every 10 s each: opened, resolved, opened...
+    assert result.hooks is not None
+    assert result.webhook is not None
+    assert result.hooks.expected == 4
+    assert len(result.webhook.values) == 4
+    assert result.hooks.bad_signatures == result.hooks.unmatched == 0
+    assert 0 < result.webhook.pct(100) < 10
+    assert "webhooks: 4 of 4 breaches" in report
     assert "RESULT: VALID" in report
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute(
