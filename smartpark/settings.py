@@ -49,6 +49,11 @@ class KafkaSettings(BaseModel):
     # partition count bounds how many sinks and rule runners share the load.
     partitions: int = 4
     replication_factor: int = 1
+    # The topics' min.insync.replicas when the platform creates them (None: the
+    # broker's default). With replication_factor 3, 2 means a record the producer
+    # (acks=all) had acknowledged is on two brokers at least, and writes go on with
+    # one broker down (deploy/local/services up --kafka-cluster).
+    min_insync_replicas: int | None = Field(default=None, gt=0)
 
     @property
     def telemetry_topic(self) -> str:

@@ -128,9 +128,17 @@ async def ensure_topics(settings: KafkaSettings) -> None:
         missing = [t for t in wanted if t not in existing]
         if not missing:
             return
+        topic_configs = {}
+        if settings.min_insync_replicas is not None:
+            topic_configs["min.insync.replicas"] = str(settings.min_insync_replicas)
         response = await admin.create_topics(
             [
-                NewTopic(t, settings.partitions, settings.replication_factor)
+                NewTopic(
+                    t,
+                    settings.partitions,
+                    settings.replication_factor,
+                    topic_configs=topic_configs,
+                )
                 for t in missing
             ]
         )
