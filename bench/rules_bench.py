@@ -1,6 +1,7 @@
-"""Rule core throughput: hourly means with O2 correction, against NumPy (a script).
+"""Rules runner and rule core throughput: hourly means with O2 correction.
 
-    .venv/bin/python -m bench.rules_bench [--stacks 200] [--hours 6]
+    smartpark bench rules [--stacks 200] [--hours 6]
+    .venv/bin/python -m bench.rules_bench [--stacks 200] [--hours 6] [--no-runner]
 
 Generates CEMS data shaped like the city's stacks (one SO2 and one O2 reading per
 stack per minute, the O2 at the same event time, a few flagged C), then measures in
@@ -15,22 +16,56 @@ one run:
 
 It checks that both give the same hourly means, then prints readings/s of each, the
 ratio, and the headroom of (a) over the city reference rate.
+
+``smartpark bench rules`` also measures
+
+  (c) ``smartpark rules run`` as a process, the same readings on a Kafka backlog
+      (one wire record per stack and minute, SO2 and O2, keyed by enterprise; its
+      own topics, consumer group and schema): decode, the engine, alert events
+      and checkpoints written to the database; sampled by its committed offsets
+      (:mod:`bench.drain`), peak RSS read before it stops;
+
+and prints (c) beside (a), the rule core on the same readings in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import sys
+import tempfile
 import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
+import yaml
+from psycopg import sql
+from pydantic import SecretStr
 
+from bench.drain import drop_topics, produce_all, watch_committed
+from bench.figures import (
+    Figure,
+    Memory,
+    Progress,
+    ServiceProcess,
+    add_endpoints,
+    drain_rate,
+    service_env,
+)
 from rules.engine import Engine
 from rules.kinds.base import RuleSpec
 from rules.model import AlertEvent, Finding, Obs
 from rules.pack import parse_pack
+from smartpark.settings import DatabaseSettings, KafkaSettings, RulesSettings, Settings
+from smartpark.wire import Reading, TelemetryBatch, encode_batch
+from storage import Storage
+from stream.kafka import ensure_topics
 
 CITY_READINGS_PER_S = 5600
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
@@ -123,30 +158,192 @@ def numpy_means(stream: list[Obs]) -> tuple[float, dict[tuple[str, int], float]]
     return elapsed, means
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stacks", type=int, default=200)
-    parser.add_argument("--hours", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
-    stream = generate(args.stacks, args.hours, args.seed)
-    n = len(stream)
-    print(f"{n} readings: {args.stacks} stacks x {args.hours} h, SO2 + O2 per minute")
+UNITS = {"so2": "mg/m3", "o2": "%"}
+
+
+def wire_records(stream: list[Obs]) -> list[tuple[bytes, bytes]]:
+    """``stream`` as Kafka records: one wire batch per stack and minute (its SO2
+    and O2), keyed by enterprise, in stream order; seq is the minute."""
+    polls: dict[tuple[str, str, int], list[Obs]] = defaultdict(list)
+    for o in stream:
+        polls[(o.enterprise, o.device, o.ts_ms)].append(o)
+    out = []
+    for (enterprise, device, ts), obs in polls.items():
+        seq = (ts - T0) // MINUTE + 1
+        readings = tuple(
+            Reading(seq, o.metric, o.value, UNITS[o.metric], ts, o.quality) for o in obs
+        )
+        batch = TelemetryBatch(obs[0].park, enterprise, device, readings)
+        out.append((enterprise.encode(), encode_batch(batch)))
+    return out
+
+
+@dataclass(frozen=True)
+class Options:
+    stacks: int = 200
+    hours: int = 6
+    seed: int = 1
+    runner: bool = True  # (c): the runner process on a Kafka backlog
+    dsn: str = "postgresql://postgres@127.0.0.1:54329/smartpark"
+    kafka: str = "127.0.0.1:19092"
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class RulesRun:
+    readings: int
+    core_s: float
+    numpy_s: float
+    same_means: bool
+    means: int
+    runner: Progress | None
+    memory: list[Memory]
+
+    @property
+    def ok(self) -> bool:
+        return self.same_means
+
+    @property
+    def core_rate(self) -> float:
+        return self.readings / self.core_s
+
+    @property
+    def runner_rate(self) -> float:
+        return drain_rate(self.runner) if self.runner else float("nan")
+
+    def figures(self) -> list[Figure]:
+        out = [
+            Figure(
+                "rule core (a), one reading at a time",
+                self.core_rate,
+                "readings/s",
+                "NumPy (b), arithmetic only",
+                self.readings / self.numpy_s,
+            )
+        ]
+        if self.runner is not None:
+            out.insert(
+                0,
+                Figure(
+                    "rules runner process (c)",
+                    self.runner_rate,
+                    "readings/s",
+                    "rule core (a), same readings",
+                    self.core_rate,
+                ),
+            )
+        return out
+
+    def report(self) -> str:
+        lines = [
+            f"bench rules: {self.readings:,} readings, SO2 + O2 a stack a minute;"
+            f" {self.means} hourly means, core equal to NumPy: {self.same_means}",
+            *(f.line() for f in self.figures()),
+            f"  headroom of the rule core: {self.core_rate / CITY_READINGS_PER_S:.1f}x"
+            f" the city reference ({CITY_READINGS_PER_S} readings/s) on one core",
+            *(m.line() for m in self.memory),
+        ]
+        return "\n".join(lines)
+
+
+async def runner_drain(
+    o: Options, stream: list[Obs], logs: Path
+) -> tuple[Progress, Memory]:
+    """(c): ``smartpark rules run`` on a Kafka backlog of ``stream``."""
+    uid = uuid.uuid4().hex[:8]
+    schema = f"bench_rules_{uid}"
+    s = Settings(
+        kafka=KafkaSettings(bootstrap=o.kafka, topic_prefix=f"rbench{uid}."),
+        database=DatabaseSettings(dsn=SecretStr(o.dsn), schema=schema),
+        rules=RulesSettings(group_id=f"rbench-rules-{uid}"),
+    )
+    pack = logs / "pack.yaml"
+    pack.write_text(yaml.safe_dump(PACK))
+    k = s.kafka
+    async with await psycopg.AsyncConnection.connect(o.dsn, autocommit=True) as c:
+        await c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        async with Storage(s.database) as storage:
+            await storage.migrate()
+        await ensure_topics(k)
+        await produce_all(k, k.telemetry_topic, wire_records(stream))
+        proc = ServiceProcess(
+            ["rules", "run", "--pack", str(pack), "--stats-every", "5"],
+            service_env(s),
+            logs / "rules.log",
+        )
+        progress = Progress("rules runner", len(stream))
+        proc.start()
+        try:
+            await watch_committed(
+                o.kafka,
+                s.rules.group_id,
+                progress,
+                per_record=2,
+                proc=proc,
+                timeout_s=o.timeout_s,
+            )
+        finally:
+            memory = proc.stop()
+        return progress, memory
+    finally:
+        await drop_topics(
+            o.kafka,
+            [k.telemetry_topic, k.status_topic, k.alerts_topic, k.deadletter_topic],
+        )
+        async with await psycopg.AsyncConnection.connect(o.dsn, autocommit=True) as c:
+            await c.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(schema)
+                )
+            )
+
+
+async def run(o: Options) -> RulesRun:
+    """(a), (b) and, with ``o.runner``, (c) on the same readings."""
+    stream = generate(o.stacks, o.hours, o.seed)
     t_core, core_means = core(stream)
     t_np, np_means = numpy_means(stream)
     worst = max(abs(core_means[k] - np_means[k]) for k in np_means)
     same = core_means.keys() == np_means.keys() and worst < 1e-9
-    print(f"hourly means: {len(np_means)}, equal: {same} (max diff {worst:.1e})")
-    print(f"(a) rule core : {n / t_core:12,.0f} readings/s ({t_core:.2f} s)")
-    print(
-        f"(b) NumPy     : {n / t_np:12,.0f} readings/s ({t_np:.4f} s, arithmetic only)"
+    progress, memory = None, []
+    if o.runner:
+        logs = Path(tempfile.mkdtemp(prefix="smartpark-bench-rules-"))
+        progress, mem = await runner_drain(o, stream, logs)
+        memory.append(mem)
+    return RulesRun(len(stream), t_core, t_np, same, len(np_means), progress, memory)
+
+
+def options(args: argparse.Namespace) -> Options:
+    return Options(
+        stacks=args.stacks,
+        hours=args.hours,
+        seed=args.seed,
+        runner=not args.no_runner,
+        dsn=args.dsn,
+        kafka=args.kafka,
     )
-    print(f"(a)/(b)       : {t_np / t_core:.4%}")
-    print(
-        f"headroom      : {n / t_core / CITY_READINGS_PER_S:.1f}x the city reference"
-        f" ({CITY_READINGS_PER_S} readings/s, all kinds of readings) on one core"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This bench's own arguments (:mod:`bench.cli` adds the endpoints)."""
+    parser.add_argument("--stacks", type=int, default=Options.stacks)
+    parser.add_argument("--hours", type=int, default=Options.hours)
+    parser.add_argument("--seed", type=int, default=Options.seed)
+    parser.add_argument(
+        "--no-runner", action="store_true", help="skip (c), the runner process"
     )
-    return 0 if same else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The same as ``smartpark bench rules``; ``--no-runner`` needs no services."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    add_endpoints(parser)
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(options(args)))
+    print(result.report())
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

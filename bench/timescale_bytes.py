@@ -8,6 +8,7 @@ step connects, works and disconnects in turn).
 Writes ``--rows`` readings shaped like the city load (devices x 5 metrics, one
 reading every 10 s, through the storage write path, bulk method ``insert``), then
 prints ``hypertable_size`` per reading, compresses every chunk and prints it again.
+``smartpark bench storage`` runs the same (:func:`measure`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,30 @@ async def write(dsn: str, schema: str, rows: int, devices: int) -> None:
                 batch = []
 
 
+async def measure(
+    dsn: str, schema: str, *, rows: int, devices: int
+) -> list[tuple[str, int, int]]:
+    """(when, readings, bytes) uncompressed and compressed; ``schema`` is dropped
+    before and after. Connections are opened one after another, never two at once.
+    """
+    drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+
+    def execute(stmt: sql.Composed) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(stmt)
+
+    await asyncio.to_thread(execute, drop)
+    try:
+        await write(dsn, schema, rows, devices)
+        out = []
+        for label, compress in (("uncompressed", False), ("compressed", True)):
+            n, b = await asyncio.to_thread(size, dsn, schema, compress=compress)
+            out.append((label, n, b))
+        return out
+    finally:
+        await asyncio.to_thread(execute, drop)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
@@ -81,18 +106,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--devices", type=int, default=400)
     args = parser.parse_args()
-    drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-        sql.Identifier(args.schema)
+    sizes = asyncio.run(
+        measure(args.dsn, args.schema, rows=args.rows, devices=args.devices)
     )
-    with psycopg.connect(args.dsn, autocommit=True) as conn:
-        conn.execute(drop)
-    asyncio.run(write(args.dsn, args.schema, args.rows, args.devices))
-    for label, compress in (("uncompressed", False), ("compressed", True)):
-        n, b = size(args.dsn, args.schema, compress=compress)
+    for label, n, b in sizes:
         print(f"timescale {label:<13} {b:>11} bytes / {n} readings ="
               f" {b / n:6.1f} bytes per reading")  # fmt: skip
-    with psycopg.connect(args.dsn, autocommit=True) as conn:
-        conn.execute(drop)
     return 0
 
 
