@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -42,8 +44,14 @@ from notifier import events, signing
 from notifier.http import Sender
 from notifier.service import Deliverer, Dispatcher, NotifierStats
 from smartpark.clock import system_ms
-from smartpark.settings import DatabaseSettings, NotifierSettings, Settings
+from smartpark.settings import (
+    DatabaseSettings,
+    NotifierSettings,
+    Settings,
+    WebhookSettings,
+)
 from storage import NewDelivery, Storage, Subscription, WebhookStore
+from storage.secretbox import SecretBox
 
 
 class _Ok(BaseHTTPRequestHandler):
@@ -179,10 +187,17 @@ async def main_async(dsn: str, n: int, endpoints: int) -> None:
     settings = Settings(
         database=DatabaseSettings(dsn=SecretStr(dsn), schema=schema),
         notifier=NotifierSettings(allow=["127.0.0.1/32"], poll_ms=100),
+        webhooks=WebhookSettings(
+            secret_key=SecretStr(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        ),
     )
     try:
         with receiver() as base_url:
-            async with Storage(settings.database, pool_size=18) as storage:
+            async with Storage(
+                settings.database,
+                pool_size=18,
+                webhook_keys=SecretBox.from_settings(settings.webhooks),
+            ) as storage:
                 await storage.migrate()
                 store = storage.webhooks
                 subs = []

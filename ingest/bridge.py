@@ -20,11 +20,39 @@ client, so the bridge's memory is bounded by that window, not by the backlog. (a
 used by the embedded demo, has no such window and drops a QoS 1 message that is not
 acknowledged within 5 s: the demo's broker shows the flow; it is not durable.)
 
-Ordering: records of one device reach Kafka in arrival order. If the producer gives
-up on a record (after a Kafka restart the idempotent producer can be left with
-sequence numbers the broker rejects), the bridge replaces the producer and sends
-every record not yet acknowledged again, in order; some then reach Kafka twice,
-which is harmless downstream (the sink de-duplicates by device, metric and time).
+Several bridges: with ``mqtt.share_group`` set, the telemetry subscription is an
+MQTT shared subscription, ``$share/<group>/<subscription>``: the broker gives each
+message to one member of the group. Mosquitto 2 accepts it from MQTT 3.1.1 and 5
+clients and hands messages out round robin; EMQX documents the same
+``$share/<group>/`` prefix (and ``$queue/``, deprecated, for one unnamed group) with
+a choice of strategies (``hash_topic`` or ``hash_clientid`` keep a device on one
+bridge)
+(https://docs.emqx.com/en/emqx/latest/messaging/mqtt-shared-subscription.html). Each
+member keeps a persistent session under its own stable ``client_id``: the messages
+the broker gave a member that then died (unacknowledged in flight, and, on
+Mosquitto, those still handed to its session while it is down) stay in that session
+until a bridge with the same ``client_id`` connects again; they are not given to the
+other members. So a dead member must be restarted, not replaced by a new id. (EMQX
+suggests clean sessions for shared subscriptions, so that the session of a member
+gone for long does not overflow; what EMQX then does with the messages in flight to
+a member that dies is its own, to check before relying on it.) The status
+subscription stays unshared: every bridge forwards every status message, each in the
+device's order, so the newest status record in Kafka is the device's newest status
+once the bridges are caught up, and every bridge receives the retained statuses
+(MQTT 5 sends none on a shared subscription); status records are few and idempotent,
+so their copies cost little. With shared telemetry, records of one device reach
+Kafka in arrival order only within one bridge: the sink does not depend on order (a
+row is unique on series and time); the rule core judges in stream order (windows
+take a late reading within ``allowed_lateness``), so where that matters a strategy
+that keeps a device on one bridge (EMQX's ``hash_topic``) keeps Kafka in arrival
+order.
+
+Ordering: records of one device reach Kafka in the order this bridge received them.
+If the producer gives up on a record (after a Kafka restart the idempotent producer
+can be left with sequence numbers the broker rejects), the bridge replaces the
+producer and sends every record not yet acknowledged again, in order; some then
+reach Kafka twice, which is harmless downstream (the sink de-duplicates by device,
+metric and time).
 """
 
 from __future__ import annotations
@@ -148,6 +176,14 @@ class Bridge:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def telemetry_filter(self) -> str:
+        """The telemetry subscription, shared when ``mqtt.share_group`` is set."""
+        s = self._settings.mqtt
+        if s.share_group:
+            return f"$share/{s.share_group}/{s.subscription}"
+        return s.subscription
+
     # -- MQTT side (paho's thread) ------------------------------------------------
 
     def _connect_mqtt(self) -> mqtt.Client:
@@ -182,7 +218,7 @@ class Bridge:
             )
             return
         status_sub = self._settings.mqtt.subscription.rsplit("/", 1)[0] + "/status"
-        client.subscribe([(self._settings.mqtt.subscription, 1), (status_sub, 1)])
+        client.subscribe([(self.telemetry_filter, 1), (status_sub, 1)])
         self.stats.connected = True
         log.info("MQTT connected to %s:%d", client.host, client.port)
 
@@ -194,7 +230,7 @@ class Bridge:
             log.error("MQTT subscription refused: %s", failed)
             return
         self.stats.subscribed = True
-        log.info("MQTT subscribed to %s", self._settings.mqtt.subscription)
+        log.info("MQTT subscribed to %s", self.telemetry_filter)
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any

@@ -19,12 +19,22 @@
   endpoint occupies its own worker only, and memory holds at most one delivery per
   worker.
 
-Only one notifier delivers at a time: the dispatcher holds a PostgreSQL advisory
-lock on its own connection, which the server releases when the process dies; a
-second notifier queues (its share of the partitions) and waits to take over. A
-notifier killed mid-delivery has recorded nothing for that attempt, so the
-delivery is sent again, with the same ``webhook-id``: delivery is at least once,
-and receivers de-duplicate by that id.
+Several notifiers deliver at once, each to its own endpoints. Endpoints are split
+into ``notifier.slots`` slots by a hash of the subscription id, and the live
+notifiers share the slots through PostgreSQL advisory locks
+(:class:`storage.shares.SlotShares`: each holds about ``slots / notifiers`` of them,
+on a connection of its own, which the server closes with the process). A notifier
+delivers only the endpoints of the slots it holds, so an endpoint is delivered by
+one notifier, one delivery at a time, and the events of one alert reach it in order.
+When a notifier joins, the others give slots back, each once its workers on it have
+finished the attempt in flight; when one dies, its slots are free as soon as the
+server ends its session (at once for a killed process; for a vanished host, when the
+server's TCP keepalive gives up) and the others take them at their next poll. A
+notifier killed mid-delivery has recorded nothing for that attempt, so the delivery
+is sent again, with the same ``webhook-id``, before anything after it for that
+alert: delivery is at least once, and receivers de-duplicate by that id. Queueing is
+shared the Kafka way: the notifiers are one consumer group on the alerts topic, and
+a delivery is queued once whichever of them reads its event.
 """
 
 from __future__ import annotations
@@ -62,14 +72,13 @@ from storage import (
     Subscription,
     WebhookStore,
 )
-from storage.locks import SessionLock
 from storage.secretbox import SecretBox
+from storage.shares import SlotShares
 from stream.group import Batch, DbPositionedConsumer
 from stream.kafka import ensure_topics
 
 log = logging.getLogger(__name__)
 
-_LOCK_RETRY_S = 2.0
 _PAUSED_LOG_EVERY_S = 30.0
 
 
@@ -83,7 +92,9 @@ class NotifierStats:
     retries: int = 0
     failed: int = 0
     disabled: int = 0
-    leader: bool = False
+    leader: bool = False  # delivering for at least one slot
+    slots: int = 0  # slots whose endpoints this notifier delivers
+    notifiers: int = 0  # live notifiers sharing the slots, as last counted
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -183,9 +194,9 @@ class Deliverer:
 
 
 class Dispatcher:
-    """The delivering half: workers per endpoint with due deliveries, under the
-    notifier lock (see the module docstring). ``start()`` / ``await close()``;
-    :meth:`wake` when something was queued."""
+    """The delivering half: workers per endpoint with due deliveries, for the
+    endpoints of the slots this notifier holds (see the module docstring).
+    ``start()`` / ``await close()``; :meth:`wake` when something was queued."""
 
     def __init__(
         self,
@@ -204,13 +215,20 @@ class Dispatcher:
         self.stats = stats or NotifierStats()
         self._wake = asyncio.Event()
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._worker_slot: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._draining = False
-        self._lock = SessionLock(
+        self._shares = SlotShares(
             settings.database,
             "smartpark-notifier",
+            slots=self._cfg.slots,
             application_name="smartpark-notifier-lock",
         )
+        # The slots whose endpoints this notifier delivers now: held, and not
+        # being given back to another notifier.
+        self._active: frozenset[int] = frozenset()
+        self._leaving: frozenset[int] = frozenset()
+        self._rebalanced = -float("inf")  # monotonic
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._dispatch(), name="webhook dispatcher")
@@ -233,25 +251,34 @@ class Dispatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self._release_lock()
+        await self._shares.release()  # the server releases every lock
+        self._active = frozenset()
+        self.stats.leader, self.stats.slots = False, 0
 
     async def _dispatch(self) -> None:
         paused_since: float | None = None  # monotonic, while the database fails
         logged = 0.0
         while True:
             try:
-                if not await self._hold_lock():
-                    await asyncio.sleep(_LOCK_RETRY_S)
-                    continue
+                # The shares are checked every poll (a worker done wakes this loop
+                # far more often), and at once while slots wait to be given back.
+                now = time.monotonic()
+                if self._leaving or now - self._rebalanced >= self._cfg.poll_ms / 1000:
+                    self._rebalanced = now
+                    await self._rebalance()
                 self._wake.clear()
                 free = self._cfg.max_endpoints - len(self._workers)
-                if free > 0:
+                if free > 0 and self._active:
                     due = await self._store.due_subscriptions(
-                        self._clock(), exclude=list(self._workers), limit=free
-                    )
-                    for sid in due:
-                        task = asyncio.create_task(self._work(sid), name=f"hook {sid}")
+                        self._clock(), exclude=list(self._workers), limit=free,
+                        slot_count=self._cfg.slots, slots=sorted(self._active),
+                    )  # fmt: skip
+                    for sid, slot in due:
+                        task = asyncio.create_task(
+                            self._work(sid, slot), name=f"hook {sid}"
+                        )
                         self._workers[sid] = task
+                        self._worker_slot[sid] = slot
                         task.add_done_callback(self._worker_done)
             except StorageError as exc:
                 now = time.monotonic()
@@ -278,38 +305,56 @@ class Dispatcher:
         sid = task.get_name().removeprefix("hook ")
         if self._workers.get(sid) is task:
             del self._workers[sid]
+            del self._worker_slot[sid]
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("webhook worker for %s failed: %r", sid, exc)
-        self._wake.set()  # a freed slot, or more due for that endpoint
+        self._wake.set()  # room for a worker, more due, or a slot to give back
 
-    async def _work(self, subscription_id: str) -> None:
+    async def _work(self, subscription_id: str, slot: int) -> None:
+        # Stops once its slot is to be given back: the slot's lock is released
+        # only when no worker of it is left, so an endpoint never has two.
         try:
-            while not self._draining and (
-                due := await self._store.next_due(subscription_id, self._clock())
+            while (
+                not self._draining
+                and slot in self._active
+                and (due := await self._store.next_due(subscription_id, self._clock()))
             ):
                 if not await self._deliverer.attempt(due):
                     return
         except StorageError as exc:
             log.warning("webhook worker for %s stopped: %s", subscription_id, exc)
 
-    async def _hold_lock(self) -> bool:
-        losses = self._lock.losses
+    async def _rebalance(self) -> None:
+        """Take or give back slots toward this notifier's share. A lost lock
+        connection stops every worker at once: their slots may already be
+        another notifier's."""
+        shares = self._shares
+        losses = shares.losses
+        busy = set(self._worker_slot.values())
         try:
-            held = await self._lock.hold()
+            held = await shares.rebalance(set(range(shares.slots)) - busy)
         finally:
-            if self.stats.leader and self._lock.losses != losses:
-                log.warning("lost the delivery lock's connection; delivering paused")
-                self.stats.leader = False
+            if shares.losses != losses:
+                if self._active or self._workers:
+                    log.warning("lost the delivery locks' connection; paused")
+                self._active = self._leaving = frozenset()
+                self.stats.leader, self.stats.slots = False, 0
                 for task in self._workers.values():
                     task.cancel()
-        if held and not self.stats.leader:
-            self.stats.leader = True
-            log.info("delivering webhooks (holding the notifier lock)")
-        return held
-
-    async def _release_lock(self) -> None:
-        await self._lock.release()  # the server releases the lock
-        self.stats.leader = False
+        # Slots beyond the share that still have workers: no new work on them;
+        # given back at a later rebalance, once their workers are done.
+        excess = len(held) - shares.target
+        leaving = set(sorted(held, reverse=True)[:excess]) if excess > 0 else set()
+        active = held - leaving
+        if active != self._active:
+            log.info(
+                "delivering webhooks for %d of %d slots (%d notifiers)",
+                len(active), shares.slots, shares.members,
+            )  # fmt: skip
+        self._active, self._leaving = frozenset(active), frozenset(leaving)
+        self.stats.leader = bool(active)
+        self.stats.slots = len(active)
+        self.stats.notifiers = shares.members
 
 
 class Notifier(DbPositionedConsumer):

@@ -37,6 +37,10 @@ class MqttSettings(BaseModel):
     # while it is down; a clean session would drop them.
     subscription: str = "sp/v1/+/+/+/telemetry"
     keepalive_s: int = 30
+    # Several bridges share the telemetry subscription when set: each subscribes
+    # to $share/<share_group>/<subscription> and the broker gives each message to
+    # one of them (ingest.bridge, "Several bridges"). Each needs its own client_id.
+    share_group: str = Field(default="", pattern=r"^[^/+#]*$")
 
 
 class KafkaSettings(BaseModel):
@@ -138,6 +142,10 @@ class NotifierSettings(ConsumerSettings):
     # At most this many endpoints are being delivered to at once (one request in
     # flight per endpoint).
     max_endpoints: int = 64
+    # Endpoints are split into this many slots, shared among the running notifiers
+    # (each delivers the endpoints of the slots it holds; notifier.service). The
+    # most notifiers that get work; the same in every notifier of a database.
+    slots: int = Field(default=16, ge=1, le=1024)
     # How often due retries are looked for when nothing new arrives.
     poll_ms: int = 500
     # Base URL of the platform's API for the links in webhook bodies; no links

@@ -355,20 +355,37 @@ class WebhookStore:
                 return new
 
     async def due_subscriptions(
-        self, now_ms: int, *, exclude: Sequence[str] = (), limit: int = 100
-    ) -> list[str]:
-        """Enabled subscriptions with a delivery due at ``now_ms``."""
+        self,
+        now_ms: int,
+        *,
+        exclude: Sequence[str] = (),
+        limit: int = 100,
+        slot_count: int = 1,
+        slots: Sequence[int] | None = None,
+    ) -> list[tuple[str, int]]:
+        """Enabled subscriptions with a delivery due at ``now_ms``, each with its
+        slot among ``slot_count`` (a hash of its id: the same in every process);
+        with ``slots``, only the subscriptions in those."""
+        slot = sql.SQL("mod(abs(hashtext(d.subscription_id)::bigint), %s)")
+        only = None if slots is None else list(slots)
         rows = await self._fetch(
             "find due webhook deliveries",
             sql.SQL(
-                "SELECT DISTINCT d.subscription_id FROM {} d JOIN {} s"
+                "SELECT DISTINCT d.subscription_id, {slot} FROM {d} d JOIN {s} s"
                 " USING (subscription_id) WHERE d.status = 'pending' AND s.enabled"
                 " AND d.next_attempt_at <= to_timestamp(%s / 1000.0)"
-                " AND NOT (d.subscription_id = ANY(%s)) LIMIT %s"
-            ).format(self._t("webhook_deliveries"), self._t("webhook_subscriptions")),
-            (now_ms, list(exclude), limit),
-        )
-        return [str(s) for (s,) in rows]
+                " AND NOT (d.subscription_id = ANY(%s))"
+                " AND (%s::int[] IS NULL OR {slot} = ANY(%s::int[])) LIMIT %s"
+            ).format(
+                slot=slot,
+                d=self._t("webhook_deliveries"),
+                s=self._t("webhook_subscriptions"),
+            ),
+            (
+                slot_count, now_ms, list(exclude), only, slot_count, only, limit,
+            ),
+        )  # fmt: skip
+        return [(str(sid), int(n)) for sid, n in rows]
 
     async def next_due(self, subscription_id: str, now_ms: int) -> DueDelivery | None:
         rows = await self._fetch(

@@ -471,9 +471,9 @@ async def test_subscription_lifecycle_with_the_real_commands(
 async def test_one_notifier_delivers_and_a_second_takes_over(
     platform: Settings, park_id: str
 ) -> None:
-    """Two notifiers share the alerts topic; only the lock holder sends. When it
-    stops, the other takes over and nothing is missed or sent twice."""
-    settings = notifier_settings(platform)
+    """Two notifiers share the alerts topic; with one slot only its holder sends.
+    When it stops, the other takes over and nothing is missed or sent twice."""
+    settings = notifier_settings(platform, slots=1)
     before = alert_events(park_id, ["e1", "e2"], 3)
     after = [
         {**e, "event_id": f"x{e['event_id'][1:]}", "alert_id": f"x{e['alert_id'][1:]}"}
