@@ -251,7 +251,7 @@ class Probes:
         return Latencies(values, len(self.intended))
 
 
-def _settings(o: Options, uid: str, schema: str) -> Settings:
+def run_settings(o: Options, uid: str, schema: str) -> Settings:
     park = f"bench{uid}"
     return Settings(
         mqtt=MqttSettings(
@@ -271,7 +271,7 @@ def _settings(o: Options, uid: str, schema: str) -> Settings:
     )
 
 
-def _env(s: Settings) -> dict[str, str]:
+def process_env(s: Settings) -> dict[str, str]:
     return {
         **os.environ,
         "SMARTPARK_MQTT__HOST": s.mqtt.host,
@@ -294,7 +294,7 @@ def _secret(value: SecretStr | None) -> str:
     return "" if value is None else value.get_secret_value()
 
 
-def _park(s: Settings) -> str:
+def park_of(s: Settings) -> str:
     return s.mqtt.subscription.split("/")[2]
 
 
@@ -306,7 +306,7 @@ class Observer:
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"bench-observer-{_park(s)}",
+            client_id=f"bench-observer-{park_of(s)}",
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
@@ -337,10 +337,12 @@ async def _warm_up(s: Settings, observer: Observer, conn: Any) -> None:
     """Send a reading a second until one is in the database (bridge subscribed,
     sink assigned); the warm-up rows are not counted."""
     enterprise, device = WARMUP_DEVICE
-    topic = telemetry_topic(_park(s), enterprise, device)
+    topic = telemetry_topic(park_of(s), enterprise, device)
     for seq in range(1, 61):
         reading = Reading(seq, PROBE_METRIC, 1.0, "kW", round(time.time() * 1000))
-        payload = encode_batch(TelemetryBatch(_park(s), enterprise, device, (reading,)))
+        payload = encode_batch(
+            TelemetryBatch(park_of(s), enterprise, device, (reading,))
+        )
         observer.client.publish(topic, payload, qos=1)
         await asyncio.sleep(1)
         if await _count(conn) > 0:  # only warm-up readings so far
@@ -403,7 +405,9 @@ async def _poll(
         since_ms = min(probes.device_ms[k] for k in unseen) - 1  # (float rounding)
         start = time.time()
         if start * 1000 >= since_ms:
-            cur = await conn.execute(stmt, (_park(s), PROBE_METRIC, devices, since_ms))
+            cur = await conn.execute(
+                stmt, (park_of(s), PROBE_METRIC, devices, since_ms)
+            )
             for device, seq in await cur.fetchall():
                 probes.visible.setdefault((device, seq), start)
             took.append((time.time() - start) * 1000)
@@ -434,7 +438,7 @@ def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-async def _clean_up(s: Settings, admin_dsn: str) -> None:
+async def clean_up(s: Settings, admin_dsn: str) -> None:
     """Drop the schema, the topics and the bridge's persistent MQTT session."""
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -468,7 +472,7 @@ async def run(o: Options) -> Result:
     """One end-to-end run (see the module doc); cleans up even when it fails."""
     uid = uuid.uuid4().hex[:8]
     schema = f"bench_{uid}"
-    s = _settings(o, uid, schema)
+    s = run_settings(o, uid, schema)
     logs = Path(tempfile.mkdtemp(prefix=f"smartpark-bench-{uid}-"))
     async with await psycopg.AsyncConnection.connect(o.dsn, autocommit=True) as c:
         await c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
@@ -491,11 +495,11 @@ async def run(o: Options) -> Result:
             pack = logs / "bench-pack.yaml"
             pack.write_text(hooks.PACK)
             commands += [["rules", "run", "--pack", str(pack)], ["notifier"]]
-        procs = [_start(c, _env(s), logs) for c in commands]
+        procs = [_start(c, process_env(s), logs) for c in commands]
         async with await _connect(o, s) as conn:
             probes = Probes({}, {})  # the warm-up is not measured
             topics = [
-                telemetry_topic(_park(s), *device_ids(o.workload, i))
+                telemetry_topic(park_of(s), *device_ids(o.workload, i))
                 for i in range(0, o.workload.devices, o.probe_every)
             ]
             observer = Observer(s, probes, topics)
@@ -510,7 +514,7 @@ async def run(o: Options) -> Result:
         if receiver is not None:
             receiver.close()
         _stop(procs)
-        await _clean_up(s, o.dsn)
+        await clean_up(s, o.dsn)
 
 
 async def _measure(
@@ -529,12 +533,12 @@ async def _measure(
     observer.probes = probes  # from now on the probe messages are measured
     stop = asyncio.Event()
     watcher = asyncio.create_task(_watch(s, probes, o, stop))
-    breaches = hooks.plan(o.workload, _park(s), o.alerts, t0, o.duration_s)
+    breaches = hooks.plan(o.workload, park_of(s), o.alerts, t0, o.duration_s)
     sender = asyncio.create_task(_send_breaches(observer, breaches))
     results = await asyncio.to_thread(
         publish_all,
         o.workload,
-        _park(s),
+        park_of(s),
         *o.mqtt,
         t0_s=t0,
         duration_s=o.duration_s,
@@ -588,7 +592,7 @@ async def _subscribe(
         secret = signing.generate_secret()
         await storage.webhooks.create_subscription(
             Subscription(
-                f"bench-{enterprise}", _park(s), enterprise,
+                f"bench-{enterprise}", park_of(s), enterprise,
                 receiver.url(enterprise), hooks.EVENT_TYPES,
             ),
             secret,

@@ -98,6 +98,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "upstream": ("upstream.cli", "HJ 212 forwarding to regulators: run | status"),
     "demo": ("demo.cli", "embedded demo: the whole path on one laptop, no services"),
     "bench": ("bench.cli", "benchmarks on the local services: e2e (open-loop load)"),
+    "drill": ("bench.drill", "fault drills under load, with a ledger: short | full"),
 }
 
 

@@ -1,0 +1,60 @@
+"""The fault drills' short tier (``smartpark drill --tier short``), as CI runs it.
+
+With the pilot park's load running, every fault of :data:`bench.drill.FAULTS` in
+turn: kill -9 of the bridge, the sink, the rules runner and the notifier; kill -9
+of the shared Mosquitto and Kafka broker and PostgreSQL's immediate shutdown, each
+restarted with ``deploy/local/services``; the edge's network cut; the database down.
+Every reading Mosquitto acknowledged must be in the database and every injected
+breach must have its alert and its signed webhook; the shared services must be up
+and healthy afterwards (the suite runs serially, so restarting them here disturbs
+no other test).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench import drill
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+async def test_the_short_tier_loses_no_acknowledged_reading_and_no_alert(
+    pg_dsn: str, mqtt_addr: tuple[str, int], kafka_bootstrap: str
+) -> None:
+    argv = ["--tier", "short", "--dsn", pg_dsn, "--kafka", kafka_bootstrap]
+    argv += ["--mqtt", f"{mqtt_addr[0]}:{mqtt_addr[1]}"]
+    o = drill.options(drill.parser().parse_args(argv))
+    outcome = await drill.Drill(o).run()
+    print(outcome.report())  # the raw drill output, kept by pytest on failure
+
+    # every fault was applied, and really: the process is a new one
+    assert [f.name for f in outcome.faults] == list(drill.FAULTS)
+    for f in outcome.faults:
+        if f.name == "netcut":
+            continue
+        old, new = re.findall(r"pid (\d+)", f.evidence)
+        assert old != new, f.evidence
+        if f.name in drill.PROCESS_FAULTS:
+            assert "exited -9" in f.evidence, f.evidence
+    assert outcome.proxy[1] >= 1  # the publisher tried during the cut, refused
+    assert outcome.publisher_disconnects >= 2  # Mosquitto's kill, the cut
+
+    # the load ran throughout, and the ledger judged every acknowledged reading
+    assert outcome.acked == outcome.sent >= 600 * 60
+    assert outcome.unacked == outcome.not_queued == 0
+    assert outcome.missing == []
+    assert outcome.kafka_readings >= outcome.acked
+
+    # every breach (one per fault, and the warm-up's) raised and delivered
+    assert len(outcome.breaches) == len(drill.FAULTS) + 1
+    assert outcome.no_alert == []
+    assert outcome.no_webhook == []
+    assert outcome.bad_signatures == 0
+
+    # after each fault the backlog drained, and the services are back
+    assert all(f.drained_s is not None for f in outcome.faults)
+    assert outcome.healthy, outcome.status
+    assert outcome.ok
