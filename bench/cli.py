@@ -22,7 +22,7 @@ rule core on the same readings in memory (:mod:`bench.rules_bench`).
 the TimescaleDB build answers, compressed (:mod:`bench.storage_bench`).
 
 ``smartpark bench report [--quick]``: all of the above and ``e2e`` at the city load
-(and twice and four times it without ``--quick``); writes ``docs/benchmarks.md``
+(and two, three and four times it without ``--quick``); writes ``docs/benchmarks.md``
 and its plots (:mod:`bench.report`).
 
 The component benches exit 0 when they ran to the end (a goal not met is printed,

@@ -88,6 +88,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
 
 from bench import e2e, hooks
+from bench.figures import service_env
 from bench.load import (
     METRICS,
     PRESETS,
@@ -794,7 +795,7 @@ class Drill:
     def _env(self) -> dict[str, str]:
         # A delivery that failed (the database was down) is retried within
         # seconds, not on the production schedule of minutes to days.
-        return e2e.process_env(self.settings) | {
+        return service_env(self.settings) | {
             "SMARTPARK_NOTIFIER__POLL_MS": "100",
             "SMARTPARK_NOTIFIER__SCHEDULE_MS": json.dumps([0, *[500] * 20]),
             "SMARTPARK_NOTIFIER__TIMEOUT_S": "3",

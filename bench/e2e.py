@@ -57,6 +57,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from bench import hooks
+from bench.figures import service_env
 from bench.load import (
     PRESETS,
     Verdict,
@@ -271,29 +272,6 @@ def run_settings(o: Options, uid: str, schema: str) -> Settings:
     )
 
 
-def process_env(s: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SMARTPARK_MQTT__HOST": s.mqtt.host,
-        "SMARTPARK_MQTT__PORT": str(s.mqtt.port),
-        "SMARTPARK_MQTT__CLIENT_ID": s.mqtt.client_id,
-        "SMARTPARK_MQTT__SUBSCRIPTION": s.mqtt.subscription,
-        "SMARTPARK_KAFKA__BOOTSTRAP": s.kafka.bootstrap,
-        "SMARTPARK_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
-        "SMARTPARK_DATABASE__DSN": s.database.dsn.get_secret_value(),
-        "SMARTPARK_DATABASE__SCHEMA": s.database.schema_,
-        "SMARTPARK_SINK__GROUP_ID": s.sink.group_id,
-        "SMARTPARK_RULES__GROUP_ID": s.rules.group_id,
-        "SMARTPARK_NOTIFIER__GROUP_ID": s.notifier.group_id,
-        "SMARTPARK_NOTIFIER__ALLOW": json.dumps(s.notifier.allow),
-        "SMARTPARK_WEBHOOKS__SECRET_KEY": _secret(s.webhooks.secret_key),
-    }
-
-
-def _secret(value: SecretStr | None) -> str:
-    return "" if value is None else value.get_secret_value()
-
-
 def park_of(s: Settings) -> str:
     return s.mqtt.subscription.split("/")[2]
 
@@ -495,7 +473,7 @@ async def run(o: Options) -> Result:
             pack = logs / "bench-pack.yaml"
             pack.write_text(hooks.PACK)
             commands += [["rules", "run", "--pack", str(pack)], ["notifier"]]
-        procs = [_start(c, process_env(s), logs) for c in commands]
+        procs = [_start(c, service_env(s), logs) for c in commands]
         async with await _connect(o, s) as conn:
             probes = Probes({}, {})  # the warm-up is not measured
             topics = [

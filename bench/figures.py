@@ -20,6 +20,7 @@ period late at either end.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import resource
@@ -183,7 +184,11 @@ def service_env(s: Settings) -> dict[str, str]:
         "SMARTPARK_DATABASE__SCHEMA": s.database.schema_,
         "SMARTPARK_SINK__GROUP_ID": s.sink.group_id,
         "SMARTPARK_RULES__GROUP_ID": s.rules.group_id,
+        "SMARTPARK_NOTIFIER__GROUP_ID": s.notifier.group_id,
+        "SMARTPARK_NOTIFIER__ALLOW": json.dumps(s.notifier.allow),
     }
+    if s.webhooks.secret_key is not None:
+        env["SMARTPARK_WEBHOOKS__SECRET_KEY"] = s.webhooks.secret_key.get_secret_value()
     return {**os.environ, **env}
 
 

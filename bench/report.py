@@ -5,7 +5,7 @@
 
 Runs, one after another so they do not compete for the cores: ``bench sink``,
 ``bench bridge``, ``bench rules``, ``bench storage`` and ``bench e2e`` at the city
-load, twice it and four times it (``--quick``: smaller backlogs and the city load
+load and two, three and four times it (``--quick``: smaller backlogs and the city load
 alone, for a run of a few minutes). Then writes ``benchmarks.md`` in ``--out``:
 
 - the machine: cores, memory, CPU model, and the versions of PostgreSQL, Mosquitto
@@ -604,7 +604,7 @@ def options(args: argparse.Namespace) -> Options:
         rules_hours=3 if quick else 6,
         storage_rows=200_000 if quick else 500_000,
         timescale_rows=50_000 if quick else 200_000,
-        e2e_scales=(1.0,) if quick else (1.0, 2.0, 4.0),
+        e2e_scales=(1.0,) if quick else (1.0, 2.0, 3.0, 4.0),
         e2e_duration_s=20.0 if quick else 60.0,
         command=f"smartpark bench report{argv}",
     )
