@@ -23,6 +23,18 @@ Contracts:
 - :meth:`pending` returns rows in insertion order (``id`` grows monotonically and
   is never reused); :meth:`delete` removes rows by id (unknown ids are ignored,
   since a row may have been dropped while its message was in flight).
+- Resend window: :meth:`acknowledge` (the PUBACK) with ``keep_s > 0`` does not
+  delete a row but marks it acknowledged at the clock's time: it is no longer
+  pending (not in :meth:`pending`, :attr:`OutboxStats.rows`, the bounds or their
+  counters) and is kept for ``keep_s``, since the broker may have acknowledged it
+  from memory and lose it in a crash. :meth:`requeue` makes the rows acknowledged
+  since a given time pending again, under their ids, so they are published again in
+  their original order; it never makes the pending rows exceed ``max_rows``: the
+  newest acknowledged rows (the likeliest to be lost) are taken first, the others
+  stay acknowledged and are counted (``requeue_skipped_rows``). Acknowledged rows
+  older than ``keep_s`` are deleted by every :meth:`acknowledge` and by
+  :meth:`purge_acknowledged`, so at most the window's worth of acknowledged rows is
+  kept. ``keep_s == 0`` deletes at the acknowledgement.
 - Counter state: ``append(..., last_counters=...)`` stores the last value of each
   counter series of the device (:class:`edge_agent.counters.CounterGuard`'s state)
   in the same transaction as the poll, and only if the poll is stored; a refused or
@@ -31,11 +43,11 @@ Contracts:
   Sequence numbers count within an epoch: an outbox deleted or replaced starts
   again at 1 under a new epoch, which travels with every batch, so the platform
   never reads a restart at 1 as a replay of old readings or a gap.
-- Schema version 3 (``PRAGMA user_version``): an older file is upgraded in place,
+- Schema version 4 (``PRAGMA user_version``): an older file is upgraded in place,
   in one transaction, by :meth:`open` (version 1 lacks the ``reset`` column and the
   ``counter_values`` table, version 2 the series columns ``data_type`` and
-  ``stat``, which read as real-time values); a file newer than this agent is
-  refused.
+  ``stat``, which read as real-time values, version 3 the ``acked_ms`` column, so
+  its rows are all pending); a file newer than this agent is refused.
 
 Threading: every public method takes one internal lock, so an :class:`Outbox` may
 be shared by the asyncio thread and paho's network thread. The agent nevertheless
@@ -57,8 +69,15 @@ from edge_agent.config import OutboxConfig
 from edge_agent.sample import Clock, Sample, to_ms
 from smartpark.errors import StorageError
 
-SCHEMA_VERSION = 3
-_COUNTERS = ("dropped_rows", "expired_rows", "refused_polls", "refused_rows")
+SCHEMA_VERSION = 4
+_COUNTERS = (
+    "dropped_rows",
+    "expired_rows",
+    "refused_polls",
+    "refused_rows",
+    "requeued_rows",
+    "requeue_skipped_rows",
+)
 _COUNTER_VALUES = """
 CREATE TABLE IF NOT EXISTS counter_values (
     device TEXT NOT NULL,
@@ -80,10 +99,12 @@ CREATE TABLE IF NOT EXISTS readings (
     stored_ms INTEGER NOT NULL,
     reset     TEXT,               -- smartpark.wire.Reset value; NULL: continues
     data_type TEXT    NOT NULL DEFAULT 'realtime',  -- smartpark.wire.DataType
-    stat      TEXT    NOT NULL DEFAULT 'value'      -- smartpark.wire.Stat
+    stat      TEXT    NOT NULL DEFAULT 'value',     -- smartpark.wire.Stat
+    acked_ms  INTEGER             -- PUBACK time (resend window); NULL: pending
 );
 CREATE INDEX IF NOT EXISTS readings_device ON readings (device, id);
 CREATE INDEX IF NOT EXISTS readings_stored ON readings (stored_ms);
+CREATE INDEX IF NOT EXISTS readings_acked ON readings (acked_ms);
 CREATE TABLE IF NOT EXISTS sequences (
     device   TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
@@ -105,14 +126,18 @@ _SERIES_COLUMNS = (
     "ALTER TABLE readings ADD COLUMN data_type TEXT NOT NULL DEFAULT 'realtime'",
     "ALTER TABLE readings ADD COLUMN stat TEXT NOT NULL DEFAULT 'value'",
 )
+_ACKED_COLUMN = "ALTER TABLE readings ADD COLUMN acked_ms INTEGER"
 _UPGRADES = {
     1: (
         "ALTER TABLE readings ADD COLUMN reset TEXT",
         _COUNTER_VALUES,
         *_SERIES_COLUMNS,
+        _ACKED_COLUMN,
     ),
-    2: _SERIES_COLUMNS,
+    2: (*_SERIES_COLUMNS, _ACKED_COLUMN),
+    3: (_ACKED_COLUMN,),
 }
+_PENDING = "acked_ms IS NULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +165,25 @@ class Appended:
 
 
 @dataclass(frozen=True, slots=True)
+class Requeued:
+    """Outcome of one :meth:`Outbox.requeue`."""
+
+    rows: int  # acknowledged rows made pending again, to be published again
+    skipped: int  # acknowledged rows within the window left out: max_rows reached
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
-    rows: int
+    rows: int  # pending: not acknowledged by the broker
     oldest_age_s: float | None
     max_rows: int
     dropped_rows: int
     expired_rows: int
     refused_polls: int
     refused_rows: int
+    acked_rows: int = 0  # acknowledged, kept for the resend window
+    requeued_rows: int = 0  # acknowledged rows made pending again after a lost link
+    requeue_skipped_rows: int = 0  # ... that did not fit under max_rows
 
 
 class Outbox:
@@ -204,7 +240,9 @@ class Outbox:
                     self._upgrade(conn, _UPGRADES[version])
                 conn.executescript(_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                self._rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+                self._rows = conn.execute(
+                    f"SELECT COUNT(*) FROM readings WHERE {_PENDING}"
+                ).fetchone()[0]
                 for name, value in conn.execute("SELECT name, value FROM counters"):
                     self._counters[name] = value
                 conn.execute(
@@ -221,7 +259,7 @@ class Outbox:
     @staticmethod
     def _upgrade(conn: sqlite3.Connection, statements: tuple[str, ...]) -> None:
         # DDL and user_version are transactional in SQLite: a crash mid-upgrade
-        # leaves a version-1 file, upgraded again at the next open.
+        # leaves the old version's file, upgraded again at the next open.
         # (execute, not executescript: that would COMMIT before running.)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -315,7 +353,9 @@ class Outbox:
             (device, seq),
         )
         expired = db.execute(
-            "DELETE FROM readings WHERE stored_ms < ?", (now_ms - self.max_age_ms,)
+            # "+": the range on readings_stored is short, the pending rows are not.
+            "DELETE FROM readings WHERE stored_ms < ? AND +acked_ms IS NULL",
+            (now_ms - self.max_age_ms,),
         ).rowcount
         self._rows -= expired
         self._count(db, "expired_rows", expired)
@@ -329,7 +369,7 @@ class Outbox:
         if excess > 0:
             dropped = db.execute(
                 "DELETE FROM readings WHERE id IN "
-                "(SELECT id FROM readings ORDER BY id LIMIT ?)",
+                f"(SELECT id FROM readings WHERE {_PENDING} ORDER BY id LIMIT ?)",
                 (excess,),
             ).rowcount
             self._rows -= dropped
@@ -368,7 +408,9 @@ class Outbox:
             )
 
     def _reload(self, db: sqlite3.Connection) -> None:
-        self._rows = db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        self._rows = db.execute(
+            f"SELECT COUNT(*) FROM readings WHERE {_PENDING}"
+        ).fetchone()[0]
         self._counters = dict.fromkeys(_COUNTERS, 0)
         for name, value in db.execute("SELECT name, value FROM counters"):
             self._counters[name] = value
@@ -376,10 +418,11 @@ class Outbox:
     def pending(
         self, limit: int, *, device: str | None = None, after_id: int = 0
     ) -> list[Row]:
-        """Up to ``limit`` rows with ``id > after_id`` (of ``device``), oldest first."""
+        """Up to ``limit`` pending rows with ``id > after_id`` (of ``device``),
+        oldest first."""
         sql = (
             "SELECT id, device, seq, metric, value, unit, ts_ms, quality, reset,"
-            " data_type, stat FROM readings WHERE id > ?"
+            f" data_type, stat FROM readings WHERE id > ? AND {_PENDING}"
         )
         args: tuple[object, ...] = (after_id,)
         if device is not None:
@@ -412,34 +455,115 @@ class Outbox:
             return int(row[0]) if row else 0
 
     def delete(self, ids: Iterable[int]) -> int:
-        """Delete rows by id (after their PUBACK); returns how many existed."""
+        """Delete pending rows by id; returns how many existed. Acknowledged rows
+        are left alone (they go by :meth:`acknowledge` or
+        :meth:`purge_acknowledged`)."""
+        return self._acknowledge(ids, keep_s=0, purge=False)
+
+    def acknowledge(self, ids: Iterable[int], *, keep_s: float) -> int:
+        """The broker acknowledged these rows (their PUBACK): keep them, marked
+        acknowledged now, for ``keep_s`` (0: delete them at once), and delete the
+        rows acknowledged longer ago than that. Returns how many of ``ids`` were
+        pending (unknown or already acknowledged ids are ignored)."""
+        return self._acknowledge(ids, keep_s=keep_s, purge=True)
+
+    def _acknowledge(self, ids: Iterable[int], *, keep_s: float, purge: bool) -> int:
         batch = [(i,) for i in ids]
+        now_ms = to_ms(self._clock())
         with self._lock:
             db = self._db()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     before = db.total_changes
-                    db.executemany("DELETE FROM readings WHERE id = ?", batch)
-                    deleted = db.total_changes - before
+                    if keep_s > 0:
+                        db.executemany(
+                            "UPDATE readings SET acked_ms = ?"
+                            f" WHERE id = ? AND {_PENDING}",
+                            [(now_ms, i) for (i,) in batch],
+                        )
+                    else:
+                        db.executemany(
+                            f"DELETE FROM readings WHERE id = ? AND {_PENDING}", batch
+                        )
+                    done = db.total_changes - before
+                    if purge:
+                        self._purge(db, now_ms - int(keep_s * 1000))
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise StorageError(f"{self.path}: delete failed: {exc}") from exc
-            self._rows -= deleted
-            return deleted
+                raise StorageError(f"{self.path}: acknowledge failed: {exc}") from exc
+            self._rows -= done
+            return done
+
+    def purge_acknowledged(self, keep_s: float) -> int:
+        """Delete the rows acknowledged more than ``keep_s`` ago; returns how many."""
+        now_ms = to_ms(self._clock())
+        with self._lock:
+            db = self._db()
+            try:
+                return self._purge(db, now_ms - int(keep_s * 1000))
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: purge failed: {exc}") from exc
+
+    @staticmethod
+    def _purge(db: sqlite3.Connection, before_ms: int) -> int:
+        # Rows acknowledged at or after before_ms are kept; NULL (pending) never
+        # compares, so pending rows are never purged here.
+        return int(
+            db.execute("DELETE FROM readings WHERE acked_ms < ?", (before_ms,)).rowcount
+        )
+
+    def requeue(self, since_ms: int) -> Requeued:
+        """Make the rows acknowledged at or after ``since_ms`` pending again (the
+        connection was lost and the broker may have lost them; see the module
+        contract). Pending rows stay within ``max_rows``: the newest acknowledged
+        rows are taken first; the rest are counted as skipped."""
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    ids = [
+                        r[0]
+                        for r in db.execute(
+                            # "+id": by readings_acked, not a scan in id order.
+                            "SELECT id FROM readings WHERE acked_ms >= ?"
+                            " ORDER BY +id DESC",
+                            (since_ms,),
+                        )
+                    ]
+                    room = max(0, self.max_rows - self._rows)
+                    taken, skipped = ids[:room], ids[room:]
+                    db.executemany(
+                        "UPDATE readings SET acked_ms = NULL WHERE id = ?",
+                        [(i,) for i in taken],
+                    )
+                    self._count(db, "requeued_rows", len(taken))
+                    self._count(db, "requeue_skipped_rows", len(skipped))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    self._reload(db)
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: requeue failed: {exc}") from exc
+            self._rows += len(taken)
+            return Requeued(len(taken), len(skipped))
 
     def stats(self) -> OutboxStats:
         now_ms = to_ms(self._clock())
         with self._lock:
-            row = (
-                self._db()
-                .execute("SELECT stored_ms FROM readings ORDER BY id LIMIT 1")
-                .fetchone()
-            )
+            db = self._db()
+            row = db.execute(
+                f"SELECT stored_ms FROM readings WHERE {_PENDING} ORDER BY id LIMIT 1"
+            ).fetchone()
             age = None if row is None else max(0.0, (now_ms - row[0]) / 1000)
+            acked = db.execute(
+                "SELECT COUNT(*) FROM readings WHERE acked_ms IS NOT NULL"
+            ).fetchone()[0]
             c = self._counters
             return OutboxStats(
                 rows=self._rows,
@@ -449,4 +573,7 @@ class Outbox:
                 expired_rows=c["expired_rows"],
                 refused_polls=c["refused_polls"],
                 refused_rows=c["refused_rows"],
+                acked_rows=acked,
+                requeued_rows=c["requeued_rows"],
+                requeue_skipped_rows=c["requeue_skipped_rows"],
             )

@@ -1,10 +1,27 @@
-"""MQTT publishing of the outbox: QoS 1, persistent session, delete on PUBACK.
+"""MQTT publishing of the outbox: QoS 1, persistent session, a resend window.
 
 Contracts:
 
 - Rows leave the outbox only in the PUBACK handler of the message that carried
   them, and only if the PUBACK accepts it (at least once). A crash before the
   PUBACK re-sends them after restart: duplicates, never loss.
+- A PUBACK is not the broker's disk: Mosquitto acknowledges from memory and saves
+  every ``autosave_interval``, so a broker that is killed loses what it
+  acknowledged since its last save. An accepted row is therefore kept in the
+  outbox, marked acknowledged, for ``publish.resend_window_s``
+  (:meth:`Outbox.acknowledge`; 0 deletes it at once). When the connection is lost
+  (not on a graceful stop), the rows acknowledged within the window before the
+  loss was noticed become pending again (:meth:`Outbox.requeue`), and so do, when
+  the agent starts, the rows acknowledged within the window before the start (the
+  agent cannot know what the broker did while it was away). They are published
+  again after the reconnect, in their original per-device order and before any
+  row stored later; a CONNACK with "session present: False" (a broker restarted
+  without its persistence) is treated the same way, nothing more can be learnt
+  from it. The only messages that may arrive before them are the ones in flight at
+  the loss, which paho re-sends itself at the CONNACK (see "draining" below).
+  Every re-sent row is a duplicate unless the broker lost it; the platform stores
+  a reading once. Counted: :attr:`PublisherStats.resends` (lost connections and
+  starts that queued rows again) and ``resent_readings``.
 - Protocol: MQTT 5 by default (``broker.protocol``), so that a broker's refusal is
   visible. A PUBACK whose reason code is a failure (>= 0x80: 0x87 Not authorized,
   0x97 Quota exceeded, 0x99 Payload format invalid, ...) is not an
@@ -171,6 +188,8 @@ class PublisherStats:
     refused_readings: int = 0  # readings in refused messages (kept, retried)
     refusing: tuple[Refusal, ...] = ()  # topics refused right now
     no_subscribers: int = 0  # accepted with 0x10: nobody subscribed, dropped
+    resends: int = 0  # lost connections (and starts) that queued readings again
+    resent_readings: int = 0  # acknowledged readings queued again to be re-sent
 
 
 def reason_text(code: int, name: str) -> str:
@@ -229,6 +248,11 @@ class Publisher:
         self._refused_readings = 0
         self._no_subscribers = 0
         self._unheard: set[str] = set()  # topics last acknowledged with 0x10
+        # Acknowledged rows from this time on are to be queued again (the task does
+        # it: a storage failure must fail the task, not vanish in a callback).
+        self._requeue_since_ms: int | None = None
+        self._resends = 0
+        self._resent_readings = 0
 
     @property
     def agent_status_topic(self) -> str:
@@ -238,6 +262,7 @@ class Publisher:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._disconnected_since_ms = to_ms(self._clock())
+        self._lost_link(self._disconnected_since_ms)
         broker = self._cfg.broker
         v5 = broker.protocol == "5"
         if v5:
@@ -330,6 +355,8 @@ class Publisher:
                 for topic, r in self._refused.items()
             ),
             no_subscribers=self._no_subscribers,
+            resends=self._resends,
+            resent_readings=self._resent_readings,
         )
 
     async def stop(self, flush_timeout_s: float = 5.0) -> None:
@@ -508,6 +535,8 @@ class Publisher:
             return
         if self._connected:
             self._disconnected_since_ms = to_ms(self._clock())
+            if not self._stopping:
+                self._lost_link(self._disconnected_since_ms)
         if self._stopping:
             log.info("disconnected from broker (%s)", reason)
         elif self._connected:
@@ -520,6 +549,47 @@ class Publisher:
                 len(self._in_flight),
             )
         self._connected = False
+
+    def _lost_link(self, at_ms: int) -> None:
+        """Queue again (in the task) what was acknowledged within the window."""
+        window_ms = int(self._cfg.publish.resend_window_s * 1000)
+        if window_ms > 0:
+            since = at_ms - window_ms
+            if self._requeue_since_ms is not None:
+                since = min(since, self._requeue_since_ms)
+            self._requeue_since_ms = since
+            self._wake.set()
+
+    def _requeue(self) -> None:
+        """Make the rows acknowledged since the lost link pending again.
+
+        Publishing then starts again from each device's oldest pending row. That is
+        safe here: nothing new goes out before every message in flight at the loss is
+        acknowledged (draining), so no row is ever in flight twice."""
+        since, self._requeue_since_ms = self._requeue_since_ms, None
+        if since is None:
+            return
+        window = self._cfg.publish.resend_window_s
+        self._outbox.purge_acknowledged(window)
+        requeued = self._outbox.requeue(since)
+        if requeued.skipped:
+            log.error(
+                "%d acknowledged readings not queued again: the outbox is full (%d "
+                "rows); lost if the broker lost them",
+                requeued.skipped,
+                self._outbox.max_rows,
+            )
+        if not requeued.rows:
+            return
+        self._resends += 1
+        self._resent_readings += requeued.rows
+        self._cursor.clear()
+        log.info(
+            "%d readings acknowledged in the last %.0f s are sent again after the "
+            "reconnect (the broker may have lost what it had not saved yet)",
+            requeued.rows,
+            window,
+        )
 
     def _on_beacon(self, payload: bytes, heard_ms: int) -> None:
         try:
@@ -549,7 +619,9 @@ class Publisher:
                 continue
             self._on_accepted(entry.topic, no_subscribers=code == _NO_SUBSCRIBERS)
             if entry.row_ids:
-                self._outbox.delete(entry.row_ids)
+                self._outbox.acknowledge(
+                    entry.row_ids, keep_s=self._cfg.publish.resend_window_s
+                )
                 self._acked += 1
                 self._acked_readings += entry.readings
         if acks:
@@ -708,6 +780,8 @@ class Publisher:
                     await self._wake.wait()
             self._wake.clear()
             self._process_acks()
+            # After the acks: a PUBACK that came just before the loss is in the window.
+            self._requeue()
             if self._connected and not self._draining and not self._stopping:
                 self._retry_statuses()
             self._fill()

@@ -191,6 +191,16 @@ def _families(stats: AgentStats) -> list[_Family]:
             "Rows refused because the outbox was full (refuse_new).",
             ob.refused_rows,
         ),
+        _gauge(
+            "outbox_acked_rows",
+            "Rows the broker acknowledged, kept for publish.resend_window_s.",
+            ob.acked_rows,
+        ),
+        _counter(
+            "outbox_requeue_skipped_rows_total",
+            "Acknowledged rows not sent again after a lost connection: outbox full.",
+            ob.requeue_skipped_rows,
+        ),
     ]
     pub = stats.publisher
     since = pub.disconnected_since_ms
@@ -245,6 +255,18 @@ def _families(stats: AgentStats) -> list[_Family]:
             "in_flight_messages",
             "Messages sent and not yet acknowledged.",
             pub.in_flight,
+        ),
+        _counter(
+            "broker_resends_total",
+            "Lost connections (and starts) after which acknowledged readings were"
+            " sent again.",
+            pub.resends,
+        ),
+        _counter(
+            "resent_readings_total",
+            "Readings acknowledged within publish.resend_window_s before a lost"
+            " connection, sent again (the broker may have lost them).",
+            pub.resent_readings,
         ),
         _Family(
             "broker_refused_messages_total",

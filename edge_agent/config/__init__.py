@@ -11,7 +11,7 @@ shape is (one module per section: :mod:`.broker`, :mod:`.devices`, :mod:`.hj212`
                    key_password_file | key_password_env, server_name}}
     outbox: {path, max_rows, max_age_s, overflow: drop_oldest | refuse_new}
     publish: {max_readings_per_message, max_in_flight,
-              refused_retry_min_s, refused_retry_max_s}
+              refused_retry_min_s, refused_retry_max_s, resend_window_s}
     status: {host, port, unhealthy_after_s}      # optional: the local endpoint
     serial_lines:                                 # optional: RS-485 lines owned
       - {id, port, baudrate, bytesize: 7 | 8, parity: N | E | O, stopbits: 1 | 2}

@@ -49,12 +49,37 @@ class OutboxConfig(StrictModel):
 class PublishConfig(StrictModel):
     """How the outbox is published. A message the broker refuses (an MQTT 5 PUBACK
     with a failure reason code) keeps its rows; its topic is retried, one message at
-    a time, after ``refused_retry_min_s``, doubling up to ``refused_retry_max_s``."""
+    a time, after ``refused_retry_min_s``, doubling up to ``refused_retry_max_s``.
+
+    ``resend_window_s``: a PUBACK does not mean the message is on the broker's disk.
+    Mosquitto acknowledges from memory and writes its database every
+    ``autosave_interval`` (60 s in ``deploy/compose/mosquitto/mosquitto.conf``), so a
+    broker killed (kill -9, OOM kill, power cut) loses what it acknowledged since its
+    last save. The outbox therefore keeps an acknowledged row this long, and when the
+    connection is lost the rows acknowledged within this time before the loss was
+    noticed are published again after the reconnect (duplicates, which the platform
+    stores once). The default, 120 s, is the 60 s autosave plus the longest the agent
+    may take to notice a broker that went silent without closing the connection (a
+    host that lost power): paho gives up after one to two ``broker.keepalive_s``, 60
+    s at the default 30. A killed process on a live host closes the connection at
+    once, so 60 s would do there. Set it to at least the broker's
+    ``autosave_interval`` plus twice the keepalive; 0 deletes a row at its PUBACK (a
+    broker that saves every change needs no window). The cost: disk for the window's
+    worth of acknowledged rows, and those rows sent again after every lost
+    connection.
+
+    Off (0) by default for now: the platform stores a re-sent reading once, but the
+    rules judge instant rules (``threshold``) in stream order, so a re-sent breach
+    reading older than the device's newest one would open its alert again (and send
+    its webhook) after every lost connection. Turn it on (120 s with the compose
+    stack's broker) where losing acknowledged readings to a broker crash is the
+    greater harm, or once the rules judge a re-sent reading only once."""
 
     max_readings_per_message: int = Field(default=500, ge=1, le=wire.MAX_READINGS)
     max_in_flight: int = Field(default=20, ge=1, le=1000)
     refused_retry_min_s: float = Field(default=1.0, gt=0)
     refused_retry_max_s: float = Field(default=60.0, gt=0)
+    resend_window_s: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _retry_range(self) -> PublishConfig:

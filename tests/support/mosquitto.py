@@ -1,8 +1,10 @@
 """A Mosquitto process owned by one test: its own port, config, certificates, users.
 
 For what the shared broker of ``deploy/local/services`` cannot be: a TLS listener,
-client certificates, a password file, a broker a test may stop, freeze and restart
-(with ``persistence``, sessions and queued messages survive a restart). Usage::
+client certificates, a password file, a broker a test may stop, freeze, kill and
+restart (with ``persistence``, sessions and queued messages survive a restart by
+:meth:`TestBroker.stop`, which saves them; :meth:`TestBroker.kill` keeps only what
+the last autosave wrote). Usage::
 
     with TestBroker(tmp_path / "broker", tls=ServerTls(ca, server_cert)) as broker:
         ...  # broker.port; broker.log() on failure
@@ -102,6 +104,8 @@ class TestBroker:
 
     ``users``: name → password; when given, anonymous clients are refused.
     ``persistence``: keep sessions on disk across :meth:`stop` / :meth:`start`.
+    ``autosave_interval_s``: with ``persistence``, how often mosquitto writes its
+    database (its own default: 1800 s); what came since is lost by :meth:`kill`.
     """
 
     __test__ = False  # not a test class, despite the name
@@ -113,12 +117,14 @@ class TestBroker:
         tls: ServerTls | None = None,
         users: dict[str, str] | None = None,
         persistence: bool = False,
+        autosave_interval_s: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = restartable_port()
         self._tls = tls
         self._users = users
         self._persistence = persistence
+        self._autosave_interval_s = autosave_interval_s
         self._exe = mosquitto_exe()
         self._log = workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -149,6 +155,8 @@ class TestBroker:
             lines += ["allow_anonymous false", f"password_file {passwd}"]
         if self._persistence:
             lines += ["persistence true", f"persistence_location {d}/"]
+            if self._autosave_interval_s is not None:
+                lines.append(f"autosave_interval {self._autosave_interval_s}")
         if os.geteuid() == 0:
             # As root mosquitto drops to user "mosquitto", which cannot read here.
             lines.append("user root")
@@ -189,6 +197,14 @@ class TestBroker:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL: nothing is saved; a restart has the database of the last
+        autosave (or of the last :meth:`stop`)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait(10)
 
     def log(self) -> str:
         return self._log.read_text(errors="replace") if self._log.exists() else ""

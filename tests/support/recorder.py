@@ -28,7 +28,9 @@ class Recorder:
     """A real MQTT subscriber that records every message it receives, in order.
 
     ``persistent`` uses a persistent session, so the broker queues messages for it
-    while it reconnects after an outage; ``tls`` connects over TLS.
+    while it reconnects after an outage; ``tls`` connects over TLS. ``client_id``
+    (default: a fresh one): a second Recorder with the same id and ``persistent``
+    takes over the first one's session and receives what the broker queued for it.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class Recorder:
         *,
         persistent: bool,
         tls: ssl.SSLContext | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.topic = topic
         self._lock = threading.Lock()
@@ -46,7 +49,7 @@ class Recorder:
         self._subscribed = threading.Event()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"recorder-{uuid.uuid4().hex[:8]}",
+            client_id=client_id or f"recorder-{uuid.uuid4().hex[:8]}",
             clean_session=not persistent,
             protocol=mqtt.MQTTv311,
         )

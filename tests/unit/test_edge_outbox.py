@@ -1,8 +1,9 @@
 """The SQLite outbox: nothing lost or duplicated, order kept, bounds counted.
 
 The Hypothesis state machine drives a real outbox file with random appends,
-acknowledgements (deletes), clock jumps and reopenings, and checks it against a
-plain list after every step.
+acknowledgements (kept for a resend window or deleted), re-queues after a lost
+connection, purges, clock jumps and reopenings, and checks it against a plain list
+after every step.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import SCHEMA_VERSION, Outbox
 from edge_agent.sample import Sample
 from smartpark.errors import StorageError
 
@@ -234,6 +235,13 @@ def v1_file(path: Path) -> None:
     conn.close()
 
 
+def as_version_3(conn: sqlite3.Connection) -> None:
+    """Turn a current outbox file back into version 3 (before the resend window)."""
+    conn.execute("DROP INDEX readings_acked")
+    conn.execute("ALTER TABLE readings DROP COLUMN acked_ms")
+    conn.execute("PRAGMA user_version=3")
+
+
 def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     v1_file(path)
@@ -253,7 +261,7 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     assert box.counter_values() == {("a", "active_energy"): 1.0}
     box.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
     # Opening the upgraded file again changes nothing.
     box = make(path, FakeClock())
@@ -265,8 +273,9 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
 def test_a_version_2_file_keeps_its_rows_as_real_time_values(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     v1_file(path)
-    make(path, FakeClock()).close()  # now version 3; make it look like version 2
+    make(path, FakeClock()).close()  # now the latest; make it look like version 2
     with sqlite3.connect(path) as conn:
+        as_version_3(conn)
         conn.execute("ALTER TABLE readings DROP COLUMN data_type")
         conn.execute("ALTER TABLE readings DROP COLUMN stat")
         conn.execute("PRAGMA user_version=2")
@@ -311,6 +320,7 @@ class ModelRow:
     value: float
     stored_ms: int
     reset: str | None = None
+    acked_ms: int | None = None  # None: pending
 
 
 class OutboxMachine(RuleBasedStateMachine):
@@ -330,6 +340,8 @@ class OutboxMachine(RuleBasedStateMachine):
             "expired": 0,
             "refused_polls": 0,
             "refused_rows": 0,
+            "requeued": 0,
+            "requeue_skipped": 0,
         }
         self.value = 0.0
         self.counter_values: dict[tuple[str, str], float] = {}
@@ -338,10 +350,21 @@ class OutboxMachine(RuleBasedStateMachine):
         max_rows=st.integers(1, 12),
         max_age_s=st.sampled_from([5.0, 30.0, 1e6]),
         overflow=st.sampled_from(["drop_oldest", "refuse_new"]),
+        window_s=st.sampled_from([0.0, 4.0, 40.0]),
     )
-    def setup(self, max_rows: int, max_age_s: float, overflow: str) -> None:
+    def setup(
+        self, max_rows: int, max_age_s: float, overflow: str, window_s: float
+    ) -> None:
         self.max_rows, self.max_age_s, self.overflow = max_rows, max_age_s, overflow
+        self.window_s = window_s
         self.box = self.open()
+
+    def pending(self) -> list[ModelRow]:
+        return [r for r in self.rows if r.acked_ms is None]
+
+    def model_purge(self, keep_s: float) -> None:
+        before = self.now_ms() - int(keep_s * 1000)
+        self.rows = [r for r in self.rows if r.acked_ms is None or r.acked_ms >= before]
 
     def open(self) -> Outbox:
         return make(
@@ -364,7 +387,12 @@ class OutboxMachine(RuleBasedStateMachine):
         assert self.box is not None
         now = self.now_ms()
         max_rows = self.max_rows
-        keep = [r for r in self.rows if r.stored_ms >= now - self.max_age_s * 1000]
+        # only pending rows expire; acknowledged ones go with the resend window
+        keep = [
+            r
+            for r in self.rows
+            if r.acked_ms is not None or r.stored_ms >= now - self.max_age_s * 1000
+        ]
         self.counters["expired"] += len(self.rows) - len(keep)
         self.rows = keep
         seq = self.seqs.get(device, 0) + 1
@@ -375,7 +403,7 @@ class OutboxMachine(RuleBasedStateMachine):
         last = {s.metric: s.value for s in polled}
         result = self.box.append(device, polled, last_counters=last)
         assert result.seq == seq
-        excess = len(self.rows) + n - max_rows
+        excess = len(self.pending()) + n - max_rows
         if n > max_rows or (excess > 0 and self.overflow == "refuse_new"):
             assert not result.stored
             self.counters["refused_polls"] += 1
@@ -385,19 +413,55 @@ class OutboxMachine(RuleBasedStateMachine):
         self.counter_values.update(((device, m), v) for m, v in last.items())
         if excess > 0:
             self.counters["dropped"] += excess
-            self.rows = self.rows[excess:]
+            dropped = {id(r) for r in self.pending()[:excess]}
+            self.rows = [r for r in self.rows if id(r) not in dropped]
         self.rows += [
             ModelRow(device, seq, s.metric, s.value, now, s.reset) for s in polled
         ]
 
-    @precondition(lambda self: bool(self.rows))
-    @rule(data=st.data())
-    def acknowledge(self, data: st.DataObject) -> None:
+    @precondition(lambda self: bool(self.pending()))
+    @rule(data=st.data(), keep=st.booleans())
+    def acknowledge(self, data: st.DataObject, keep: bool) -> None:
+        """A PUBACK: kept for the window (or deleted, as ``delete`` always does)."""
         assert self.box is not None
         pending = self.box.pending(10_000)
         picked = data.draw(st.sets(st.integers(0, len(pending) - 1), min_size=1))
-        assert self.box.delete([pending[i].id for i in picked]) == len(picked)
-        self.rows = [r for i, r in enumerate(self.rows) if i not in picked]
+        ids = [pending[i].id for i in picked]
+        model = self.pending()
+        if keep:
+            assert self.box.acknowledge(ids, keep_s=self.window_s) == len(picked)
+            if self.window_s > 0:
+                for i in picked:
+                    model[i].acked_ms = self.now_ms()
+            else:
+                gone = {id(model[i]) for i in picked}
+                self.rows = [r for r in self.rows if id(r) not in gone]
+            self.model_purge(self.window_s)
+        else:
+            assert self.box.delete(ids) == len(picked)
+            gone = {id(model[i]) for i in picked}
+            self.rows = [r for r in self.rows if id(r) not in gone]
+
+    @rule(lost_s_ago=st.sampled_from([0.0, 3.0, 30.0]))
+    def requeue(self, lost_s_ago: float) -> None:
+        """The connection was lost: the rows acknowledged since come back."""
+        assert self.box is not None
+        since = self.now_ms() - int(lost_s_ago * 1000)
+        acked = [r for r in self.rows if r.acked_ms is not None and r.acked_ms >= since]
+        room = max(0, self.max_rows - len(self.pending()))
+        taken = acked[::-1][:room]  # the newest first
+        result = self.box.requeue(since)
+        assert (result.rows, result.skipped) == (len(taken), len(acked) - len(taken))
+        for r in taken:
+            r.acked_ms = None
+        self.counters["requeued"] += len(taken)
+        self.counters["requeue_skipped"] += len(acked) - len(taken)
+
+    @rule()
+    def purge_acknowledged(self) -> None:
+        assert self.box is not None
+        self.box.purge_acknowledged(self.window_s)
+        self.model_purge(self.window_s)
 
     @rule(ids=st.lists(st.integers(-5, 10_000_000), max_size=3))
     def acknowledge_unknown(self, ids: list[int]) -> None:
@@ -422,7 +486,8 @@ class OutboxMachine(RuleBasedStateMachine):
             return
         pending = self.box.pending(10_000)
         got = [(r.device, r.seq, r.metric, r.value, r.reset) for r in pending]
-        assert got == [(r.device, r.seq, r.metric, r.value, r.reset) for r in self.rows]
+        want = [(r.device, r.seq, r.metric, r.value, r.reset) for r in self.pending()]
+        assert got == want
         # Counter state changes with stored polls only (refused ones leave it).
         assert self.box.counter_values() == self.counter_values
         ids = [r.id for r in pending]
@@ -437,7 +502,10 @@ class OutboxMachine(RuleBasedStateMachine):
         if self.box is None:
             return
         stats = self.box.stats()
-        assert stats.rows == len(self.rows) <= stats.max_rows
+        assert stats.rows == len(self.pending()) <= stats.max_rows
+        assert stats.acked_rows == len(self.rows) - len(self.pending())
+        assert stats.requeued_rows == self.counters["requeued"]
+        assert stats.requeue_skipped_rows == self.counters["requeue_skipped"]
         assert stats.dropped_rows == self.counters["dropped"]
         assert stats.expired_rows == self.counters["expired"]
         assert stats.refused_polls == self.counters["refused_polls"]
