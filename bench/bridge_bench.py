@@ -46,6 +46,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.drain import drop_topics, end_offsets, produce_all, watch_end_offsets
+from bench.e2e import park_of
 from bench.figures import (
     Figure,
     Memory,
@@ -136,10 +137,6 @@ def _settings(o: Options, uid: str) -> Settings:
         ),
         kafka=KafkaSettings(bootstrap=o.kafka, topic_prefix=f"bbench{uid}."),
     )
-
-
-def _park(s: Settings) -> str:
-    return s.mqtt.subscription.split("/")[2]
 
 
 def backlog(w: Workload, park: str, n: int, t0_ms: int) -> list[tuple[str, bytes]]:
@@ -269,7 +266,7 @@ async def run(o: Options) -> Result:
         base = await end_offsets(o.kafka, topic)
         raw.subscribe_session()
         w = PRESETS["city"]
-        messages = backlog(w, _park(s), o.messages, round(time.time() * 1000))
+        messages = backlog(w, park_of(s), o.messages, round(time.time() * 1000))
         publish_s = await asyncio.to_thread(publish, s, messages)
         await asyncio.to_thread(raw.drain, o.timeout_s)
         progress = Progress("bridge", o.messages)
@@ -315,13 +312,13 @@ async def _warm_up(s: Settings, topic: str, bridge: ServiceProcess) -> None:
     try:
         for seq in range(1, 61):
             batch = TelemetryBatch(
-                _park(s),
+                park_of(s),
                 "e-warmup",
                 "warmup",
                 (Reading(seq, "active_power", 1.0, "kW", round(time.time() * 1000)),),
             )
             pub.client.publish(
-                telemetry_topic(_park(s), "e-warmup", "warmup"),
+                telemetry_topic(park_of(s), "e-warmup", "warmup"),
                 encode_batch(batch),
                 qos=1,
             )

@@ -57,7 +57,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from bench import hooks
-from bench.figures import service_env
+from bench.figures import add_endpoints, service_env
 from bench.load import (
     PRESETS,
     Verdict,
@@ -620,7 +620,6 @@ def options(args: argparse.Namespace) -> Options:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get
     parser.add_argument("--preset", choices=sorted(PRESETS), default="city")
     parser.add_argument("--duration", type=float, default=60.0, metavar="S")
     parser.add_argument("--rate-scale", type=float, default=1.0, metavar="X")
@@ -636,13 +635,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="enterprises whose analyser breaches every 20 s: rules runner, notifier"
         " and webhook latency (0: bridge and sink only)",
     )
-    parser.add_argument(
-        "--dsn",
-        default=env(
-            "SMARTPARK_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:54329/smartpark"
-        ),
-    )
-    parser.add_argument("--mqtt", default=env("SMARTPARK_TEST_MQTT", "127.0.0.1:18830"))
-    parser.add_argument(
-        "--kafka", default=env("SMARTPARK_TEST_KAFKA", "127.0.0.1:19092")
-    )
+    add_endpoints(parser)
