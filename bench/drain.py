@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from bench.figures import SAMPLE_S, Progress, ServiceProcess
 from smartpark.settings import KafkaSettings
@@ -143,10 +144,21 @@ async def watch_committed(
     ``proc`` exits."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    last = 0
 
     async def done() -> int:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return per_record * sum(max(0, int(o.offset)) for o in offsets.values())
+        # The group's coordinator may not be there yet (the offsets topic is still
+        # being created or its leader is moving): a retriable error; the progress
+        # stays at the last sample and the next one asks again.
+        nonlocal last
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            return last
+        last = per_record * sum(max(0, int(o.offset)) for o in offsets.values())
+        return last
 
     try:
         await _sample(
