@@ -68,18 +68,14 @@ class PublishConfig(StrictModel):
     worth of acknowledged rows, and those rows sent again after every lost
     connection.
 
-    Off (0) by default for now: the platform stores a re-sent reading once, but the
-    rules judge instant rules (``threshold``) in stream order, so a re-sent breach
-    reading older than the device's newest one would open its alert again (and send
-    its webhook) after every lost connection. Turn it on (120 s with the compose
-    stack's broker) where losing acknowledged readings to a broker crash is the
-    greater harm, or once the rules judge a re-sent reading only once."""
+    The rules judge each device's readings in time order, so a re-sent reading is
+    judged once (see :mod:`rules.kinds.threshold`); the sink stores it once."""
 
     max_readings_per_message: int = Field(default=500, ge=1, le=wire.MAX_READINGS)
     max_in_flight: int = Field(default=20, ge=1, le=1000)
     refused_retry_min_s: float = Field(default=1.0, gt=0)
     refused_retry_max_s: float = Field(default=60.0, gt=0)
-    resend_window_s: float = Field(default=0.0, ge=0)
+    resend_window_s: float = Field(default=120.0, ge=0)
 
     @model_validator(mode="after")
     def _retry_range(self) -> PublishConfig:

@@ -13,9 +13,18 @@
 Per device: a finding when the breach state changes (a reading beyond the limit
 while not in breach; a reading back within ``clear`` while in breach). Readings
 whose flag is not in ``valid_flags``, or covered by an invalid data mark in force
-when they arrive (:class:`~rules.kinds.base.InstantMarks`), are skipped. Late
-readings do not exist for an instant rule: each reading is judged when it arrives,
-in stream order.
+when they arrive (:class:`~rules.kinds.base.InstantMarks`), are skipped.
+
+Each device's readings are judged in time order, as in the ``duration`` and
+``rate`` kinds: a reading not newer than the newest one seen for its device and
+metric is not judged. One at the same time is a duplicate and ignored (the first
+one wins); an older one is dropped and counted in ``dropped_late``. That count
+includes readings an edge agent sends again after a lost connection (what the
+broker acknowledged within ``publish.resend_window_s``: a broker killed before
+its autosave loses it), which are older than the newest reading whenever newer
+ones got through: judging such an old breach again would open its alert a second
+time. A breach in a genuinely late reading is still judged by the windowed kinds,
+which take late readings within ``allowed_lateness``.
 """
 
 from __future__ import annotations
@@ -60,11 +69,18 @@ class ThresholdEvaluator(InstantMarks):
         self.spec = spec
         self.dropped_late = 0
         self._breaching: dict[str, bool] = {}  # scope key -> in breach
+        self._newest: dict[str, int] = {}  # scope key -> newest reading time seen
 
     def feed(self, obs: Obs, watermark_ms: int) -> list[Finding]:
+        scope = device_scope(obs, metric=obs.metric)
+        newest = self._newest.get(scope.key)
+        if newest is not None and obs.ts_ms <= newest:
+            if obs.ts_ms < newest:
+                self.dropped_late += 1
+            return []
+        self._newest[scope.key] = obs.ts_ms
         if obs.quality not in self.spec.valid_flags or self.marked(obs):
             return []
-        scope = device_scope(obs, metric=obs.metric)
         was = self._breaching.get(scope.key, False)
         limits = self.spec.limits_for(scope)
         now = limits.next_state(was, obs.value)
@@ -85,7 +101,14 @@ class ThresholdEvaluator(InstantMarks):
         return []
 
     def snapshot(self) -> JSON:
-        return {"breaching": dict(sorted(self._breaching.items()))}
+        return {
+            "breaching": dict(sorted(self._breaching.items())),
+            "newest": dict(sorted(self._newest.items())),
+            "dropped_late": self.dropped_late,
+        }
 
     def restore(self, state: JSON) -> None:
         self._breaching = dict(state["breaching"])
+        # Absent in snapshots taken before readings were judged in time order.
+        self._newest = dict(state.get("newest", {}))
+        self.dropped_late = state.get("dropped_late", 0)

@@ -98,6 +98,50 @@ def test_a_restored_snapshot_continues_exactly(split: int) -> None:
     assert [e.to_line() for e in head + tail] == [e.to_line() for e in whole]
 
 
+def test_readings_sent_again_after_a_lost_connection_open_nothing_again() -> None:
+    # An edge agent re-sends what the broker acknowledged within its resend window
+    # before a lost connection: the breach at 1 and the resolution at 5 come again.
+    resent = STREAM[1:6]
+    engine = Engine(nh3_pack())
+    events = run(engine, STREAM[:7] + resent + STREAM[7:])
+    assert [(e.kind, e.at_ms) for e in events] == [
+        (EventKind.OPENED, T0 + 60_000),
+        (EventKind.RESOLVED, T0 + 5 * 60_000),
+        (EventKind.OPENED, T0 + 7 * 60_000),
+    ]
+    # older than the newest reading judged (6): not judged, counted as late
+    assert engine.stats.dropped_late == len(resent)
+
+
+def test_a_reading_older_than_its_devices_newest_is_dropped_and_counted() -> None:
+    engine = Engine(nh3_pack())
+    late = Obs(T0 + 90_000, "p1", "coal-1", "stack-1", "nh3", 30.0, "N", 99)
+    events = run(engine, [obs(0, 5.0), obs(2, 5.0), late, obs(3, 5.0)])
+    assert events == []
+    assert engine.stats.dropped_late == 1
+    # another device's older reading is its own newest: judged
+    other = Obs(T0 + 90_000, "p1", "coal-1", "stack-2", "nh3", 30.0, "N", 1)
+    assert [e.kind for e in engine.feed(other)] == [EventKind.OPENED]
+
+
+def test_a_snapshot_remembers_the_newest_reading_judged() -> None:
+    pack = nh3_pack()
+    engine = Engine(pack)
+    run(engine, STREAM[:3])
+    restored = Engine.restore(pack, json.loads(json.dumps(engine.snapshot())))
+    assert run(restored, STREAM[:3]) == []  # sent again after the restart
+
+
+def test_a_snapshot_without_newest_times_still_restores() -> None:
+    pack = nh3_pack()
+    engine = Engine(pack)
+    run(engine, STREAM[:2])
+    state = json.loads(json.dumps(engine.snapshot()))
+    del state["rules"]["nh3-slip"]["newest"], state["rules"]["nh3-slip"]["dropped_late"]
+    restored = Engine.restore(pack, state)
+    assert [e.kind for e in run(restored, STREAM[5:6])] == [EventKind.RESOLVED]
+
+
 def test_a_snapshot_of_another_pack_version_is_refused() -> None:
     state = Engine(nh3_pack("1")).snapshot()
     with pytest.raises(ValueError, match="snapshot of test 1, pack is test 2"):
