@@ -5,44 +5,56 @@
 One run, on a fresh schema, fresh Kafka topics and a fresh park id, against the
 local services (``deploy/local/services up``):
 
-1. starts ``smartpark bridge``, ``sink``, ``rules run`` and ``notifier`` as
-   processes, a local webhook receiver subscribed to the park's alerts, and a TCP
-   proxy (:mod:`bench.tcp_proxy`) between the load's publisher and Mosquitto (the
-   edge's network);
+1. starts ``smartpark bridge``, ``sink``, ``rules run``, ``notifier`` and ``api``
+   as processes, a local webhook receiver subscribed to the park's alerts, a TCP
+   proxy (:mod:`bench.tcp_proxy`) in front of Mosquitto (the edge's network), and
+   a real edge agent polling a simulated enterprise through that proxy
+   (:class:`bench.drill_procs.EdgeSite`);
 2. runs the open-loop load of :mod:`bench.load` (the pilot park) through the whole
    drill, publishing with paho at QoS 1 through the proxy. The **ledger** records
-   every reading whose PUBACK the publisher got, and when;
+   every reading whose PUBACK the publisher got, and when. Like an edge agent's
+   outbox (``publish.resend_window_s``), the publisher sends again, after a lost
+   connection, what was acknowledged within ``--resend-window`` seconds before it
+   (counted apart, never acknowledged twice);
 3. injects the faults one after the other, with the load running: each is held
    for the tier's fault time, then undone; right after each fault starts, one
    reading breaching the drill's rule pack is published on a device of its own;
    the next fault waits until the backlog has drained (every reading acknowledged
    before the fault was undone is in the database) and the breach has its alert
    and its webhook, or until the tier's drain limit;
-4. stops the load, waits for the last readings and judges.
+4. stops the load, waits for the last readings, stops the edge agent once its
+   outbox is empty, and judges.
 
-Faults (:data:`FAULTS`): ``kill -9`` of the bridge, the sink, the rules runner
-and the notifier (restarted after the fault time); ``kill -9`` of Mosquitto and of
-the Kafka broker, restarted with ``deploy/local/services restart``; PostgreSQL
-immediate shutdown (``pg_ctl stop -m immediate``: no checkpoint, crash recovery on
-restart); the edge's network cut (the proxy resets every connection and refuses
-new ones); the database down (``pg_ctl stop -m fast``) for the fault time. In
-the full tier and on request (:data:`EXTRA_FAULTS`), ``mosquitto-backlog``: the
-bridge killed, and half the fault time later, while Mosquitto holds the bridge
-session's backlog in memory, ``kill -9`` of Mosquitto. Mosquitto saves its state
-every second (``autosave_interval 1``), not per message: what it acknowledged
-since the last save and had not handed to the bridge is lost. A platform service
-that exits by itself meanwhile (e.g. on a database outage) is started again after
-a second, as the deployment's restart policy does, and counted in the report.
+Faults (:data:`FAULTS`): ``kill -9`` of the edge agent, the bridge, the sink, the
+rules runner, the notifier and the API (restarted after the fault time);
+``kill -9`` of Mosquitto and of the Kafka broker, restarted with
+``deploy/local/services restart``; PostgreSQL immediate shutdown (``pg_ctl stop -m
+immediate``: no checkpoint, crash recovery on restart); the edge's network cut
+(the proxy resets every connection and refuses new ones); the database down
+(``pg_ctl stop -m fast``) for the fault time; ``mosquitto-backlog``: the bridge
+killed, and half the fault time later, while Mosquitto holds the bridge session's
+backlog in memory, ``kill -9`` of Mosquitto. Mosquitto saves its state every
+second (``autosave_interval 1``), not per message: what it acknowledged since the
+last save and had not handed to the bridge is lost, unless the publishers send it
+again (with ``--resend-window 0`` the load's publisher does not, and the drill
+fails on it, as an edge agent with ``publish.resend_window_s: 0`` would lose it).
+A platform service that exits by itself meanwhile (e.g. on a database outage) is
+started again after a second, as the deployment's restart policy does, and counted
+in the report. The peak RSS of every process is read when each fault has been
+undone and drained: what it held while a downstream was away.
 
 Verdicts, stated the way Kafka's system tests state them:
 
 - **every acknowledged reading is in the database**; FAIL otherwise, listing a few
   missing (device, seq, metric);
+- **every poll the edge agent stored in its outbox is in the database** (its
+  sequence numbers have no gap; its outbox dropped nothing);
 - every injected breach produced its **alert** (alerts table) and its **webhook**
   (received by the local receiver, its Standard Webhooks signature verified with
   the subscription's secret as of its arrival);
 - after each fault the backlog drained within the tier's limit (the time it took
   is reported, and how long PUBACKs stopped and when they resumed);
+- the API answered ``/ready`` again after its restart;
 - the local services are up and healthy at the end.
 
 Counted apart, not failures: readings Kafka holds more than once (duplicates; the
@@ -53,10 +65,9 @@ never acknowledged (the publisher keeps them, as the edge outbox does: none are
 expected).
 
 Tiers (:data:`TIERS`): ``short`` (CI) holds each fault 4 s after 2 s of steady
-load, about two minutes in all; ``full`` holds each 2 minutes after 30 s, waits up
-to 5 minutes for each backlog, adds ``mosquitto-backlog`` (with ``--fault-seconds
-30`` it took 17 minutes) and writes ``docs/drills.md`` unless ``--report`` says
-otherwise.
+load, a few minutes in all; ``full`` holds each 2 minutes after 30 s, waits up
+to 5 minutes for each backlog and writes ``docs/drills.md`` unless ``--report``
+says otherwise.
 
 Exit code 0 only when every verdict passes.
 """
@@ -70,7 +81,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -89,7 +99,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
 
 from bench import e2e, hooks
-from bench.figures import service_env
+from bench.drill_procs import Api, EdgeSite, Service
+from bench.figures import peak_rss_kib, service_env
 from bench.load import (
     METRICS,
     PRESETS,
@@ -101,6 +112,7 @@ from bench.load import (
     schedule,
 )
 from bench.tcp_proxy import TcpProxy
+from edge_agent.config.model import PublishConfig
 from notifier import signing
 from notifier.signing import WebhookVerificationError
 from smartpark import wire
@@ -114,12 +126,21 @@ from stream.kafka import ensure_topics
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES_SCRIPT = ROOT / "deploy" / "local" / "services"
 
-PROCESS_FAULTS = ("bridge", "sink", "rules", "notifier")
-FAULTS = (*PROCESS_FAULTS, "mosquitto", "kafka", "postgres", "netcut", "dbdown")
-# A compound fault (see the module doc), in the full tier and on request only: it
-# loses acknowledged readings with Mosquitto as configured (docs/drills.md).
-EXTRA_FAULTS = ("mosquitto-backlog",)
+PROCESS_FAULTS = ("edge", "bridge", "sink", "rules", "notifier", "api")
+FAULTS = (
+    *PROCESS_FAULTS,
+    "mosquitto",
+    "kafka",
+    "postgres",
+    "netcut",
+    "dbdown",
+    # compound (see the module doc): Mosquitto loses acknowledged readings, which
+    # only the publishers' resend window brings back
+    "mosquitto-backlog",
+)
 FAULT_TEXT = {
+    "edge": "kill -9 of the edge agent",
+    "api": "kill -9 of the API",
     "bridge": "kill -9 of the bridge",
     "sink": "kill -9 of the sink",
     "rules": "kill -9 of the rules runner",
@@ -138,6 +159,9 @@ BREACH_ENTERPRISE = "e0000"  # shares a partition with the load
 BREACH_RULE = "bench-nh3"
 # Bits of the metrics a poll is stored with (a poll is complete when all are seen).
 _BITS = {name: 1 << i for i, (name, _) in enumerate((*METRICS, (BREACH_METRIC, "")))}
+# The publisher sends again what was acknowledged this long before a lost
+# connection, as an edge agent does by default.
+RESEND_WINDOW_S = PublishConfig().resend_window_s
 ACK_GAP_S = 1.0  # a longer silence between PUBACKs means acknowledgements stopped
 MISSING_SHOWN = 10
 
@@ -152,9 +176,7 @@ class Tier:
 
 TIERS = {
     "short": Tier(FAULTS, fault_s=4.0, steady_s=2.0, drain_limit_s=60.0),
-    "full": Tier(
-        (*FAULTS, *EXTRA_FAULTS), fault_s=120.0, steady_s=30.0, drain_limit_s=300.0
-    ),
+    "full": Tier(FAULTS, fault_s=120.0, steady_s=30.0, drain_limit_s=300.0),
 }
 
 
@@ -171,6 +193,7 @@ class Options:
     kafka: str
     services_dir: Path
     report: Path | None = None
+    resend_window_s: float = RESEND_WINDOW_S
 
 
 # -- the ledger: what the publisher sent and what the broker acknowledged ---------
@@ -180,12 +203,19 @@ Key = tuple[str, int]  # (device, seq): one poll
 
 @dataclass(frozen=True)
 class Sent:
-    """One MQTT message of the drill: its polls, their metrics and device time."""
+    """One MQTT message of the drill: its polls, their metrics and device time,
+    and what was published (kept to send it again, see :class:`Publisher`)."""
 
     keys: tuple[Key, ...]
     metrics: tuple[str, ...]
     ts_ms: int  # the oldest device time in it
     sent_s: float
+    topic: str = field(default="", repr=False)
+    payload: bytes = field(default=b"", repr=False)
+
+    @property
+    def readings(self) -> int:
+        return len(self.keys) * len(self.metrics)
 
 
 @dataclass
@@ -198,12 +228,24 @@ class Ledger:
     planned_late: set[Key] = field(default_factory=set)  # the workload's own
     sent_readings: int = 0
     not_queued: int = 0  # readings paho refused (every message id in use)
+    # sent again after a lost connection (Publisher): not in ``acked`` twice
+    resent_unacked: dict[int, Sent] = field(default_factory=dict)
+    resends: int = 0  # lost connections that queued acknowledged messages again
+    resent_readings: int = 0
+    resent_acked: int = 0  # readings of those acknowledged again
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, mid: int, sent: Sent) -> None:
+    def record(self, mid: int, sent: Sent, *, again: bool = False) -> None:
         with self.lock:
-            self.sent_readings += len(sent.keys) * len(sent.metrics)
             at = self.early.pop(mid, None)
+            if again:
+                self.resent_readings += sent.readings
+                if at is None:
+                    self.resent_unacked[mid] = sent
+                else:
+                    self.resent_acked += sent.readings
+                return
+            self.sent_readings += sent.readings
             if at is None:
                 self.unacked[mid] = sent
             else:
@@ -211,32 +253,59 @@ class Ledger:
 
     def ack(self, mid: int, at_s: float) -> None:
         with self.lock:
+            again = self.resent_unacked.pop(mid, None)
+            if again is not None:
+                self.resent_acked += again.readings
+                return
             sent = self.unacked.pop(mid, None)
             if sent is None:
                 self.early[mid] = at_s
             else:
                 self.acked.append((at_s, sent))
 
+    def acked_since(self, since_s: float) -> list[Sent]:
+        """The messages first acknowledged at ``since_s`` or later, in ack order."""
+        with self.lock:
+            out = []
+            for at, sent in reversed(self.acked):
+                if at < since_s:
+                    break
+                out.append(sent)
+        return out[::-1]
+
     @property
     def acked_readings(self) -> int:
         with self.lock:
-            return sum(len(s.keys) * len(s.metrics) for _, s in self.acked)
+            return sum(s.readings for _, s in self.acked)
 
     @property
     def unacked_readings(self) -> int:
         with self.lock:
-            return sum(len(s.keys) * len(s.metrics) for s in self.unacked.values())
+            return sum(s.readings for s in self.unacked.values()) + sum(
+                s.readings for s in self.resent_unacked.values()
+            )
 
 
 class Publisher:
     """The open-loop load of :mod:`bench.load` and the drill's breach readings,
     through one paho client at QoS 1 that reconnects by itself (every 1-2 s) and
-    sends again what was not acknowledged, as an edge agent does."""
+    sends again what was not acknowledged, as an edge agent does.
 
-    def __init__(self, w: Workload, park: str, addr: tuple[str, int]) -> None:
+    As an edge agent's outbox does (``publish.resend_window_s``, see
+    :mod:`edge_agent.publisher`), it also sends again, after each reconnect, the
+    messages first acknowledged within ``resend_window_s`` before the connection
+    was lost: a broker killed before its autosave loses what it acknowledged. They
+    are counted apart in the ledger (``resent_*``), never as acknowledged twice;
+    0 turns it off."""
+
+    def __init__(
+        self, w: Workload, park: str, addr: tuple[str, int], resend_window_s: float
+    ) -> None:
         self.w, self.park, self.addr = w, park, addr
+        self.resend_window_s = resend_window_s
         self.ledger = Ledger()
         self.disconnects = 0
+        self._lost_s: float | None = None  # the connection lost, not yet resent
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._messages: list[Message] = []
@@ -250,6 +319,7 @@ class Publisher:
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(1, 2)
         self.client.on_publish = self._on_publish
+        self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
 
     def connect(self) -> None:
@@ -261,14 +331,30 @@ class Publisher:
 
     def _on_disconnect(self, *_: Any) -> None:
         self.disconnects += 1
+        if self._lost_s is None:
+            self._lost_s = time.time()
 
-    def send(self, topic: str, payload: bytes, sent: Sent) -> None:
+    def _on_connect(self, *_: Any) -> None:
+        lost, self._lost_s = self._lost_s, None
+        if lost is None or self.resend_window_s <= 0:
+            return
+        again = self.ledger.acked_since(lost - self.resend_window_s)
+        if not again:
+            return
+        with self.ledger.lock:
+            self.ledger.resends += 1
+        for sent in again:
+            self.send(sent.topic, sent.payload, sent, again=True)
+
+    def send(
+        self, topic: str, payload: bytes, sent: Sent, *, again: bool = False
+    ) -> None:
         info = self.client.publish(topic, payload, qos=1)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # 65,535 message ids in use
             with self.ledger.lock:
-                self.ledger.not_queued += len(sent.keys) * len(sent.metrics)
+                self.ledger.not_queued += sent.readings
             return
-        self.ledger.record(info.mid, sent)
+        self.ledger.record(info.mid, sent, again=again)
 
     def breach(self, device: str, seq: int = 1) -> None:
         """One reading over the pack's limit on a device of its own, now."""
@@ -276,8 +362,9 @@ class Publisher:
         r = wire.Reading(seq, BREACH_METRIC, BREACH_VALUE, BREACH_UNIT, ts)
         batch = wire.TelemetryBatch(self.park, BREACH_ENTERPRISE, device, (r,))
         topic = wire.telemetry_topic(self.park, BREACH_ENTERPRISE, device)
-        sent = Sent(((device, seq),), (BREACH_METRIC,), ts, time.time())
-        self.send(topic, wire.encode_batch(batch), sent)
+        payload = wire.encode_batch(batch)
+        sent = Sent(((device, seq),), (BREACH_METRIC,), ts, time.time(), topic, payload)
+        self.send(topic, payload, sent)
 
     def plan(self, duration_s: float) -> None:
         """Compute the schedule beforehand: seconds of CPU for a long drill, which
@@ -306,7 +393,9 @@ class Publisher:
                 self.ledger.planned_late.update(keys)
             ts = t0_ms + poll_time_ms(w, m.device_index, m.first_seq)
             topic, payload = encode(w, self.park, m, t0_ms)
-            self.send(topic, payload, Sent(keys, metrics, ts, time.time()))
+            self.send(
+                topic, payload, Sent(keys, metrics, ts, time.time(), topic, payload)
+            )
 
     def stop_load(self) -> None:
         self._stop.set()
@@ -477,53 +566,6 @@ class Webhooks:
 # -- the platform's processes and the shared services -----------------------------
 
 
-class Service:
-    """``smartpark <args>`` as a child process, killed with SIGKILL by a fault."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path):
-        self.name, self.args, self.env, self.log = name, args, env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.held = False  # down on purpose (a fault): not restarted by supervision
-        self.exits: list[int] = []  # exits nobody asked for
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:  # the child keeps its own handle
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "smartpark.cli", *self.args],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.held = False
-
-    @property
-    def pid(self) -> int:
-        return -1 if self.proc is None else self.proc.pid
-
-    def kill(self) -> str:
-        """SIGKILL; what happened, for the report."""
-        assert self.proc is not None
-        self.held = True
-        self.proc.send_signal(signal.SIGKILL)
-        rc = self.proc.wait(30)
-        return f"{self.name} pid {self.proc.pid} exited {rc}"
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        self.held = True
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(30)
-
-    def logged(self, text: str) -> bool:
-        return self.log.exists() and text in self.log.read_text(errors="replace")
-
-
 class SharedServices:
     """Mosquitto, Kafka and PostgreSQL of ``deploy/local/services``: kill -9 by the
     pid in their files, shut down PostgreSQL with ``pg_ctl``, start with the script."""
@@ -618,10 +660,22 @@ class FaultResult:
     exits: dict[str, int] = field(default_factory=dict)
     evidence: str = ""  # what was killed or cut, and the new pid
     overdue: int = 0  # polls acknowledged and not stored within the drain limit
+    api_ready_s: float | None = None  # the API restarted -> /ready 200 (api fault)
+    rss_mib: dict[str, float] = field(default_factory=dict)  # peak RSS so far
 
     @property
     def held_s(self) -> float:
         return self.recovered_s - self.injected_s
+
+
+@dataclass(frozen=True)
+class EdgeLedger:
+    """The real edge agent's outcome (:class:`bench.drill_procs.EdgeSite`)."""
+
+    polls: int  # numbered in its outbox
+    missing: list[tuple[str, int]]  # (device, seq) not in the database
+    losses: dict[str, int]  # the outbox's drop/expire/refuse counters, if any
+    pending: int  # rows still unacknowledged when it was stopped
 
 
 @dataclass
@@ -645,7 +699,9 @@ class Outcome:
     exits: dict[str, int]
     healthy: bool
     status: str
+    edge: EdgeLedger
     publisher_disconnects: int
+    resends: tuple[int, int, int]  # lost connections, readings sent again, acked
     proxy: tuple[int, int]
     logs: Path
     elapsed_s: float
@@ -654,6 +710,7 @@ class Outcome:
     def verdicts(self) -> list[tuple[str, bool, str]]:
         shown = ", ".join(f"{d}/{s}/{m}" for d, s, m in self.missing[:MISSING_SHOWN])
         undrained = [f.name for f in self.faults if f.drained_s is None]
+        edge_shown = ", ".join(f"{d}/{q}" for d, q in self.edge.missing[:MISSING_SHOWN])
         return [
             (
                 "every acknowledged reading is in the database",
@@ -686,12 +743,49 @@ class Outcome:
                 else f"not within {self.options.drain_limit_s:g} s: "
                 + ", ".join(undrained),
             ),
+            (
+                "every poll the edge agent stored in its outbox is in the database",
+                self.edge.polls > 0 and not self.edge.missing and not self.edge.losses,
+                f"{self.edge.polls:,} polls, {len(self.edge.missing):,} missing"
+                + (f" (e.g. {edge_shown})" if self.edge.missing else "")
+                + (f", outbox gave up {self.edge.losses}" if self.edge.losses else "")
+                + (f", {self.edge.pending} rows unsent" if self.edge.pending else ""),
+            ),
+            *(
+                (
+                    "the API answered /ready again after its restart",
+                    f.api_ready_s is not None,
+                    f"{_s(f.api_ready_s)} s",
+                )
+                for f in self.faults
+                if f.name == "api"
+            ),
             ("the local services are healthy at the end", self.healthy, ""),
         ]
 
     @property
     def ok(self) -> bool:
         return all(passed for _, passed, _ in self.verdicts)
+
+    def _memory(self) -> list[str]:
+        """Peak RSS of each process at the end of each fault: its bound while a
+        downstream was away (VmHWM: since the process started; a process killed
+        by the fault starts again from nothing)."""
+        names = sorted({n for f in self.faults for n in f.rss_mib})
+        if not names:
+            return []
+        rows = [
+            "Peak RSS of each process (MiB, VmHWM since its start) when each fault "
+            "had been undone and its backlog drained: what a process held while a "
+            "downstream was away.",
+            "",
+            "| fault | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
+        for f in self.faults:
+            cells = [f"{f.rss_mib[n]:.0f}" if n in f.rss_mib else "-" for n in names]
+            rows.append(f"| {f.name} | " + " | ".join(cells) + " |")
+        return [*rows, ""]
 
     def report(self) -> str:
         o, w = self.options, self.options.workload
@@ -736,6 +830,7 @@ class Outcome:
                 for f in self.faults
             ),
             "",
+            *self._memory(),
             "## Ledger",
             "",
             f"- sent: {self.sent:,} readings; acknowledged (PUBACK): {self.acked:,}; "
@@ -745,8 +840,15 @@ class Outcome:
             f"- in the database without a PUBACK: {self.stored_unacked:,}",
             f"- in Kafka: {self.kafka_readings:,} readings, of which duplicates "
             f"{self.duplicates:,} (stored once), late arrivals {self.late:,}",
+            f"- edge agent (real, {self.edge.polls:,} polls numbered in its outbox, "
+            f"killed -9 by the edge fault): {len(self.edge.missing):,} polls not in "
+            "the database",
             f"- webhooks: {len(self.breaches)} breaches, duplicate deliveries "
             f"{self.webhook_duplicates}, bad signatures {self.bad_signatures}",
+            f"- sent again after a lost connection (acknowledged within "
+            f"{o.resend_window_s:g} s before it, as an edge agent's outbox does): "
+            f"{self.resends[1]:,} readings after {self.resends[0]} reconnects, "
+            f"{self.resends[2]:,} of them acknowledged again",
             f"- publisher disconnects: {self.publisher_disconnects}; proxy "
             f"connections {self.proxy[0]}, refused during the cut {self.proxy[1]}",
             "- platform services that exited by themselves and were started again: "
@@ -790,6 +892,8 @@ class Drill:
         self.shared = SharedServices(o.services_dir)
         self.webhooks = Webhooks()
         self.services: dict[str, Service] = {}
+        self.edge: EdgeSite | None = None
+        self.api: Api | None = None
         self.breach_sent: dict[str, float] = {}
         self.say: Callable[[str], None] = lambda line: print(line, flush=True)
 
@@ -816,7 +920,9 @@ class Drill:
         publisher: Publisher | None = None
         try:
             async with TcpProxy(self.o.mqtt) as proxy:
-                publisher = Publisher(self.o.workload, self.park, proxy.address)
+                publisher = Publisher(
+                    self.o.workload, self.park, proxy.address, self.o.resend_window_s
+                )
                 return await self._drill(proxy, publisher, started)
         finally:
             if publisher is not None:
@@ -827,7 +933,7 @@ class Drill:
             with contextlib.suppress(OSError, psycopg.Error, KafkaError):
                 await e2e.clean_up(self.settings, self.o.dsn)
 
-    async def _prepare(self) -> None:
+    async def _prepare(self, edge_network: tuple[str, int]) -> None:
         s = self.settings
         box = SecretBox.from_settings(s.webhooks)
         async with Storage(s.database, webhook_keys=box) as storage:
@@ -851,12 +957,20 @@ class Drill:
         for name, args in commands.items():
             self.services[name] = Service(name, args, env, self.logs / f"{name}.log")
             self.services[name].start()
+        self.api = Api(env, self.logs)
+        self.services["api"] = self.api.service
+        self.api.service.start()
+        self.edge = EdgeSite(self.park, edge_network, env, self.logs)
+        self.services["simulator"] = self.edge.sim
+        self.services["edge"] = await asyncio.to_thread(self.edge.start)
+        if await asyncio.to_thread(self.api.ready_after, 60.0) is None:
+            raise DrillFailed(f"the API was not ready in 60 s (log {self.logs})")
 
     async def _drill(
         self, proxy: TcpProxy, publisher: Publisher, started: float
     ) -> Outcome:
         o = self.o
-        await self._prepare()
+        await self._prepare(proxy.address)
         await _until(
             lambda: self.services["bridge"].logged("MQTT subscribed"),
             60,
@@ -898,11 +1012,35 @@ class Drill:
                 lambda: watcher.drained(end), o.drain_limit_s, "drain", fail=False
             )
             await _until(self._breaches_done, o.drain_limit_s, "alerts", fail=False)
+            edge = await self._edge_settled()
         finally:
             watcher.stop()
             supervising.cancel()
             await asyncio.gather(watching, supervising, return_exceptions=True)
-        return await self._judge(results, publisher, watcher, proxy, started)
+        return await self._judge(
+            results,
+            publisher=publisher,
+            watcher=watcher,
+            proxy=proxy,
+            edge=edge,
+            started=started,
+        )
+
+    async def _edge_settled(self) -> EdgeLedger:
+        """Stop the edge agent once its outbox has nothing left to send, then wait
+        for every poll it numbered to be stored (each up to the drain limit)."""
+        assert self.edge is not None
+        edge, limit = self.edge, self.o.drain_limit_s
+        await _until(
+            lambda: edge.pending() == 0, limit, "the edge outbox", fail=False
+        )  # fmt: skip
+        await asyncio.to_thread(self.services["edge"].stop)
+        deadline = time.time() + limit
+        while True:
+            polls, missing = await edge.missing(self.o.dsn, self.schema)
+            if not missing or time.time() > deadline:
+                return EdgeLedger(polls, missing, edge.losses(), edge.pending())
+            await asyncio.sleep(0.5)
 
     def _breaches_done(self) -> bool:
         opened = self.webhooks.opened()
@@ -949,7 +1087,19 @@ class Drill:
             ):
                 break
             await asyncio.sleep(0.2)
+        if name == "api":
+            assert self.api is not None
+            result.api_ready_s = await asyncio.to_thread(
+                self.api.ready_after, o.drain_limit_s
+            )
         result.settled_s = time.time()
+        result.rss_mib = {
+            n: kib / 1024
+            for n, svc in self.services.items()
+            if svc.proc is not None
+            and svc.proc.poll() is None
+            and (kib := peak_rss_kib(svc.pid))
+        }
         with contextlib.suppress(KeyError):
             result.alert_s = watcher.alert_at[result.breach] - sent
         with contextlib.suppress(KeyError):
@@ -1018,9 +1168,11 @@ class Drill:
     async def _judge(
         self,
         faults: list[FaultResult],
+        *,
         publisher: Publisher,
         watcher: StoreWatcher,
         proxy: TcpProxy,
+        edge: EdgeLedger,
         started: float,
     ) -> Outcome:
         ledger = publisher.ledger
@@ -1055,20 +1207,26 @@ class Drill:
             exits={k: len(s.exits) for k, s in self.services.items() if s.exits},
             healthy=healthy,
             status=status,
+            edge=edge,
             publisher_disconnects=publisher.disconnects,
+            resends=(ledger.resends, ledger.resent_readings, ledger.resent_acked),
             proxy=(proxy.connections, proxy.refused),
             logs=self.logs,
             elapsed_s=time.time() - started,
         )
 
     async def _stored(self) -> set[tuple[str, int, str]]:
+        """The readings of the load's publisher in the database (the edge agent's
+        enterprise has a ledger of its own)."""
+        assert self.edge is not None
         async with await psycopg.AsyncConnection.connect(
             self.o.dsn, autocommit=True, options=f"-c search_path={self.schema}"
         ) as conn:
             cur = await conn.execute(
                 "SELECT s.device, t.seq, s.metric FROM telemetry t"
-                " JOIN series s ON s.id = t.series_id WHERE s.park = %s",
-                (self.park,),
+                " JOIN series s ON s.id = t.series_id"
+                " WHERE s.park = %s AND s.enterprise <> %s",
+                (self.park, self.edge.enterprise),
             )
             return {(d, int(s), m) for d, s, m in await cur.fetchall()}
 
@@ -1147,7 +1305,7 @@ async def _until(
 def options(args: argparse.Namespace) -> Options:
     tier = TIERS[args.tier]
     faults = tuple(f for f in args.faults.split(",") if f) or tier.faults
-    known = (*FAULTS, *EXTRA_FAULTS)
+    known = FAULTS
     unknown = sorted(set(faults) - set(known))
     if unknown:
         raise UsageError(
@@ -1171,6 +1329,7 @@ def options(args: argparse.Namespace) -> Options:
             os.environ.get("SMARTPARK_SERVICES_DIR", str(ROOT / ".services"))
         ),
         report=report,
+        resend_window_s=args.resend_window,
     )
 
 
@@ -1186,8 +1345,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--faults",
         default="",
-        help=f"comma-separated, of {','.join((*FAULTS, *EXTRA_FAULTS))} "
-        "(default: the tier's)",
+        help=f"comma-separated, of {','.join(FAULTS)} (default: the tier's)",
     )
     p.add_argument(
         "--fault-seconds", type=float, default=0.0, metavar="S",
@@ -1196,6 +1354,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--drain-limit", type=float, default=0.0, metavar="S",
         help="longest wait for a fault's backlog (default: the tier's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--resend-window", type=float, default=RESEND_WINDOW_S, metavar="S",
+        help="after a lost connection the load's publisher sends again what was "
+        "acknowledged this long before it, as an edge agent does "
+        f"(publish.resend_window_s; default {RESEND_WINDOW_S:g}; 0: off)",
     )  # fmt: skip
     p.add_argument("--preset", choices=sorted(PRESETS), default="pilot")
     p.add_argument("--report", type=Path, default=None, metavar="PATH")
