@@ -28,8 +28,8 @@ def _outcome() -> drill.Outcome:
         unacked=0, not_queued=0, sent=1000, duplicates=20, late=0, kafka_readings=1020,
         breaches=["breach-bridge", "breach-warmup"], no_alert=[], no_webhook=[],
         bad_signatures=0, webhook_duplicates=0, exits={}, healthy=True,
-        status="", edge=drill.EdgeLedger(600, [], {}, 0), publisher_disconnects=1, resends=(1, 500, 500), proxy=(1, 0),
-        logs=Path("."),
+        status="", edge=drill.EdgeLedger(600, [], {}, 0), publisher_disconnects=1,
+        resends=(1, 500, 500), proxy=(1, 0), logs=Path("."),
         elapsed_s=30.0,
     )  # fmt: skip
 
