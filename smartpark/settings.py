@@ -144,7 +144,9 @@ class NotifierSettings(ConsumerSettings):
     max_endpoints: int = 64
     # Endpoints are split into this many slots, shared among the running notifiers
     # (each delivers the endpoints of the slots it holds; notifier.service). The
-    # most notifiers that get work; the same in every notifier of a database.
+    # most notifiers that get work; the same in every notifier of a database (a
+    # notifier started with another count than a running one delivers nothing and
+    # says so until that one has stopped: storage.shares).
     slots: int = Field(default=16, ge=1, le=1024)
     # How often due retries are looked for when nothing new arrives.
     poll_ms: int = 500

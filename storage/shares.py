@@ -23,6 +23,13 @@ that connection; nobody has to notice a death.
   server's TCP keepalive (``tcp_keepalives_idle`` and friends: set them low where
   that matters), and its slots wait until then.
 
+Every member must cut the work into the same number of slots, or one endpoint
+would be in two slots at once. Each member therefore holds a shared lock
+``(count class, slots)``; a process that finds a live member holding another count
+does not join (``rebalance`` raises :class:`StorageError` naming both counts, with
+nothing held) and tries again at its next call: in a rolling change of the count,
+the new processes wait until the last one with the old count has stopped.
+
 A lost connection loses every lock at once: :meth:`~SlotShares.rebalance` then
 raises with no slot held (``losses`` counts it), and the next call connects and
 joins again; the caller stops its work on the slots at once, since another member
@@ -78,6 +85,7 @@ class SlotShares:
         self._name = name
         self._member_class = lock_class(settings.schema_, f"{name}:member")
         self._slot_class = lock_class(settings.schema_, f"{name}:slot")
+        self._count_class = lock_class(settings.schema_, f"{name}:slots")
         self._application_name = application_name
         self._rng = rng or random.Random()  # noqa: S311 - an id, not a secret
         self.slots = slots
@@ -150,8 +158,29 @@ class SlotShares:
         if member_id is None:
             await conn.close()
             raise StorageError(f"{self._name}: no free member id in {_ID_TRIES} tries")
+        try:
+            others = await self._other_counts(conn)
+        except psycopg.Error as exc:
+            await conn.close()
+            raise StorageError(f"join the {self._name} members: {exc}") from exc
+        if others:
+            await conn.close()  # the session's locks go with it
+            raise StorageError(
+                f"{self._name}: this process cuts the work into {self.slots} slots, "
+                f"a running one into {', '.join(map(str, others))}: every process "
+                "must use the same count; not taking any slot until they agree"
+            )
         self._conn, self.member_id = conn, member_id
         return conn
+
+    async def _other_counts(self, conn: psycopg.AsyncConnection[TupleRow]) -> list[int]:
+        """Announce this member's slot count (a shared lock) and return the other
+        counts live members announced."""
+        await conn.execute(
+            "SELECT pg_advisory_lock_shared(%s, %s)", (self._count_class, self.slots)
+        )
+        counts = await self._locked(conn, self._count_class)
+        return sorted({c for c in counts if c != self.slots})
 
     async def _lost(self) -> None:
         """The session is gone, and every lock with it."""

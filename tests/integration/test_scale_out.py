@@ -34,6 +34,7 @@ from ingest.sink import Sink
 from notifier import signing
 from smartpark import wire
 from smartpark.clock import system_ms
+from smartpark.errors import StorageError
 from smartpark.settings import Settings
 from storage import Storage
 from storage.shares import SlotShares
@@ -533,3 +534,25 @@ async def test_slot_shares_follow_the_members_and_never_overlap(
     finally:
         for member in (a, b, c):
             await member.release()
+
+
+async def test_a_member_with_another_slot_count_waits_until_it_is_alone(
+    platform: Settings,
+) -> None:
+    """Two counts would put one endpoint in two slots, delivered twice at once: a
+    process with another count than a live member's takes nothing, says why, and
+    joins once the other has gone (a rolling change of notifier.slots)."""
+    every8, every16 = set(range(8)), set(range(16))
+    old = SlotShares(platform.database, "count", slots=8, application_name="old")
+    new = SlotShares(platform.database, "count", slots=16, application_name="new")
+    try:
+        assert await old.rebalance(every8) == every8
+        with pytest.raises(StorageError, match=r"into 16 slots, a running one into 8"):
+            await new.rebalance(every16)
+        assert new.held == set()
+        assert await old.rebalance(every8) == every8  # the old one goes on
+        await old.release()
+        assert await new.rebalance(every16) == every16
+    finally:
+        await old.release()
+        await new.release()
