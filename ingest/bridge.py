@@ -40,8 +40,11 @@ subscription stays unshared: every bridge forwards every status message, each in
 device's order, so the newest status record in Kafka is the device's newest status
 once the bridges are caught up, and every bridge receives the retained statuses
 (MQTT 5 sends none on a shared subscription); status records are few and idempotent,
-so their copies cost little. With shared telemetry, records of one device reach
-Kafka in arrival order only within one bridge: the sink does not depend on order (a
+so their copies cost little. A bridge that joins a share group drops the unshared
+subscription its session may hold from before (the other way round, the old
+group's name is unknown: give the bridge a new ``client_id``). With shared
+telemetry, records of one device reach Kafka in arrival order only within one
+bridge: the sink does not depend on order (a
 row is unique on series and time); the rule core judges in stream order (windows
 take a late reading within ``allowed_lateness``), so where that matters a strategy
 that keeps a device on one bridge (EMQX's ``hash_topic``) keeps Kafka in arrival
@@ -219,6 +222,13 @@ class Bridge:
             return
         status_sub = self._settings.mqtt.subscription.rsplit("/", 1)[0] + "/status"
         client.subscribe([(self.telemetry_filter, 1), (status_sub, 1)])
+        if self._settings.mqtt.share_group:
+            # A bridge that ran unshared under this client_id left that
+            # subscription in its persistent session: Mosquitto would go on giving
+            # it every message while the group gives the other members their
+            # share too (duplicates, stored once: measured 30 records for 20
+            # messages with two bridges). Unsubscribing what is absent is harmless.
+            client.unsubscribe(self._settings.mqtt.subscription)
         self.stats.connected = True
         log.info("MQTT connected to %s:%d", client.host, client.port)
 
