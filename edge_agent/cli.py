@@ -95,6 +95,13 @@ def format_stats(stats: AgentStats) -> str:
         broker,
         f"outbox {ob.rows}/{ob.max_rows} rows (oldest {age}, dropped {ob.dropped_rows},"
         f" expired {ob.expired_rows}, refused polls {ob.refused_polls})",
+        f"kept for resend {ob.acked_rows} rows, sent again {pub.resent_readings}"
+        f" readings after {pub.resends} lost connections"
+        + (
+            f", NOT QUEUED AGAIN {ob.requeue_skipped_rows} (outbox full)"
+            if ob.requeue_skipped_rows
+            else ""
+        ),
         f"messages published {pub.published_messages} acked {pub.acked_messages}"
         f" refused {sum(pub.refused_messages.values())} in flight {pub.in_flight}",
     ]

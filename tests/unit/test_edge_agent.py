@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -51,6 +52,8 @@ def test_stats_line_names_failing_devices() -> None:
     assert "broker DISCONNECTED" in line
     assert "outbox 12/1000 rows (oldest 3 s" in line
     assert "meter-1: ok 5 errors 0 seq 5;" in line
+    assert "kept for resend 0 rows, sent again 0 readings after 0 lost" in line
+    assert "NOT QUEUED AGAIN" not in line
     assert "meter-2: ok 0 errors 3 seq 0 FAILING x3 (no answer) backoff 30 s" in line
     assert "hj212" not in line
     assert "BROKER REFUSES" not in line
@@ -142,3 +145,24 @@ def test_edge_agent_imports_only_its_small_dependency_set() -> None:
     }  # fmt: skip
     assert third_party - {"cython_runtime"} <= allowed
     assert "simulators" not in out
+
+
+def test_stats_line_shows_the_resend_window() -> None:
+    stats = AgentStats(
+        devices={},
+        outbox=dataclasses.replace(
+            OutboxStats(0, None, 1000, 0, 0, 0, 0),
+            acked_rows=120,
+            requeue_skipped_rows=7,
+        ),
+        publisher=dataclasses.replace(
+            PublisherStats(True, 1, 0, "", 0, 10, 10, 40, 40),
+            resends=2,
+            resent_readings=300,
+        ),
+    )
+    line = cli.format_stats(stats)
+    assert (
+        "kept for resend 120 rows, sent again 300 readings after 2 lost connections,"
+        " NOT QUEUED AGAIN 7 (outbox full)"
+    ) in line
