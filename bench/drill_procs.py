@@ -24,7 +24,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from bench.figures import spawn
 
 EDGE_DEVICES = 4  # Modbus meters of the drill's enterprise, one poll a second each
 EDGE_POLL_S = 1.0
@@ -55,13 +56,7 @@ class Service:
         self.exits: list[int] = []  # exits nobody asked for
 
     def start(self) -> None:
-        with self.log.open("ab") as out:  # the child keeps its own handle
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "smartpark.cli", *self.args],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = spawn(self.args, self.env, self.log)
         self.held = False
 
     @property

@@ -192,6 +192,17 @@ def service_env(s: Settings) -> dict[str, str]:
     return {**os.environ, **env}
 
 
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``smartpark <args>`` as a child process, its output appended to ``log``."""
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "smartpark.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 class ServiceProcess:
     """``smartpark <args>`` as a child process, its output in ``log``."""
 
@@ -207,13 +218,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         self._started = time.monotonic()
-        with self.log.open("ab") as out:  # the child keeps its own descriptor
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "smartpark.cli", *self.args],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self._proc = spawn(self.args, self.env, self.log)
 
     @property
     def pid(self) -> int:
