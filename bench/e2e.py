@@ -22,6 +22,11 @@ topics), against the local services (``deploy/local/services up``):
    - **raw baseline**: an MQTT subscriber in this process, subscribed at QoS 1 to
      the probes' topics only, records when each probe message arrives — what the
      broker alone costs on the same messages in the same run;
+   - **produced to Kafka** (where the rest of the time goes): after the run, the
+     telemetry topic is read back and each probe poll's first record's timestamp
+     (the bridge producer's CreateTime: when it handed the record to the producer,
+     the bridge's clock, this machine) is taken; row visible minus that is the
+     sink's part;
 
 4. waits until every acknowledged reading is stored (counts the rows), prints
    p50/p99/max of both, their ratio, the offered and achieved rates and whether
@@ -40,7 +45,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -52,12 +56,19 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
 from pydantic import SecretStr
 
 from bench import hooks
-from bench.figures import add_endpoints, service_env
+from bench.figures import (
+    add_endpoints,
+    cpu_seconds,
+    machine_jiffies,
+    service_env,
+    spawn,
+)
 from bench.load import (
     PRESETS,
     Verdict,
@@ -79,7 +90,13 @@ from smartpark.settings import (
     SinkSettings,
     WebhookSettings,
 )
-from smartpark.wire import Reading, TelemetryBatch, encode_batch, telemetry_topic
+from smartpark.wire import (
+    Reading,
+    TelemetryBatch,
+    decode_batch,
+    encode_batch,
+    telemetry_topic,
+)
 from storage import Storage, Subscription
 from storage.secretbox import SecretBox
 from stream.kafka import ensure_topics
@@ -143,6 +160,12 @@ class Result:
     logs: Path
     schema: str  # dropped at the end of the run
     hooks: hooks.Outcome | None = None  # None: run without --alerts
+    kafka: Latencies | None = None  # handed to Kafka by the bridge (after the run)
+    # CPU seconds of each service process from the load's start to the drain's
+    # end, the length of that time, and the share of the machine's CPU in use
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    measured_s: float = math.nan
+    machine_busy: float = math.nan
 
     @property
     def webhook(self) -> Latencies | None:
@@ -195,6 +218,11 @@ class Result:
             "latency from the intended send time (ms)       p50       p90"
             "       p99       max   observed",
             f"  raw MQTT subscriber (baseline)        {self.raw.cells()}",
+            *(
+                [f"  produced to Kafka by the bridge       {self.kafka.cells()}"]
+                if self.kafka is not None
+                else []
+            ),
             f"  row visible in the database           {self.visible.cells()}",
             f"  ratio p99 row-visible / raw                               {ratio:9.1f}",
             *self._hook_lines(),
@@ -202,6 +230,7 @@ class Result:
             f"acknowledged ({self.verdict.offered_readings:,} offered), the last "
             f"{self.drain_s:.1f} s after the schedule ended (counted every 0.2 s)"
             + ("" if self.all_stored else "  MISSING READINGS"),
+            *self._cpu_lines(),
             f"service logs: {self.logs}",
             "RESULT: "
             + ("VALID" if self.ok else "INVALID")
@@ -209,6 +238,19 @@ class Result:
             + ("" if self.all_hooks else " (webhooks missing or wrong)"),
         ]
         return "\n".join(lines)
+
+    def _cpu_lines(self) -> list[str]:
+        if not self.cpu_s:
+            return []
+        cores = os.cpu_count() or 1
+        each = ", ".join(
+            f"{name} {cpu:.1f} s ({cpu / self.measured_s:.0%} of a core)"
+            for name, cpu in self.cpu_s.items()
+        )
+        return [
+            f"CPU over the {self.measured_s:.0f} s of load and drain: the machine "
+            f"{self.machine_busy:.0%} busy ({cores} cores, every process on it); {each}"
+        ]
 
     def _hook_lines(self) -> list[str]:
         h, lat = self.hooks, self.webhook
@@ -398,13 +440,7 @@ async def _poll(
 def _start(
     command: Sequence[str], env: dict[str, str], logs: Path
 ) -> subprocess.Popen[bytes]:
-    with (logs / f"{command[0]}.log").open("wb") as log:  # the child keeps its own
-        return subprocess.Popen(
-            [sys.executable, "-m", "smartpark.cli", *command, "--stats-every", "5"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return spawn([*command, "--stats-every", "5"], env, logs / f"{command[0]}.log")
 
 
 def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -484,10 +520,23 @@ async def run(o: Options) -> Result:
             ]
             observer = Observer(s, probes, topics)
             await _warm_up(s, observer, conn)
-            return await _measure(
+            names = [c[0] for c in commands]
+            before = [cpu_seconds(p.pid) for p in procs], machine_jiffies()
+            started = time.monotonic()
+            result = await _measure(
                 o, s, observer=observer, conn=conn, logs=logs,
                 receiver=receiver, secrets=secrets,
             )  # fmt: skip
+            after = [cpu_seconds(p.pid) for p in procs], machine_jiffies()
+            busy, total = (a - b for a, b in zip(after[1], before[1], strict=True))
+            return replace(
+                result,
+                cpu_s={
+                    n: a - b for n, a, b in zip(names, after[0], before[0], strict=True)
+                },
+                measured_s=time.monotonic() - started,
+                machine_busy=busy / total if total else math.nan,
+            )
     finally:
         if observer is not None:
             observer.close()
@@ -543,6 +592,7 @@ async def _measure(
         stop.set()
     took = sorted(await watcher)
     await sender
+    kafka = probes.latencies(await _produced(s.kafka, probes))
     outcome = None
     if receiver is not None:
         await _wait_for_hooks(receiver, len(breaches), deadline)
@@ -559,7 +609,33 @@ async def _measure(
         logs,
         s.database.schema_,
         outcome,
+        kafka,
     )
+
+
+async def _produced(k: KafkaSettings, probes: Probes) -> dict[tuple[str, int], float]:
+    """When each probe poll was first handed to Kafka (its record's timestamp), read
+    back from the telemetry topic after the run (no load on the run itself)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    seen: dict[tuple[str, int], float] = {}
+    try:
+        parts = [TopicPartition(k.telemetry_topic, p) for p in range(k.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        for tp in parts:
+            while await consumer.position(tp) < ends[tp]:
+                got = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
+                for rec in got.get(tp, []):
+                    batch = decode_batch(rec.value or b"", now_ms=2**62)
+                    for r in batch.readings:
+                        key = (batch.device, r.seq)
+                        if key in probes.intended and key not in seen:
+                            seen[key] = rec.timestamp / 1000
+    finally:
+        await consumer.stop()
+    return seen
 
 
 async def _subscribe(
