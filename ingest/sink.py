@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Self
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -39,14 +41,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import PayloadError, StorageError
 from smartpark.settings import Settings
-from storage import (
-    Dialect,
-    EpochRow,
-    KafkaOffset,
-    Storage,
-    TelemetryRow,
-    rows_from_batch,
-)
+from smartpark.wire import TelemetryBatch
+from storage import Dialect, EpochRow, KafkaOffset, Storage
 from stream.group import Batch, DbPositionedConsumer
 from stream.kafka import DeadLetter, ensure_topics, make_producer
 from stream.records import decode_record
@@ -56,6 +52,34 @@ log = logging.getLogger(__name__)
 # Daily partitions (plain PostgreSQL) are created a week ahead; refreshing that
 # window hourly keeps DDL off the hot path at midnight.
 _PARTITIONS_EVERY_MS = 3600 * 1000
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for one batch, back on after it.
+
+    A batch allocates some 100 000 objects (the JSON of every record, its readings,
+    the rows) that live until it is stored and hold no cycles, so reference
+    counting frees them then; meanwhile the collector, triggered by the
+    allocations, would scan them again and again, promote them into the old
+    generation and run full collections over the whole heap. Whatever cyclic
+    garbage the batch leaves is collected after it. A no-op if the collector is
+    off already.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _time_of(ts_ms: int) -> datetime:
+    """A wire timestamp as the stored rows carry it (see storage.rows_from_batch)."""
+    return _UNIX_EPOCH + timedelta(milliseconds=ts_ms)
 
 
 @dataclass
@@ -175,8 +199,12 @@ class Sink(DbPositionedConsumer):
 
         If this raises, nothing of the batch is committed to the database.
         """
+        with collector_paused():
+            return await self._process(batch)
+
+    async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
         now_ms = self._clock()
-        rows: list[TelemetryRow] = []
+        polls: list[TelemetryBatch] = []
         epochs: dict[tuple[str, str, str, str], EpochRow] = {}
         letters: list[DeadLetter] = []
         next_offsets: dict[TopicPartition, int] = {}
@@ -195,14 +223,14 @@ class Sink(DbPositionedConsumer):
                         DeadLetter(rec.value, str(exc), source, now_ms, rec.key)
                     )
                     continue
-                batch_rows = rows_from_batch(decoded)
-                rows.extend(batch_rows)
-                self._note_epoch(decoded.epoch, batch_rows, epochs)
+                polls.append(decoded)
+                if decoded.epoch is not None:
+                    self._note_epoch(decoded, epochs)
             next_offsets[tp] = records[-1].offset + 1
         if letters:
             await self._dead_letter(letters)
-        result = await self._storage.telemetry.write(
-            rows,
+        result = await self._storage.telemetry.write_polls(
+            polls,
             offsets=[
                 KafkaOffset(self._group, tp.topic, tp.partition, off)
                 for tp, off in next_offsets.items()
@@ -223,21 +251,19 @@ class Sink(DbPositionedConsumer):
 
     def _note_epoch(
         self,
-        epoch: str | None,
-        rows: Sequence[TelemetryRow],
+        poll: TelemetryBatch,
         into: dict[tuple[str, str, str, str], EpochRow],
     ) -> None:
         """Record the first poll of an epoch this sink has not stored yet."""
-        if epoch is None or not rows:
+        device = (poll.park, poll.enterprise, poll.device)
+        epoch = poll.epoch
+        if epoch is None or self._epochs.get(device) == epoch:
             return
-        first = min(rows, key=lambda r: (r.seq, r.time))
-        device = (first.park, first.enterprise, first.device)
+        first = min(poll.readings, key=lambda r: (r.seq, r.ts_ms))
         key = (*device, epoch)
-        if self._epochs.get(device) == epoch:
-            return
         known = into.get(key)
         if known is None or first.seq < known.first_seq:
-            into[key] = EpochRow(*device, epoch, first.seq, first.time)
+            into[key] = EpochRow(*device, epoch, first.seq, _time_of(first.ts_ms))
 
     async def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         producer = self._require(self._producer)

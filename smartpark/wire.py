@@ -73,7 +73,10 @@ _MAX_SEQ = 2**63 - 1
 # Integers beyond this do not fit a double (float() would raise OverflowError).
 _MAX_FLOAT_INT = 2**1023
 _EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")
+_EPOCH_MATCH = _EPOCH_RE.fullmatch
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_ID_MATCH = _ID_RE.match
+_BATCH_KEYS = frozenset({"v", "park", "enterprise", "device", "epoch", "readings"})
 
 
 class Quality(StrEnum):
@@ -237,9 +240,12 @@ def _need(obj: dict[str, Any], key: str, path: str) -> Any:
 
 
 def _id(obj: dict[str, Any], key: str) -> str:
-    value = _need(obj, key, "")
-    if not isinstance(value, str) or not valid_id(value):
-        raise PayloadError(key, f"invalid id {value!r}")
+    value = obj.get(key)
+    if type(value) is not str or _ID_MATCH(value) is None:
+        if key not in obj:
+            raise PayloadError(key, "missing")
+        if not isinstance(value, str) or not valid_id(value):
+            raise PayloadError(key, f"invalid id {value!r}")
     return value
 
 
@@ -276,24 +282,30 @@ def decode_batch(
         raise PayloadError("readings", "expected a non-empty list")
     if len(raw) > MAX_READINGS:
         raise PayloadError("readings", f"{len(raw)} readings, limit {MAX_READINGS}")
-    unknown = obj.keys() - {"v", "park", "enterprise", "device", "epoch", "readings"}
-    if unknown:
-        raise PayloadError(sorted(unknown)[0], "unknown field")
+    # Five keys are required; with six, the sixth must be "epoch".
+    size = len(obj)
+    if size != 5 and (size != 6 or "epoch" not in obj):
+        unknown = obj.keys() - _BATCH_KEYS
+        if unknown:
+            raise PayloadError(sorted(unknown)[0], "unknown field")
     epoch = obj.get("epoch")
     if epoch is not None and (
-        not isinstance(epoch, str) or _EPOCH_RE.fullmatch(epoch) is None
+        not isinstance(epoch, str) or _EPOCH_MATCH(epoch) is None
     ):
         raise PayloadError("epoch", f"expected 16 hex digits, got {epoch!r}")
     latest = now_ms + max_future_ms
-    seen: set[tuple[int, str, str, str]] = set()
-    readings = []
-    for i, r in enumerate(raw):
-        reading = _valid_reading(r, latest, seen)
-        if reading is None:
-            reading = _reading(r, f"readings[{i}].", latest, seen)
-        seen.add((reading.seq, reading.metric, reading.data_type, reading.stat))
-        readings.append(reading)
-    return TelemetryBatch(park, enterprise, device, tuple(readings), epoch)
+    readings = _valid_readings(raw, latest)
+    if readings is None:  # one of them is wrong: say which and why
+        seen: set[tuple[int, str, str, str]] = set()
+        checked = []
+        for i, r in enumerate(raw):
+            reading = _valid_reading(r, latest, seen)
+            if reading is None:
+                reading = _reading(r, f"readings[{i}].", latest, seen)
+            seen.add((reading.seq, reading.metric, reading.data_type, reading.stat))
+            checked.append(reading)
+        readings = tuple(checked)
+    return TelemetryBatch(park, enterprise, device, readings, epoch)
 
 
 _UNIT_OF = {name: m.unit for name, m in METRICS.items()}
@@ -302,6 +314,96 @@ _COUNTERS = frozenset(name for name, m in METRICS.items() if m.kind is Kind.COUN
 _READING_KEYS = frozenset(
     {"seq", "metric", "value", "unit", "ts_ms", "q", "reset", "dt", "stat"}
 )
+
+
+_new_reading = tuple.__new__  # Reading(...) without its Python-level __new__
+
+
+def _valid_readings(raw: list[Any], latest_ms: int) -> tuple[Reading, ...] | None:
+    """The readings if every one of ``raw`` is valid, else None (then the caller
+    looks at them one by one to say which is wrong and why).
+
+    The hot path of the bridge and the sink: the checks of :func:`_valid_reading`,
+    inlined into one loop over the batch, no error messages built.
+    """
+    seen: set[tuple[int, str, str, str]] = set()
+    seen_add = seen.add
+    out: list[Reading] = []
+    append = out.append
+    unit_of, qualities = _UNIT_OF, _QUALITIES
+    for r in raw:
+        if type(r) is not dict:
+            return None
+        size = len(r)
+        reset = None
+        data_type, stat, units = _REALTIME, _VALUE, unit_of
+        if size != 6 or "q" not in r:
+            if size == 5:
+                pass
+            else:
+                reset = r.get("reset")
+                data_type = r.get("dt", _REALTIME)
+                stat = r.get("stat", _VALUE)
+                optional = (
+                    ("q" in r) + (reset is not None) + ("dt" in r) + ("stat" in r)
+                )
+                if size != 5 + optional:
+                    return None
+                if type(data_type) is not str or data_type not in _DATA_TYPES:
+                    return None
+                if type(stat) is not str or stat not in _STATS:
+                    return None
+                if stat != _VALUE:
+                    if data_type == _REALTIME:
+                        return None
+                    if stat == "cou":
+                        units = _TOTAL_UNIT_OF
+        try:
+            seq = r["seq"]
+            name = r["metric"]
+            value = r["value"]
+            unit = r["unit"]
+            ts_ms = r["ts_ms"]
+        except KeyError:
+            return None
+        quality = r.get("q", "N")
+        # An unknown metric's unit is (), equal to no JSON value (None is null);
+        # a name that is not a str is not a key of units either (a list would not
+        # hash: checked first).
+        if (
+            type(name) is not str
+            or units.get(name, ()) != unit
+            or type(seq) is not int
+            or not 0 <= seq <= _MAX_SEQ
+            or type(ts_ms) is not int
+            or not MIN_TS_MS <= ts_ms <= latest_ms
+            or type(quality) is not str
+            or quality not in qualities
+        ):
+            return None
+        if reset is not None and (
+            type(reset) is not str or reset not in _RESETS or name not in _COUNTERS
+        ):
+            return None
+        value_type = type(value)
+        if value_type is float:
+            if not math.isfinite(value):
+                return None
+        elif value_type is int and -_MAX_FLOAT_INT <= value <= _MAX_FLOAT_INT:
+            value = float(value)
+        else:
+            return None
+        n = len(seen)
+        seen_add((seq, name, data_type, stat))
+        if len(seen) == n:
+            return None  # a duplicate
+        append(
+            _new_reading(
+                Reading,
+                (seq, name, value, unit, ts_ms, quality, reset, data_type, stat),
+            )
+        )
+    return tuple(out)
 
 
 def _valid_reading(

@@ -7,18 +7,22 @@ safe; if it returns, both are durable. Rows already stored (same device, metric,
 time) are counted as duplicates and left untouched, so redelivery and retries never
 duplicate a row. A row is stored by series (:mod:`storage.series`): its park,
 enterprise, device, metric, data type and stat once in ``series``, its id on the
-row.
+row. :meth:`TelemetryStore.write_polls` is the same write for decoded wire batches
+(the sink's path): it goes from readings to stored rows in one loop, without a
+:class:`TelemetryRow` a reading.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from psycopg import sql
 from psycopg.rows import class_row
 
 from smartpark.settings import BulkMethod
+from smartpark.wire import TelemetryBatch
 from storage import offsets as offset_sql
 from storage import reads, rollups
 from storage.base import Conn, Database, storage_errors
@@ -33,12 +37,14 @@ from storage.model import (
     WriteResult,
 )
 from storage.partitions import Compacted, Partitions
-from storage.series import SeriesIds
-from storage.writer import RowWriter
+from storage.series import SeriesIds, SeriesKey
+from storage.writer import RowWriter, StoredRow
 
 # A day's partition is compacted once the day ended this many days ago: late rows
 # (allowed lateness is about an hour) have long arrived by then.
 COMPACT_AFTER_DAYS = 1
+_TIME_OF = operator.attrgetter("time")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class TelemetryStore:
@@ -80,17 +86,64 @@ class TelemetryStore:
         connection drops during COMMIT the outcome is unknown to us, which is why
         retrying must be, and is, idempotent.)
         """
+        # The rows of a poll share their time: each distinct time is converted once.
+        times = dict.fromkeys(map(_TIME_OF, rows))
+
+        async def stored(conn: Conn) -> Sequence[StoredRow]:
+            ids = await self._series.resolve(conn, rows)
+            return [
+                (r.time, r.seq, r.value, i, r.quality, r.reset)
+                for r, i in zip(rows, ids, strict=True)
+            ]
+
+        return await self._write(len(rows), times, stored, offsets, epochs)
+
+    async def write_polls(
+        self,
+        polls: Sequence[TelemetryBatch],
+        *,
+        offsets: Sequence[KafkaOffset] = (),
+        epochs: Sequence[EpochRow] = (),
+    ) -> WriteResult:
+        """:meth:`write` of the rows of ``polls`` (decoded wire batches, as
+        :func:`storage.model.rows_from_batch` spells them out), with the same
+        contract: the sink's path, which builds no :class:`TelemetryRow`."""
+        times: dict[int, datetime] = {}  # by ts_ms, as rows_from_batch converts
+        built, missing = _stored_rows(polls, self._series, times)
+
+        async def stored(conn: Conn) -> Sequence[StoredRow]:
+            if not missing:
+                return built
+            await self._series.load(conn, missing)
+            rows, left = _stored_rows(polls, self._series, times)
+            assert not left, "every series was just loaded"
+            return rows
+
+        count = sum(len(p.readings) for p in polls)
+        return await self._write(count, times.values(), stored, offsets, epochs)
+
+    async def _write(
+        self,
+        count: int,
+        times: Iterable[datetime],
+        stored: Callable[[Conn], Awaitable[Sequence[StoredRow]]],
+        offsets: Sequence[KafkaOffset],
+        epochs: Sequence[EpochRow],
+    ) -> WriteResult:
+        """The transaction of :meth:`write`: ``stored(conn)`` builds the rows
+        (resolving their series outside the transaction); ``times`` are the
+        distinct times of the rows (their minutes are logged for the rollups)."""
         plain = self._dialect is Dialect.POSTGRES
-        minutes = rollups.touched_minutes(r.time for r in rows) if plain else []
-        with storage_errors(f"write of {len(rows)} rows"), self._partitions.unsure():
+        minutes = rollups.touched_minutes(times) if plain else []
+        with storage_errors(f"write of {count} rows"), self._partitions.unsure():
             async with self._db.connection() as conn:
                 if minutes:
                     days = {m.date() for m in minutes}
                     await self._partitions.ensure_days(conn, days)
                 await self._writer.prepare(conn)
-                series_ids = await self._series.resolve(conn, rows)
+                rows = await stored(conn)
                 async with conn.transaction():
-                    inserted = await self._writer.insert(conn, rows, series_ids)
+                    inserted = await self._writer.insert(conn, rows)
                     if inserted and minutes:
                         await conn.execute(rollups.mark(self._schema), (minutes,))
                     await offset_sql.upsert(conn, self._schema, offsets)
@@ -106,7 +159,7 @@ class TelemetryStore:
                                 [e.first_time for e in epochs],
                             ),
                         )
-        return WriteResult(inserted, len(rows) - inserted)
+        return WriteResult(inserted, count - inserted)
 
     # -- maintenance --------------------------------------------------------------
 
@@ -277,3 +330,31 @@ def _insert_epochs(schema: str) -> sql.Composed:
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
         " %s::int8[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
     ).format(sql.Identifier(schema, "device_epochs"))
+
+
+def _stored_rows(
+    polls: Sequence[TelemetryBatch], series: SeriesIds, times: dict[int, datetime]
+) -> tuple[list[StoredRow], list[SeriesKey]]:
+    """The stored rows of ``polls`` and the keys of the series not cached yet (their
+    readings are left out: load them, then call again); the time of every reading
+    is added to ``times`` (by ``ts_ms``).
+
+    The sink's hot loop: one device lookup per poll, one dict lookup per reading.
+    """
+    rows: list[StoredRow] = []
+    append = rows.append
+    missing: list[SeriesKey] = []
+    for poll in polls:
+        ids = series.of_device((poll.park, poll.enterprise, poll.device))
+        for seq, metric, value, _unit, ts_ms, quality, reset, dt, stat in poll.readings:
+            t = times.get(ts_ms)
+            if t is None:
+                t = times[ts_ms] = _EPOCH + timedelta(milliseconds=ts_ms)
+            series_id = ids.get((metric, dt, stat))
+            if series_id is None:
+                missing.append(
+                    (poll.park, poll.enterprise, poll.device, metric, dt, stat)
+                )
+                continue
+            append((t, seq, value, series_id, quality, reset))
+    return rows, missing

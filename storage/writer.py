@@ -28,7 +28,6 @@ from psycopg import sql
 from smartpark.settings import BulkMethod
 from storage import statements
 from storage.base import Conn
-from storage.model import TelemetryRow
 
 StoredRow = tuple[Any, ...]
 """(time, seq, value, series_id, quality, reset): ``statements.COLUMNS``"""
@@ -59,20 +58,10 @@ class RowWriter:
             await conn.execute(statements.create_staging())
             self._staged.add(conn)
 
-    async def insert(
-        self, conn: Conn, rows: Sequence[TelemetryRow], series_ids: Sequence[int]
-    ) -> int:
-        """Insert ``rows`` (of the given series ids) in the current transaction;
-        return how many were new."""
+    async def insert(self, conn: Conn, rows: Sequence[StoredRow]) -> int:
+        """Insert ``rows`` in the current transaction; return how many were new."""
         if not rows:
             return 0
-        stored = [
-            (r.time, r.seq, r.value, i, r.quality, r.reset)
-            for r, i in zip(rows, series_ids, strict=True)
-        ]
-        return await self._insert(conn, stored)
-
-    async def _insert(self, conn: Conn, rows: Sequence[StoredRow]) -> int:
         async with conn.cursor() as cur:
             if self._copy:
                 try:

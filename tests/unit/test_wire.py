@@ -295,6 +295,40 @@ def test_fast_path_agrees_with_the_precise_validator(
         seen.add((precise.seq, precise.metric, precise.data_type, precise.stat))
 
 
+@given(st.lists(near_valid_readings, min_size=1, max_size=4))
+def test_batch_fast_path_agrees_with_the_precise_validator(
+    readings: list[dict[str, Any]],
+) -> None:
+    """The batch's hot loop accepts exactly the batches whose every reading the
+    field-by-field validator accepts (duplicates refused), and builds the same
+    readings."""
+    from smartpark.wire import _reading, _valid_readings
+
+    seen: set[tuple[int, str, str, str]] = set()
+    latest = NOW + 300_000
+    fast = _valid_readings(readings, latest)
+    precise = []
+    for r in readings:
+        try:
+            reading = _reading(r, "r.", latest, seen)
+        except PayloadError:
+            assert fast is None
+            return
+        seen.add((reading.seq, reading.metric, reading.data_type, reading.stat))
+        precise.append(reading)
+    assert fast == tuple(precise)
+    assert all(type(r) is Reading for r in fast)
+
+
+def test_a_duplicate_reading_is_named_at_its_place() -> None:
+    doc = good()
+    doc["readings"] = [doc["readings"][0], dict(doc["readings"][0])]
+    with pytest.raises(PayloadError) as err:
+        decode_batch(json.dumps(doc), now_ms=NOW)
+    assert err.value.path == "readings[1].seq"
+    assert "duplicate reading" in str(err.value)
+
+
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_with_orjson_raise_only_payload_error(data: bytes) -> None:
     """The platform parses with orjson on its hot paths; errors stay PayloadError."""
