@@ -211,7 +211,9 @@ async def test_an_alert_is_opened_acknowledged_then_resolved(
     )  # fmt: skip
     engine = Engine(engine_pack)
     events = [
-        e for v in (9.0, 5.0) for e in engine.feed(Obs(T0, "ack", "e1", "d1", "nh3", v))
+        e
+        for i, v in enumerate((9.0, 5.0))
+        for e in engine.feed(Obs(T0 + i * 60_000, "ack", "e1", "d1", "nh3", v))
     ]
     opened, resolved = (event_row(engine_pack, e) for e in events)
     env = settings_env(settings)
