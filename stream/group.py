@@ -15,6 +15,12 @@ monitoring only. Contracts of :class:`DbPositionedConsumer`:
   that straddles a rebalance is dropped and every owned partition re-positioned.
 * ``run()`` returns after :meth:`stop` once the batch in flight is committed or
   dropped; cancelling it drops the batch in flight.
+* A batch lingers: once records have come, more are fetched for up to
+  ``batch_linger_ms`` (or until ``batch_max_records``) and go in the same batch.
+  A transaction has a cost of its own whatever its size (measured: the sink spent
+  about 3 ms of CPU a batch at the city load, batches of some 24 records, 45 a
+  second); fewer, fuller batches cost less and hold the database less, for at
+  most ``batch_linger_ms`` more latency. 0 takes what one ``getmany`` returns.
 
 Subclasses implement :meth:`process` and :meth:`load_positions`, and may override
 :meth:`maintain` (called between batches) and :meth:`on_revoked` (under the lock).
@@ -63,6 +69,7 @@ class DbPositionedConsumer(ABC):
         self._client_id = client_id
         self._batch_max_records = consumer.batch_max_records
         self._batch_max_wait_ms = consumer.batch_max_wait_ms
+        self._batch_linger_s = consumer.batch_linger_ms / 1000
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         # Held while a batch is between getmany() and its commit, and while
@@ -141,6 +148,8 @@ class DbPositionedConsumer(ABC):
                     timeout_ms=self._batch_max_wait_ms,
                     max_records=self._batch_max_records,
                 )
+                if fetched and self._batch_linger_s > 0:
+                    fetched = await self._linger(consumer, fetched)
                 async with self._lock:
                     if generation != self._generation:
                         self._unpositioned |= self._owned
@@ -187,6 +196,27 @@ class DbPositionedConsumer(ABC):
         return done
 
     # -- internals ------------------------------------------------------------------
+
+    async def _linger(
+        self, consumer: AIOKafkaConsumer, first: Batch
+    ) -> dict[TopicPartition, list[Record]]:
+        """``first`` and what more comes within the linger, up to the batch size
+        (see the module contract); each partition's records stay in order."""
+        loop = asyncio.get_running_loop()
+        merged = {tp: list(records) for tp, records in first.items()}
+        count = sum(map(len, merged.values()))
+        deadline = loop.time() + self._batch_linger_s
+        while count < self._batch_max_records and not self._stopping.is_set():
+            left_ms = (deadline - loop.time()) * 1000
+            if left_ms < 1:
+                break
+            more = await consumer.getmany(
+                timeout_ms=int(left_ms), max_records=self._batch_max_records - count
+            )
+            for tp, records in more.items():
+                merged.setdefault(tp, []).extend(records)
+                count += len(records)
+        return merged
 
     def _rewind(self, batch: Batch) -> None:
         """Seek each partition back to the batch's first offset: the DB's position."""

@@ -395,3 +395,35 @@ async def test_a_new_outbox_epoch_is_recorded_once_with_its_first_poll(
     epochs = await migrated.telemetry.epochs(device=device)
     assert [(e.epoch, e.first_seq) for e in epochs] == [(old, 1), (new, 1)]
     assert await migrated.telemetry.count_rows(park=park_id) == 9
+
+
+@pytest.mark.parametrize(
+    ("linger_ms", "batches"), [(2000, range(1, 3)), (0, range(4, 99))]
+)
+async def test_a_batch_lingers_for_the_records_that_follow(
+    settings: Settings, migrated: Storage, linger_ms: int, batches: range
+) -> None:
+    """Records produced 50 ms apart: with a linger they go in one or two
+    transactions; without one (the control) each getmany is a batch of its own."""
+    sink_settings = settings.sink.model_copy(update={"batch_linger_ms": linger_ms})
+    settings = settings.model_copy(update={"sink": sink_settings})
+    records, keys = telemetry(
+        settings.kafka.topic_prefix.strip("."), 1, 1, range(1, 13)
+    )
+    await ensure_topics(settings.kafka)
+    async with Sink(settings) as sink:
+        task = asyncio.create_task(sink.run())
+        try:
+            await until(
+                check(lambda: bool(sink.assigned)), timeout_s=60, what="assignment"
+            )
+            await produce(settings, records, pause_every=1)
+            await until(
+                check(lambda: sink.stats.rows_inserted == len(keys)),
+                timeout_s=60,
+                what="every row",
+            )
+        finally:
+            sink.stop()
+            await asyncio.wait_for(task, 30)
+    assert sink.stats.batches in batches, sink.stats
