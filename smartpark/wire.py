@@ -299,9 +299,7 @@ def decode_batch(
         seen: set[tuple[int, str, str, str]] = set()
         checked = []
         for i, r in enumerate(raw):
-            reading = _valid_reading(r, latest, seen)
-            if reading is None:
-                reading = _reading(r, f"readings[{i}].", latest, seen)
+            reading = _reading(r, f"readings[{i}].", latest, seen)
             seen.add((reading.seq, reading.metric, reading.data_type, reading.stat))
             checked.append(reading)
         readings = tuple(checked)
@@ -323,8 +321,8 @@ def _valid_readings(raw: list[Any], latest_ms: int) -> tuple[Reading, ...] | Non
     """The readings if every one of ``raw`` is valid, else None (then the caller
     looks at them one by one to say which is wrong and why).
 
-    The hot path of the bridge and the sink: the checks of :func:`_valid_reading`,
-    inlined into one loop over the batch, no error messages built.
+    The hot path of the bridge and the sink: the checks of :func:`_reading`, in
+    one loop over the batch, no error messages built.
     """
     seen: set[tuple[int, str, str, str]] = set()
     seen_add = seen.add
@@ -404,74 +402,6 @@ def _valid_readings(raw: list[Any], latest_ms: int) -> tuple[Reading, ...] | Non
             )
         )
     return tuple(out)
-
-
-def _valid_reading(
-    r: Any, latest_ms: int, seen: set[tuple[int, str, str, str]]
-) -> Reading | None:
-    """The reading if ``r`` is valid, else None (then :func:`_reading` says why).
-
-    The hot path of the bridge and the sink: one pass of cheap checks, no error
-    messages built.
-    """
-    if type(r) is not dict:
-        return None
-    # Beyond the five required keys only the optional ones may be present; the
-    # common case (six keys, "q" among them) costs one lookup.
-    size = len(r)
-    reset = None
-    data_type, stat = _REALTIME, _VALUE
-    if size != 5 and (size != 6 or "q" not in r):
-        reset = r.get("reset")
-        data_type = r.get("dt", _REALTIME)
-        stat = r.get("stat", _VALUE)
-        optional = ("q" in r) + (reset is not None) + ("dt" in r) + ("stat" in r)
-        if size != 5 + optional:
-            return None
-        if type(data_type) is not str or data_type not in _DATA_TYPES:
-            return None
-        if type(stat) is not str or stat not in _STATS:
-            return None
-        if stat != _VALUE and data_type == _REALTIME:
-            return None
-    try:
-        seq, name, value, unit, ts_ms = (
-            r["seq"],
-            r["metric"],
-            r["value"],
-            r["unit"],
-            r["ts_ms"],
-        )
-    except KeyError:
-        return None
-    if type(name) is not str:
-        return None
-    quality = r.get("q", "N")
-    value_type = type(value)
-    # An unknown metric's unit is (), equal to no JSON value (None is null).
-    units = _TOTAL_UNIT_OF if stat == "cou" else _UNIT_OF
-    if (
-        type(seq) is not int
-        or not 0 <= seq <= _MAX_SEQ
-        or units.get(name, ()) != unit
-        or type(ts_ms) is not int
-        or not MIN_TS_MS <= ts_ms <= latest_ms
-        or type(quality) is not str
-        or quality not in _QUALITIES
-        or (seq, name, data_type, stat) in seen
-    ):
-        return None
-    if reset is not None and (
-        type(reset) is not str or reset not in _RESETS or name not in _COUNTERS
-    ):
-        return None
-    if value_type is int:
-        if not -_MAX_FLOAT_INT <= value <= _MAX_FLOAT_INT:
-            return None
-        value = float(value)
-    elif value_type is not float or not math.isfinite(value):
-        return None
-    return Reading(seq, name, value, unit, ts_ms, quality, reset, data_type, stat)
 
 
 def _reading(

@@ -275,26 +275,6 @@ near_valid_readings = st.fixed_dictionaries(
 )
 
 
-@given(st.lists(near_valid_readings, min_size=1, max_size=3))
-def test_fast_path_agrees_with_the_precise_validator(
-    readings: list[dict[str, Any]],
-) -> None:
-    """The hot path accepts exactly what the field-by-field validator accepts."""
-    from smartpark.wire import _reading, _valid_reading
-
-    seen: set[tuple[int, str, str, str]] = set()
-    latest = NOW + 300_000
-    for r in readings:
-        fast = _valid_reading(r, latest, seen)
-        try:
-            precise = _reading(r, "r.", latest, seen)
-        except PayloadError:
-            assert fast is None
-            return
-        assert fast == precise
-        seen.add((precise.seq, precise.metric, precise.data_type, precise.stat))
-
-
 @given(st.lists(near_valid_readings, min_size=1, max_size=4))
 def test_batch_fast_path_agrees_with_the_precise_validator(
     readings: list[dict[str, Any]],
