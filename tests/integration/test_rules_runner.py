@@ -133,6 +133,15 @@ async def test_killed_runner_raises_exactly_what_the_offline_core_raises(
                 runner.kill()  # mid-batch or between: nothing may be lost or doubled
                 progress.append(len(await storage.alerts.events(park=park_id)))
                 runner.start()
+            # the last incarnation up before it is judged and stopped (a SIGTERM
+            # while it still starts would end it before its handler is in place)
+            await wait_for(
+                lambda: (
+                    runner.log.read_text().count("rules runner started") > len(chunks)
+                ),
+                timeout_s=60,
+                what="the last runner up",
+            )
             records = await consume_all(
                 settings,
                 settings.kafka.telemetry_topic,

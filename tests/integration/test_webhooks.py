@@ -267,14 +267,24 @@ async def test_a_dead_endpoint_does_not_delay_a_healthy_one(
             await storage.migrate()
             await subscribe(storage, "sub-live", park_id, "live", live.url)
             await subscribe(storage, "sub-dead", park_id, "dead", dead_url)
+            store = storage.webhooks
+
+            async def dead_attempts_now() -> list[Any]:
+                rows = await store.deliveries(subscription_id="sub-dead")
+                return [
+                    a for row in rows for a in await store.attempts(row.delivery_id)
+                ]
+
             async with running_notifier(settings):
                 baseline = await _latencies(settings, live, park_id, "base", dead=False)
                 loaded = await _latencies(settings, live, park_id, "load", dead=True)
-            store = storage.webhooks
-            dead_rows = await store.deliveries(subscription_id="sub-dead")
-            dead_attempts = [
-                a for row in dead_rows for a in await store.attempts(row.delivery_id)
-            ]
+                # the dead endpoint is still being tried (each attempt hangs 2 s);
+                # the live one was measured while its first attempts hung
+                for _ in range(75):  # 15 s
+                    if len(await dead_attempts_now()) >= 2:
+                        break
+                    await asyncio.sleep(0.2)
+            dead_attempts = await dead_attempts_now()
     print(f"healthy endpoint latency: alone max {max(baseline):.3f} s, "
           f"beside a dead endpoint max {max(loaded):.3f} s")  # fmt: skip
     assert dead_attempts
