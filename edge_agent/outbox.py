@@ -57,10 +57,11 @@ keeps the publisher's bookkeeping single-threaded.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -315,25 +316,15 @@ class Outbox:
         now_ms = to_ms(self._clock())
         with self._lock:
             db = self._db()
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = self._append(db, device, samples, now_ms)
-                    if result.stored and last_counters:
-                        db.executemany(
-                            "INSERT INTO counter_values (device, metric, value)"
-                            " VALUES (?, ?, ?) ON CONFLICT (device, metric)"
-                            " DO UPDATE SET value = excluded.value",
-                            [(device, m, v) for m, v in last_counters.items()],
-                        )
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    # The in-memory mirrors of rows and counters may be ahead.
-                    self._reload(db)
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"{self.path}: append failed: {exc}") from exc
+            with self._transaction(db, "append", reload=True):
+                result = self._append(db, device, samples, now_ms)
+                if result.stored and last_counters:
+                    db.executemany(
+                        "INSERT INTO counter_values (device, metric, value)"
+                        " VALUES (?, ?, ?) ON CONFLICT (device, metric)"
+                        " DO UPDATE SET value = excluded.value",
+                        [(device, m, v) for m, v in last_counters.items()],
+                    )
             return result
 
     def _append(
@@ -472,31 +463,43 @@ class Outbox:
         now_ms = to_ms(self._clock())
         with self._lock:
             db = self._db()
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    before = db.total_changes
-                    if keep_s > 0:
-                        db.executemany(
-                            "UPDATE readings SET acked_ms = ?"
-                            f" WHERE id = ? AND {_PENDING}",
-                            [(now_ms, i) for (i,) in batch],
-                        )
-                    else:
-                        db.executemany(
-                            f"DELETE FROM readings WHERE id = ? AND {_PENDING}", batch
-                        )
-                    done = db.total_changes - before
-                    if purge:
-                        self._purge(db, now_ms - int(keep_s * 1000))
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"{self.path}: acknowledge failed: {exc}") from exc
+            with self._transaction(db, "acknowledge", reload=False):
+                before = db.total_changes
+                if keep_s > 0:
+                    db.executemany(
+                        f"UPDATE readings SET acked_ms = ? WHERE id = ? AND {_PENDING}",
+                        [(now_ms, i) for (i,) in batch],
+                    )
+                else:
+                    db.executemany(
+                        f"DELETE FROM readings WHERE id = ? AND {_PENDING}", batch
+                    )
+                done = db.total_changes - before
+                if purge:
+                    self._purge(db, now_ms - int(keep_s * 1000))
             self._rows -= done
             return done
+
+    @contextlib.contextmanager
+    def _transaction(
+        self, db: sqlite3.Connection, what: str, *, reload: bool
+    ) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any error ``ROLLBACK`` (and, with
+        ``reload``, the in-memory mirrors of rows and counters, which the body may
+        have moved ahead, read again); an SQLite error is a StorageError naming
+        ``what``."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                if reload:
+                    self._reload(db)
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {what} failed: {exc}") from exc
 
     def purge_acknowledged(self, keep_s: float) -> int:
         """Delete the rows acknowledged more than ``keep_s`` ago; returns how many."""
@@ -523,33 +526,23 @@ class Outbox:
         rows are taken first; the rest are counted as skipped."""
         with self._lock:
             db = self._db()
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    ids = [
-                        r[0]
-                        for r in db.execute(
-                            # "+id": by readings_acked, not a scan in id order.
-                            "SELECT id FROM readings WHERE acked_ms >= ?"
-                            " ORDER BY +id DESC",
-                            (since_ms,),
-                        )
-                    ]
-                    room = max(0, self.max_rows - self._rows)
-                    taken, skipped = ids[:room], ids[room:]
-                    db.executemany(
-                        "UPDATE readings SET acked_ms = NULL WHERE id = ?",
-                        [(i,) for i in taken],
+            with self._transaction(db, "requeue", reload=True):
+                ids = [
+                    r[0]
+                    for r in db.execute(
+                        # "+id": by readings_acked, not a scan in id order.
+                        "SELECT id FROM readings WHERE acked_ms >= ? ORDER BY +id DESC",
+                        (since_ms,),
                     )
-                    self._count(db, "requeued_rows", len(taken))
-                    self._count(db, "requeue_skipped_rows", len(skipped))
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    self._reload(db)
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"{self.path}: requeue failed: {exc}") from exc
+                ]
+                room = max(0, self.max_rows - self._rows)
+                taken, skipped = ids[:room], ids[room:]
+                db.executemany(
+                    "UPDATE readings SET acked_ms = NULL WHERE id = ?",
+                    [(i,) for i in taken],
+                )
+                self._count(db, "requeued_rows", len(taken))
+                self._count(db, "requeue_skipped_rows", len(skipped))
             self._rows += len(taken)
             return Requeued(len(taken), len(skipped))
 
