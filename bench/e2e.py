@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import math
 import os
 import subprocess
@@ -54,6 +53,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -75,6 +75,7 @@ from bench.load import (
     Workload,
     device_ids,
     device_messages,
+    gateway_id,
     poll_time_ms,
     publish_all,
     verdict,
@@ -93,7 +94,7 @@ from smartpark.settings import (
 from smartpark.wire import (
     Reading,
     TelemetryBatch,
-    decode_batch,
+    decode_message,
     encode_batch,
     telemetry_topic,
 )
@@ -208,7 +209,12 @@ class Result:
             f"bench e2e: {w.enterprises} enterprises x {w.devices_per_enterprise} "
             f"devices x {w.metrics_per_device} metrics every {w.step_ms / 1000:g} s "
             f"({w.out_of_order:.0%} of polls {w.ooo_delay_ms} ms out of order, "
-            f"{w.batch_polls} poll(s) a message), seed {w.seed}, "
+            + (
+                "one gateway message an enterprise and step"
+                if w.gateway
+                else f"{w.batch_polls} poll(s) a message"
+            )
+            + f"), seed {w.seed}, "
             f"{o.duration_s:g} s, {o.publishers} publisher(s)",
             f"load: {self.verdict.line()}",
             f"probes: 1 device in {o.probe_every}, metric {PROBE_METRIC}; database "
@@ -320,6 +326,20 @@ def park_of(s: Settings) -> str:
     return s.mqtt.subscription.split("/")[2]
 
 
+_SUBSCRIBE_CHUNK = 500
+
+
+def _probe_topics(w: Workload, park: str, every: int) -> list[str]:
+    """The topics the probe devices' polls arrive on (with gateway messages, their
+    enterprises' gateway topics)."""
+    topics: dict[str, None] = {}
+    for i in range(0, w.devices, every):
+        enterprise, device = device_ids(w, i)
+        sender = gateway_id(enterprise) if w.gateway else device
+        topics[telemetry_topic(park, enterprise, sender)] = None
+    return list(topics)
+
+
 class Observer:
     """The raw MQTT subscriber on the probes' topics; also sends the warm-up."""
 
@@ -332,23 +352,37 @@ class Observer:
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
-        self._topics = [(t, 1) for t in topics]
+        # In chunks: one SUBSCRIBE with the province's 5 600 probe topics is larger
+        # than the broker takes (Mosquitto closes the connection: oversize packet).
+        self._chunks = [
+            [(t, 1) for t in topics[i : i + _SUBSCRIBE_CHUNK]]
+            for i in range(0, len(topics), _SUBSCRIBE_CHUNK)
+        ]
+        self._acks = 0
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect(s.mqtt.host, s.mqtt.port, keepalive=30)
         self.client.loop_start()
         if not self._subscribed.wait(20):
             raise RuntimeError("the raw subscriber's subscription was not acknowledged")
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
-        client.subscribe(self._topics)  # again after a reconnection (clean session)
+        self._acks = 0
+        for chunk in self._chunks:  # again after a reconnection (clean session)
+            client.subscribe(chunk)
+
+    def _on_subscribe(self, *_: Any) -> None:
+        self._acks += 1
+        if self._acks >= len(self._chunks):
+            self._subscribed.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
-        body = json.loads(msg.payload)
-        for r in body["readings"]:
-            self.probes.raw.setdefault((body["device"], r["seq"]), now)
+        body = orjson.loads(msg.payload)
+        for d in body.get("devices", [body]):  # a gateway's message, or a device's
+            for r in d["readings"]:
+                self.probes.raw.setdefault((d["device"], r["seq"]), now)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -514,10 +548,7 @@ async def run(o: Options) -> Result:
         procs = [_start(c, service_env(s), logs) for c in commands]
         async with await _connect(o, s) as conn:
             probes = Probes({}, {})  # the warm-up is not measured
-            topics = [
-                telemetry_topic(park_of(s), *device_ids(o.workload, i))
-                for i in range(0, o.workload.devices, o.probe_every)
-            ]
+            topics = _probe_topics(o.workload, park_of(s), o.probe_every)
             observer = Observer(s, probes, topics)
             await _warm_up(s, observer, conn)
             names = [c[0] for c in commands]
@@ -628,11 +659,12 @@ async def _produced(k: KafkaSettings, probes: Probes) -> dict[tuple[str, int], f
             while await consumer.position(tp) < ends[tp]:
                 got = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
                 for rec in got.get(tp, []):
-                    batch = decode_batch(rec.value or b"", now_ms=2**62)
-                    for r in batch.readings:
-                        key = (batch.device, r.seq)
-                        if key in probes.intended and key not in seen:
-                            seen[key] = rec.timestamp / 1000
+                    decoded = decode_message(rec.value or b"", now_ms=2**62)
+                    for batch in decoded.batches:
+                        for r in batch.readings:
+                            key = (batch.device, r.seq)
+                            if key in probes.intended and key not in seen:
+                                seen[key] = rec.timestamp / 1000
     finally:
         await consumer.stop()
     return seen
@@ -677,7 +709,10 @@ def options(args: argparse.Namespace) -> Options:
         w = w.scaled(args.rate_scale)
     if args.seed is not None:
         w = replace(w, seed=args.seed)
-    messages_per_s = w.devices * 1000 / w.step_ms / w.batch_polls
+    if args.batch_polls != w.batch_polls or args.gateway:
+        w = replace(w, batch_polls=args.batch_polls, gateway=args.gateway)
+    senders = w.enterprises if w.gateway else w.devices
+    messages_per_s = senders * 1000 / w.step_ms / w.batch_polls
     publishers = args.publishers or max(
         1, math.ceil(messages_per_s / MESSAGES_PER_PUBLISHER)
     )
@@ -701,6 +736,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate-scale", type=float, default=1.0, metavar="X")
     parser.add_argument("--publishers", type=int, default=0, help="0: automatic")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--batch-polls",
+        type=int,
+        default=1,
+        metavar="N",
+        help="consecutive polls of a device in one message (latency: N-1 steps more)",
+    )
+    parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="one message an enterprise and step, as agents with publish.gateway"
+        " send (wire schema version 2)",
+    )
     parser.add_argument("--probe-every", type=int, default=20, metavar="N")
     parser.add_argument("--poll-ms", type=int, default=50)
     parser.add_argument(

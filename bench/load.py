@@ -7,7 +7,11 @@ step, at a phase drawn from the seed; a poll is one wire batch
 (:mod:`smartpark.wire`, the JSON the edge agent publishes) on
 ``sp/v1/{park}/{enterprise}/{device}/telemetry``, published with paho at QoS 1.
 ``batch_polls`` > 1 holds that many consecutive polls of a device in one message
-(as an agent does when it batches), sent at the time of the newest.
+(as an agent does when it batches), sent at the time of the newest. ``gateway``
+sends as an edge agent with ``publish.gateway`` does: all devices of an enterprise
+poll at the enterprise's phase, and each step's polls go out as one gateway message
+(wire schema version 2) on ``sp/v1/{park}/{enterprise}/agent.{enterprise}/telemetry``;
+a poll held back (out of order) goes later in a gateway message of its own.
 
 Out of order: a seeded share of the polls is held back ``ooo_delay_ms`` and sent
 after newer polls of the same device, with its original device time (``ts_ms``).
@@ -39,7 +43,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from smartpark.wire import Reading, TelemetryBatch, encode_batch, telemetry_topic
+from smartpark.wire import (
+    GatewayBatch,
+    Reading,
+    TelemetryBatch,
+    encode_batch,
+    encode_gateway,
+    telemetry_topic,
+)
 
 TOLERANCE = 0.02  # achieved below offered by more than this: the run is invalid
 
@@ -66,6 +77,11 @@ class Workload:
     ooo_delay_ms: int = 5_000
     batch_polls: int = 1  # consecutive polls of a device per message
     seed: int = 16
+    gateway: bool = False  # one message an enterprise and step (wire version 2)
+
+    def __post_init__(self) -> None:
+        if self.gateway and self.batch_polls != 1:
+            raise ValueError("gateway messages take one poll of each device")
 
     @property
     def devices(self) -> int:
@@ -100,9 +116,11 @@ class Message:
     first_seq: int
     polls: int
     late: bool  # held back (out of order)
+    # A gateway message: the devices whose poll ``first_seq`` it carries.
+    devices: tuple[int, ...] = ()
 
     def readings(self, w: Workload) -> int:
-        return self.polls * w.metrics_per_device
+        return self.polls * w.metrics_per_device * (len(self.devices) or 1)
 
 
 def device_ids(w: Workload, index: int) -> tuple[str, str]:
@@ -115,10 +133,20 @@ def _device_rng(w: Workload, index: int) -> random.Random:
     return random.Random(f"{w.seed}:{index}")
 
 
+def _phase(w: Workload, index: int, rng: random.Random) -> int:
+    """Device ``index``'s poll phase: its own (drawn from ``rng``, its generator),
+    or with gateway messages its enterprise's."""
+    if w.gateway:
+        e = index // w.devices_per_enterprise
+        return random.Random(f"{w.seed}:e{e}").randrange(w.step_ms)
+    return rng.randrange(w.step_ms)
+
+
 def device_messages(w: Workload, index: int, duration_ms: int) -> list[Message]:
-    """The messages of one device whose send time falls in ``[0, duration_ms)``."""
+    """The messages of one device whose send time falls in ``[0, duration_ms)``
+    (with gateway messages: its polls, as if each were a message of its own)."""
     rng = _device_rng(w, index)
-    phase = rng.randrange(w.step_ms)
+    phase = _phase(w, index, rng)
     out: list[Message] = []
     pending: list[int] = []  # seqs of on-time polls not sent yet (batching)
     seq = 0
@@ -141,15 +169,41 @@ def device_messages(w: Workload, index: int, duration_ms: int) -> list[Message]:
 
 def poll_time_ms(w: Workload, index: int, seq: int) -> int:
     """The device time of poll ``seq`` of device ``index`` (from the run's origin)."""
-    phase = _device_rng(w, index).randrange(w.step_ms)
+    phase = _phase(w, index, _device_rng(w, index))
     return phase + (seq - 1) * w.step_ms
+
+
+def enterprise_messages(w: Workload, e: int, duration_ms: int) -> list[Message]:
+    """The gateway messages of enterprise ``e``: each step's on-time polls of all
+    its devices in one, each held-back poll in one of its own."""
+    first = e * w.devices_per_enterprise
+    on_time: dict[tuple[int, int], list[int]] = {}  # (send_ms, seq) -> devices
+    late: list[Message] = []
+    for i in range(first, first + w.devices_per_enterprise):
+        for m in device_messages(w, i, duration_ms):
+            if m.late:
+                late.append(replace(m, devices=(i,)))
+            else:
+                on_time.setdefault((m.send_ms, m.first_seq), []).append(i)
+    out = [
+        Message(send_ms, devices[0], seq, 1, False, tuple(devices))
+        for (send_ms, seq), devices in on_time.items()
+    ]
+    return sorted(out + late)
 
 
 def schedule(
     w: Workload, duration_ms: int, *, part: int = 0, parts: int = 1
 ) -> list[Message]:
-    """Every message of the devices of ``part`` (devices ``i % parts == part``) in
-    intended send order."""
+    """Every message of the devices of ``part`` (devices ``i % parts == part``;
+    with gateway messages enterprises ``e % parts == part``) in intended send
+    order."""
+    if w.gateway:
+        per_enterprise = (
+            enterprise_messages(w, e, duration_ms)
+            for e in range(part, w.enterprises, parts)
+        )
+        return list(heapq.merge(*per_enterprise))
     per_device = (
         device_messages(w, i, duration_ms) for i in range(part, w.devices, parts)
     )
@@ -161,6 +215,8 @@ def encode(w: Workload, park: str, m: Message, t0_ms: int) -> tuple[str, bytes]:
 
     Values are a function of (seed, device, seq, metric): counters grow, gauges vary.
     """
+    if m.devices:
+        return _encode_gateway(w, park, m, t0_ms)
     enterprise, device = device_ids(w, m.device_index)
     readings = []
     for seq in range(m.first_seq, m.first_seq + m.polls):
@@ -172,6 +228,31 @@ def encode(w: Workload, park: str, m: Message, t0_ms: int) -> tuple[str, bytes]:
             )
     batch = TelemetryBatch(park, enterprise, device, tuple(readings))
     return telemetry_topic(park, enterprise, device), encode_batch(batch)
+
+
+def gateway_id(enterprise: str) -> str:
+    """The bench's agent of ``enterprise`` (the topic's third id)."""
+    return f"agent.{enterprise}"
+
+
+def _encode_gateway(
+    w: Workload, park: str, m: Message, t0_ms: int
+) -> tuple[str, bytes]:
+    enterprise = device_ids(w, m.device_index)[0]
+    seq = m.first_seq
+    batches = []
+    for i in m.devices:
+        ts = t0_ms + poll_time_ms(w, i, seq)
+        readings = []
+        for k in range(w.metrics_per_device):
+            metric, unit = METRICS[k % len(METRICS)]
+            readings.append(Reading(seq, metric, _value(w, i, seq, k), unit, ts))
+        batches.append(
+            TelemetryBatch(park, enterprise, device_ids(w, i)[1], tuple(readings))
+        )
+    gateway = gateway_id(enterprise)
+    payload = encode_gateway(GatewayBatch(park, enterprise, gateway, tuple(batches)))
+    return telemetry_topic(park, enterprise, gateway), payload
 
 
 def _value(w: Workload, index: int, seq: int, k: int) -> float:

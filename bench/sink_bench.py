@@ -153,7 +153,11 @@ async def sink_path(
     for records in batches:
         with collector_paused():  # as Sink.process
             t0 = time.perf_counter()
-            polls = [decode_record(value, now_ms=now_ms) for value in records]
+            polls = [
+                b
+                for value in records
+                for b in decode_record(value, now_ms=now_ms).batches
+            ]
             decoding += time.perf_counter() - t0
             offset += len(records)
             result = await storage.telemetry.write_polls(

@@ -223,9 +223,10 @@ class Sink(DbPositionedConsumer):
                         DeadLetter(rec.value, str(exc), source, now_ms, rec.key)
                     )
                     continue
-                polls.append(decoded)
-                if decoded.epoch is not None:
-                    self._note_epoch(decoded, epochs)
+                for poll in decoded.batches:
+                    polls.append(poll)
+                    if poll.epoch is not None:
+                        self._note_epoch(poll, epochs)
             next_offsets[tp] = records[-1].offset + 1
         if letters:
             await self._dead_letter(letters)

@@ -445,15 +445,16 @@ class RulesRunner(DbPositionedConsumer):
                         tp.topic, tp.partition, rec.offset, exc,
                     )  # fmt: skip
                     continue
-                for r in decoded.readings:
-                    self.stats.readings += 1
-                    events += engine.feed(
-                        Obs(
-                            r.ts_ms, decoded.park, decoded.enterprise, decoded.device,
-                            r.metric, r.value, r.quality, r.seq, r.reset,
-                            r.data_type, r.stat,
-                        )
-                    )  # fmt: skip
+                for b in decoded.batches:
+                    for r in b.readings:
+                        self.stats.readings += 1
+                        events += engine.feed(
+                            Obs(
+                                r.ts_ms, b.park, b.enterprise, b.device,
+                                r.metric, r.value, r.quality, r.seq, r.reset,
+                                r.data_type, r.stat,
+                            )
+                        )  # fmt: skip
             next_offsets[tp] = records[-1].offset + 1
             self._next[tp.partition] = next_offsets[tp]
             self._offsets[tp.partition] = next_offsets[tp]

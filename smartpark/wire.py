@@ -41,6 +41,27 @@ metric, dt, stat): two series never mix, in a window or in storage. Both keys we
 added within schema version 1 the same way as ``reset``; a batch without them is
 real-time data, as it always was.
 
+**Gateway messages (schema version 2).** One edge agent reads all the devices of
+its enterprise; sending each device's poll as its own message makes the per-message
+costs (the broker's, the bridge's, Kafka's per record) the platform's ceiling long
+before its per-reading costs are. A version 2 message carries the polls of several
+devices of one enterprise, published on
+``sp/v1/{park}/{enterprise}/{gateway}/telemetry`` (the topic's third id names the
+sending agent, ``agent.{client_id}``, not a device) and carried unchanged as one
+Kafka record::
+
+    {"v": 2, "park": "p1", "enterprise": "e1", "gateway": "agent.e1",
+     "devices": [{"device": "d1", "epoch": "…", "readings": [...]},
+                 {"device": "d2", "readings": [...]}]}
+
+Each entry of ``devices`` is a version 1 batch without ``v``, ``park`` and
+``enterprise`` (the same keys, the same checks, ``epoch`` optional); a device
+appears at most once, and the readings of all devices together are at most
+:data:`MAX_READINGS`. :func:`decode_message` reads both versions. A platform
+older than version 2 refuses such a message as an unsupported version (a dead
+letter naming ``v``), so the bridge, sink and rules runner are upgraded before any
+agent sends version 2.
+
 :func:`decode_batch` is strict: every way a payload can be wrong raises
 :class:`PayloadError` naming the field path and the reason. It imports nothing but
 the standard library, so it is cheap on the hot path.
@@ -60,6 +81,7 @@ from smartpark.catalogue import METRICS, Kind
 from smartpark.errors import PayloadError, UnsupportedVersion
 
 SCHEMA_VERSION = 1
+GATEWAY_VERSION = 2  # several devices of one enterprise in one message
 TOPIC_ROOT = "sp/v1"
 # About 110 bytes a reading: 5 000 keep a batch well under Kafka's default 1 MB record
 # limit, which a record must fit or the bridge could not forward it.
@@ -75,8 +97,10 @@ _MAX_FLOAT_INT = 2**1023
 _EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")
 _EPOCH_MATCH = _EPOCH_RE.fullmatch
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_ID_MATCH = _ID_RE.match
+_ID_MATCH = _ID_RE.fullmatch  # match() would take a trailing newline
 _BATCH_KEYS = frozenset({"v", "park", "enterprise", "device", "epoch", "readings"})
+_GATEWAY_KEYS = frozenset({"v", "park", "enterprise", "gateway", "devices"})
+_DEVICE_KEYS = frozenset({"device", "epoch", "readings"})
 
 
 class Quality(StrEnum):
@@ -164,6 +188,55 @@ class TelemetryBatch:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayBatch:
+    """Polls of several devices of one enterprise, sent by one agent (version 2)."""
+
+    park: str
+    enterprise: str
+    gateway: str  # the sending agent, the topic's third id
+    batches: tuple[TelemetryBatch, ...]  # one a device, of this park and enterprise
+
+    def to_json(self) -> dict[str, Any]:
+        devices = []
+        for b in self.batches:
+            if (b.park, b.enterprise) != (self.park, self.enterprise):
+                raise ValueError(
+                    f"device {b.device} of {b.park}/{b.enterprise} in a gateway"
+                    f" message of {self.park}/{self.enterprise}"
+                )
+            device: dict[str, Any] = {"device": b.device}
+            if b.epoch is not None:
+                device["epoch"] = b.epoch
+            device["readings"] = [_reading_json(r) for r in b.readings]
+            devices.append(device)
+        return {
+            "v": GATEWAY_VERSION,
+            "park": self.park,
+            "enterprise": self.enterprise,
+            "gateway": self.gateway,
+            "devices": devices,
+        }
+
+
+def encode_gateway(batch: GatewayBatch) -> bytes:
+    return json.dumps(batch.to_json(), separators=(",", ":"), allow_nan=False).encode()
+
+
+class Decoded(NamedTuple):
+    """A decoded telemetry message of either version."""
+
+    park: str
+    enterprise: str
+    sender: str  # the device (version 1) or the gateway (version 2): the topic's id
+    batches: tuple[TelemetryBatch, ...]  # one a device
+    version: int = SCHEMA_VERSION
+
+    @property
+    def readings(self) -> int:
+        return sum(len(b.readings) for b in self.batches)
+
+
 def _reading_json(r: Reading) -> dict[str, Any]:
     out: dict[str, Any] = {
         "seq": r.seq,
@@ -188,7 +261,7 @@ def encode_batch(batch: TelemetryBatch) -> bytes:
 
 def valid_id(value: str) -> bool:
     """Park, enterprise and device ids: 1 to 64 of ``A-Za-z0-9_.:-``, no wildcards."""
-    return _ID_RE.match(value) is not None
+    return _ID_MATCH(value) is not None
 
 
 def telemetry_topic(park: str, enterprise: str, device: str) -> str:
@@ -239,14 +312,14 @@ def _need(obj: dict[str, Any], key: str, path: str) -> Any:
         raise PayloadError(f"{path}{key}", "missing") from None
 
 
-def _id(obj: dict[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if type(value) is not str or _ID_MATCH(value) is None:
-        if key not in obj:
-            raise PayloadError(key, "missing")
-        if not isinstance(value, str) or not valid_id(value):
-            raise PayloadError(key, f"invalid id {value!r}")
-    return value
+def _load(data: bytes | str, loads: Callable[[bytes | str], Any]) -> dict[str, Any]:
+    try:
+        obj = loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError("", f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PayloadError("", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def decode_batch(
@@ -256,7 +329,7 @@ def decode_batch(
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
     loads: Callable[[bytes | str], Any] = json.loads,
 ) -> TelemetryBatch:
-    """Parse and validate one telemetry batch.
+    """Parse and validate one telemetry batch (version 1: one device).
 
     ``now_ms`` is the receiver's clock (injected, so replay and tests are
     deterministic); readings more than ``max_future_ms`` ahead of it are refused.
@@ -265,22 +338,39 @@ def decode_batch(
     paths use a faster JSON parser (orjson); it must raise ``ValueError`` on bad
     input, as ``json.loads`` does.
     """
-    try:
-        obj = loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError("", f"not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise PayloadError("", f"expected a JSON object, got {type(obj).__name__}")
+    obj = _load(data, loads)
     version = obj.get("v")
     if version != SCHEMA_VERSION:
         raise UnsupportedVersion("v", f"unsupported schema version {version!r}")
-    park = _id(obj, "park")
-    enterprise = _id(obj, "enterprise")
-    device = _id(obj, "device")
+    return _device_batch(obj, now_ms + max_future_ms)
+
+
+def decode_message(
+    data: bytes | str,
+    *,
+    now_ms: int,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+    loads: Callable[[bytes | str], Any] = json.loads,
+) -> Decoded:
+    """Parse and validate a telemetry message of version 1 or 2 (a gateway's), as
+    :func:`decode_batch` does (same arguments, same errors)."""
+    obj = _load(data, loads)
+    version = obj.get("v")
+    latest = now_ms + max_future_ms
+    if version == SCHEMA_VERSION:
+        batch = _device_batch(obj, latest)
+        return Decoded(batch.park, batch.enterprise, batch.device, (batch,))
+    if version == GATEWAY_VERSION:
+        return _gateway(obj, latest)
+    raise UnsupportedVersion("v", f"unsupported schema version {version!r}")
+
+
+def _device_batch(obj: dict[str, Any], latest: int) -> TelemetryBatch:
+    park = _id_at(obj, "park", "")
+    enterprise = _id_at(obj, "enterprise", "")
+    device = _id_at(obj, "device", "")
     raw = _need(obj, "readings", "")
-    if not isinstance(raw, list) or not raw:
-        raise PayloadError("readings", "expected a non-empty list")
-    if len(raw) > MAX_READINGS:
+    if isinstance(raw, list) and len(raw) > MAX_READINGS:
         raise PayloadError("readings", f"{len(raw)} readings, limit {MAX_READINGS}")
     # Five keys are required; with six, the sixth must be "epoch".
     size = len(obj)
@@ -288,22 +378,80 @@ def decode_batch(
         unknown = obj.keys() - _BATCH_KEYS
         if unknown:
             raise PayloadError(sorted(unknown)[0], "unknown field")
+    epoch = _epoch(obj, "")
+    return TelemetryBatch(park, enterprise, device, _readings(raw, "", latest), epoch)
+
+
+def _gateway(obj: dict[str, Any], latest: int) -> Decoded:
+    park = _id_at(obj, "park", "")
+    enterprise = _id_at(obj, "enterprise", "")
+    gateway = _id_at(obj, "gateway", "")
+    unknown = obj.keys() - _GATEWAY_KEYS
+    if unknown:
+        raise PayloadError(sorted(unknown)[0], "unknown field")
+    devices = _need(obj, "devices", "")
+    if not isinstance(devices, list) or not devices:
+        raise PayloadError("devices", "expected a non-empty list")
+    total = sum(
+        len(d["readings"])
+        for d in devices
+        if type(d) is dict and type(d.get("readings")) is list
+    )
+    if total > MAX_READINGS:
+        raise PayloadError("devices", f"{total} readings, limit {MAX_READINGS}")
+    batches = []
+    seen: set[str] = set()
+    for i, d in enumerate(devices):
+        path = f"devices[{i}]."
+        if type(d) is not dict:
+            raise PayloadError(path.rstrip("."), "expected an object")
+        device = _id_at(d, "device", path)
+        if device in seen:
+            raise PayloadError(f"{path}device", f"device {device!r} appears twice")
+        seen.add(device)
+        unknown = d.keys() - _DEVICE_KEYS
+        if unknown:
+            raise PayloadError(f"{path}{sorted(unknown)[0]}", "unknown field")
+        raw = _need(d, "readings", path)
+        readings = _readings(raw, path, latest)
+        batches.append(
+            TelemetryBatch(park, enterprise, device, readings, _epoch(d, path))
+        )
+    return Decoded(park, enterprise, gateway, tuple(batches), GATEWAY_VERSION)
+
+
+def _id_at(obj: dict[str, Any], key: str, path: str) -> str:
+    value = obj.get(key)
+    if type(value) is not str or _ID_MATCH(value) is None:
+        if key not in obj:
+            raise PayloadError(f"{path}{key}", "missing")
+        raise PayloadError(f"{path}{key}", f"invalid id {value!r}")
+    return value
+
+
+def _epoch(obj: dict[str, Any], path: str) -> str | None:
     epoch = obj.get("epoch")
     if epoch is not None and (
         not isinstance(epoch, str) or _EPOCH_MATCH(epoch) is None
     ):
-        raise PayloadError("epoch", f"expected 16 hex digits, got {epoch!r}")
-    latest = now_ms + max_future_ms
+        raise PayloadError(f"{path}epoch", f"expected 16 hex digits, got {epoch!r}")
+    return epoch
+
+
+def _readings(raw: Any, path: str, latest: int) -> tuple[Reading, ...]:
+    """A device's readings (``raw`` under ``path``), validated."""
+    if not isinstance(raw, list) or not raw:
+        raise PayloadError(f"{path}readings", "expected a non-empty list")
     readings = _valid_readings(raw, latest)
     if readings is None:  # one of them is wrong: say which and why
         seen: set[tuple[int, str, str, str]] = set()
         checked = []
         for i, r in enumerate(raw):
-            reading = _reading(r, f"readings[{i}].", latest, seen)
+            reading = _reading(r, f"{path}readings[{i}].", latest, seen)
             seen.add((reading.seq, reading.metric, reading.data_type, reading.stat))
             checked.append(reading)
         readings = tuple(checked)
-    return TelemetryBatch(park, enterprise, device, readings, epoch)
+    return readings
 
 
 _UNIT_OF = {name: m.unit for name, m in METRICS.items()}

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import orjson
 
-from smartpark.wire import TelemetryBatch, decode_batch
+from smartpark.wire import Decoded, decode_message
 
 # The bridge already refused readings from the future with its own clock; this check
 # only guards against a consumer's clock far behind (replays are in the past).
 MAX_FUTURE_MS = 24 * 3600 * 1000
 
 
-def decode_record(value: bytes, *, now_ms: int) -> TelemetryBatch:
-    """Decode one telemetry record's value (:class:`PayloadError` if it is bad)."""
-    return decode_batch(
+def decode_record(value: bytes, *, now_ms: int) -> Decoded:
+    """Decode one telemetry record's value, one device's batch or a gateway's
+    (:class:`PayloadError` if it is bad)."""
+    return decode_message(
         value, now_ms=now_ms, max_future_ms=MAX_FUTURE_MS, loads=orjson.loads
     )

@@ -28,7 +28,7 @@ from storage import Storage
 from stream.kafka import ensure_topics
 from tests.support.clients import wait_for
 from tests.support.procs import ServiceProcess
-from tests.support.rules import consume_all, offline_events
+from tests.support.rules import consume_all, offline_events, wait_caught_up
 from tests.support.settings import platform_settings, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -78,18 +78,86 @@ def random_batches(seed: int, park: str, n: int) -> list[wire.TelemetryBatch]:
     return out
 
 
-async def produce(settings: Settings, batches: list[wire.TelemetryBatch]) -> None:
+async def produce(
+    settings: Settings, batches: list[wire.TelemetryBatch | wire.GatewayBatch]
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     await producer.start()
     try:
         for b in batches:  # keyed by enterprise, as the bridge does
+            value = (
+                wire.encode_gateway(b)
+                if isinstance(b, wire.GatewayBatch)
+                else wire.encode_batch(b)
+            )
             await producer.send_and_wait(
-                settings.kafka.telemetry_topic,
-                wire.encode_batch(b),
-                key=b.enterprise.encode(),
+                settings.kafka.telemetry_topic, value, key=b.enterprise.encode()
             )
     finally:
         await producer.stop()
+
+
+def gateway_messages(batches: list[wire.TelemetryBatch]) -> list[wire.GatewayBatch]:
+    """The batches as gateways send them: an enterprise's consecutive batches in
+    one message, each device at most once in it; each enterprise's order kept."""
+    out: list[wire.GatewayBatch] = []
+    open_: dict[str, list[wire.TelemetryBatch]] = {}
+    for b in batches:
+        group = open_.setdefault(b.enterprise, [])
+        if any(g.device == b.device for g in group):
+            out.append(wire.GatewayBatch(b.park, b.enterprise, "gw", tuple(group)))
+            group = open_[b.enterprise] = []
+        group.append(b)
+    for enterprise, group in open_.items():
+        out.append(wire.GatewayBatch(group[0].park, enterprise, "gw", tuple(group)))
+    return out
+
+
+async def test_gateway_records_raise_what_the_core_raises_on_their_readings(
+    park_id: str, platform: Settings, tmp_path: Path
+) -> None:
+    """Gateway records (wire version 2, several devices each) mixed with device
+    records: the runner judges every reading in them, as the core does."""
+    settings = platform
+    pack_path = tmp_path / "pack.yaml"
+    pack_path.write_text(PACK.format(version="1"))
+    batches = random_batches(11, park_id, 300)
+    messages: list[wire.TelemetryBatch | wire.GatewayBatch] = [
+        *gateway_messages(batches[:200]),
+        *batches[200:],
+    ]
+    assert len(messages) < 200 + 100
+    async with Storage(settings.database) as storage:
+        await storage.migrate()
+        await ensure_topics(settings.kafka)
+        runner = ServiceProcess(
+            ["rules", "run", "--pack", str(pack_path), "--stats-every", "1"],
+            settings_env(settings),
+            tmp_path / "rules.log",
+        )
+        runner.start()
+        try:
+            await wait_for(runner.logged("positioned"), timeout_s=60, what="assignment")
+            await produce(settings, messages)
+            records = await consume_all(
+                settings,
+                settings.kafka.telemetry_topic,
+                lambda got: len(got) >= len(messages),
+            )
+            expected = offline_events(pack_path, records)
+            await wait_caught_up(storage, settings, len(messages))
+            got = [e.body for e in await storage.alerts.events(park=park_id)]
+        finally:
+            rc = runner.stop()
+    assert rc == 0
+    assert {e["kind"] for e in expected} >= {"opened", "resolved"}
+    # every device's readings were judged, those in gateway records included
+    assert {e["scope"]["device"] for e in expected if "device" in e["scope"]} == {
+        b.device for b in batches
+    }
+    assert sorted(json.dumps(e, sort_keys=True) for e in got) == sorted(
+        json.dumps(e, sort_keys=True) for e in expected
+    )
 
 
 async def test_killed_runner_raises_exactly_what_the_offline_core_raises(

@@ -24,7 +24,13 @@ from ingest.sink import Sink
 from smartpark.clock import system_ms
 from smartpark.errors import ConfigError
 from smartpark.settings import DatabaseSettings, KafkaSettings, Settings, SinkSettings
-from smartpark.wire import Reading, TelemetryBatch, encode_batch
+from smartpark.wire import (
+    GatewayBatch,
+    Reading,
+    TelemetryBatch,
+    encode_batch,
+    encode_gateway,
+)
 from storage import ReadingKey, RollupLevel, Storage
 from stream.kafka import DLQ_REASON, DLQ_SOURCE, ensure_topics, make_producer
 from tests.support.clients import consume_until
@@ -395,6 +401,53 @@ async def test_a_new_outbox_epoch_is_recorded_once_with_its_first_poll(
     epochs = await migrated.telemetry.epochs(device=device)
     assert [(e.epoch, e.first_seq) for e in epochs] == [(old, 1), (new, 1)]
     assert await migrated.telemetry.count_rows(park=park_id) == 9
+
+
+async def test_gateway_records_are_stored_a_row_a_reading_of_every_device(
+    settings: Settings, migrated: Storage, park_id: str
+) -> None:
+    """A gateway's record (wire version 2) carries several devices' polls: each
+    reading is stored under its own device, each device's epoch recorded, a
+    redelivered record is stored once, and device records between them still work."""
+    records, keys = telemetry(park_id, 1, 3, range(1, 6))  # version 1, devices d0-d2
+    now = system_ms()
+    epochs = {f"{park_id}-g{d}": f"{d:016x}" for d in range(4)}
+    for seq in range(1, 6):
+        ts = now - 1000 * (1000 - seq)
+        batches = []
+        for device, epoch in epochs.items():
+            batches.append(
+                TelemetryBatch(
+                    park_id,
+                    "e0",
+                    device,
+                    (
+                        Reading(seq, "active_energy", 100.0 + seq, "kWh", ts),
+                        Reading(seq, "active_power", 5.0, "kW", ts),
+                    ),
+                    epoch,
+                )  # fmt: skip
+            )
+            keys |= {
+                ReadingKey(device, seq, "active_energy"),
+                ReadingKey(device, seq, "active_power"),
+            }
+        gateway = GatewayBatch(park_id, "e0", "agent.e0", tuple(batches))
+        records.append((b"e0", encode_gateway(gateway)))
+    records += records[-2:]  # redelivered
+    await produce(settings, records)
+
+    async def all_consumed(sink: Sink) -> bool:
+        return sink.stats.records == len(records)
+
+    sink = await run_sink(settings, all_consumed)
+    assert set(await migrated.telemetry.reading_keys(park=park_id)) == keys
+    assert sink.stats.rows_inserted == len(keys) == 15 * 2 + 20 * 2
+    assert sink.stats.duplicates == 2 * 4 * 2
+    assert sink.stats.dead_letters == 0
+    for device, epoch in epochs.items():
+        stored = await migrated.telemetry.epochs(device=device)
+        assert [(e.epoch, e.first_seq) for e in stored] == [(epoch, 1)]
 
 
 @pytest.mark.parametrize(

@@ -51,10 +51,11 @@ def offline_events(
     engines: dict[int, Engine] = {}
     out = []
     for partition, value in records:
-        b = wire.decode_batch(value, now_ms=FAR_FUTURE_MS)
+        decoded = wire.decode_message(value, now_ms=FAR_FUTURE_MS)
         engine = engines.setdefault(partition, Engine(pack))
-        for obs in batch_obs(b):
-            out += [e.to_json() for e in engine.feed(obs)]
+        for b in decoded.batches:  # a device's, or several (a gateway's record)
+            for obs in batch_obs(b):
+                out += [e.to_json() for e in engine.feed(obs)]
     return out
 
 

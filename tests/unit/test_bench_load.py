@@ -13,6 +13,8 @@ from bench.load import (
     AckLog,
     PublisherResult,
     Workload,
+    device_ids,
+    device_messages,
     encode,
     run_open_loop,
     schedule,
@@ -51,6 +53,62 @@ def test_every_poll_once_some_late_with_their_device_time() -> None:
     _, payload = encode(w, "p1", m, t0)
     ts = json.loads(payload)["readings"][0]["ts_ms"]
     assert ts == t0 + m.send_ms - w.ooo_delay_ms  # sent late, stamped on time
+
+
+def readings_of(payload: bytes) -> list[tuple[str, int, str, int]]:
+    """(device, seq, metric, ts_ms) of a device's or a gateway's message."""
+    body = json.loads(payload)
+    return [
+        (d["device"], r["seq"], r["metric"], r["ts_ms"])
+        for d in body.get("devices", [body])
+        for r in d["readings"]
+    ]
+
+
+def test_gateway_messages_carry_the_same_readings_in_fewer_messages() -> None:
+    t0 = 1_767_225_600_000
+    gateway = replace(SMALL, gateway=True)
+    device_msgs = payloads(SMALL, 30_000, t0)
+    gateway_msgs = payloads(gateway, 30_000, t0)
+    by_gateway = [k for _, p in gateway_msgs for k in readings_of(p)]
+    assert len(by_gateway) == len(set(by_gateway))
+    # every device's polls (as its own schedule has them), all its metrics
+    polls: dict[str, set[int]] = {}
+    for device, seq, _, _ in by_gateway:
+        polls.setdefault(device, set()).add(seq)
+    assert polls == {
+        device_ids(gateway, i)[1]: {
+            m.first_seq for m in device_messages(gateway, i, 30_000)
+        }
+        for i in range(SMALL.devices)
+    }
+    assert len(by_gateway) == sum(map(len, polls.values())) * SMALL.metrics_per_device
+    assert len(gateway_msgs) < len(device_msgs) / 2
+    for topic, payload in gateway_msgs:
+        body = json.loads(payload)
+        assert body["v"] == 2
+        assert topic.split("/")[3:5] == [body["enterprise"], body["gateway"]]
+        # an enterprise's devices poll together: one time a message
+        assert len({k[3] for k in readings_of(payload)}) == 1
+    messages = schedule(gateway, 30_000)
+    assert sum(m.readings(gateway) for m in messages) == len(by_gateway)
+    parts = [m for k in range(3) for m in schedule(gateway, 30_000, part=k, parts=3)]
+    assert sorted(parts) == messages
+
+
+def test_a_late_poll_goes_in_a_gateway_message_of_its_own() -> None:
+    gateway, t0 = replace(SMALL, gateway=True), 1_767_225_600_000
+    late = [m for m in schedule(gateway, 30_000) if m.late]
+    assert late
+    assert all(len(m.devices) == 1 for m in late)
+    _, payload = encode(gateway, "p1", late[0], t0)
+    ((_, _, _, ts), *_) = readings_of(payload)
+    assert ts == t0 + late[0].send_ms - gateway.ooo_delay_ms
+
+
+def test_gateway_messages_take_one_poll_a_device() -> None:
+    with pytest.raises(ValueError, match="one poll"):
+        replace(SMALL, gateway=True, batch_polls=2)
 
 
 def test_presets_follow_the_reference_load() -> None:
