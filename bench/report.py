@@ -43,11 +43,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import bridge_bench, e2e, rules_bench, sink_bench, storage_bench
 from bench.figures import Figure, Memory, Progress
-from bench.load import PRESETS
+from bench.load import PRESETS, Workload
 
 # sizing.md: an enterprise is 40 devices x 5 metrics every 10 s.
 READINGS_PER_ENTERPRISE_S = PRESETS["city"].rate / PRESETS["city"].enterprises
 P99_GOAL_S = 1.0  # issue 16: p99 row-visible at most 1 s
+# (rate scale, gateway messages): a message a device to 4x the city, then gateway
+# messages (wire version 2) at the city, 4x and the province (10x).
+QUICK_E2E = ((1.0, False), (1.0, True))
+FULL_E2E = (
+    (1.0, False), (2.0, False), (3.0, False), (4.0, False),
+    (1.0, True), (4.0, True), (10.0, True),
+)  # fmt: skip
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,7 +72,8 @@ class Options:
     rules_hours: int
     storage_rows: int
     timescale_rows: int
-    e2e_scales: tuple[float, ...]
+    # (rate scale, gateway messages) of each e2e run, in turn
+    e2e_runs: tuple[tuple[float, bool], ...]
     e2e_preset: str = "city"
     e2e_duration_s: float = 60.0
     command: str = "smartpark bench report"
@@ -244,29 +252,31 @@ async def run(o: Options) -> Report:
             timescale_dsn=o.timescale_dsn,
         )
     )
-    runs = [await e2e.run(e2e_options(o, scale)) for scale in o.e2e_scales]
+    runs = [await e2e.run(e2e_options(o, *run)) for run in o.e2e_runs]
     r = Report(o, m, started, sink, bridge, rules, storage, runs)
     r.seconds = time.perf_counter() - t0
     r.written = write(r)
     return r
 
 
-def e2e_argv(o: Options, scale: float) -> list[str]:
+def e2e_argv(o: Options, scale: float, gateway: bool) -> list[str]:
     """The ``smartpark bench e2e`` arguments of one e2e run of the report."""
     return [
         "--preset", o.e2e_preset, "--rate-scale", f"{scale:g}",
-        "--duration", f"{o.e2e_duration_s:g}",
+        "--duration", f"{o.e2e_duration_s:g}", *(["--gateway"] if gateway else []),
     ]  # fmt: skip
 
 
-def e2e_options(o: Options, scale: float) -> e2e.Options:
+def e2e_options(o: Options, scale: float, gateway: bool) -> e2e.Options:
     """Parsed by ``smartpark bench e2e``'s own parser: the command the document
     shows is the run it reports."""
     parser = argparse.ArgumentParser()
     e2e.add_arguments(parser)
     endpoints = ["--dsn", o.dsn, "--mqtt", f"{o.mqtt[0]}:{o.mqtt[1]}"]
     return e2e.options(
-        parser.parse_args([*e2e_argv(o, scale), *endpoints, "--kafka", o.kafka])
+        parser.parse_args(
+            [*e2e_argv(o, scale, gateway), *endpoints, "--kafka", o.kafka]
+        )
     )
 
 
@@ -329,7 +339,8 @@ def park_lines(r: Report) -> list[str]:
         rate = best.workload.rate
         lines.append(
             f"  end to end on this machine: {rate:,.0f} readings/s"
-            f" ({rate / READINGS_PER_ENTERPRISE_S:,.0f} enterprises) carried with p99"
+            f" ({rate / READINGS_PER_ENTERPRISE_S:,.0f} enterprises,"
+            f" {_shape(best.workload)}) carried with p99"
             f" row-visible {best.visible.pct(99) * 1000:.0f} ms <="
             f" {P99_GOAL_S * 1000:.0f} ms, the highest of the loads measured"
             f" ({', '.join(f'{x.workload.rate:,.0f}' for x in r.e2e)} readings/s);"
@@ -347,23 +358,33 @@ def park_lines(r: Report) -> list[str]:
 
 def _province_lines(r: Report) -> list[str]:
     """The province from the CPU the platform's own processes spent a reading in
-    the lowest end-to-end load measured (Mosquitto, Kafka and PostgreSQL apart)."""
-    runs = [x for x in r.e2e if x.cpu_s and x.stored]
-    if not runs:
-        return []
-    x = min(runs, key=lambda x: x.workload.rate)
-    per_reading = sum(x.cpu_s.values()) / x.stored
-    province = PRESETS["province"].rate
-    busy = ", ".join(
-        f"{y.workload.rate:,.0f}/s {y.machine_busy:.0%}" for y in r.e2e if y.cpu_s
-    )
-    return [
-        f"  CPU of the platform's processes ({', '.join(x.cpu_s)}) at"
-        f" {x.workload.rate:,.0f} readings/s: {per_reading * 1e6:.0f} µs a reading;"
-        f" the province ({province:,.0f} readings/s) needs"
-        f" {province * per_reading:.1f} cores for them alone, before Mosquitto,"
-        f" Kafka and PostgreSQL (machine busy by load: {busy})",
-    ]
+    the lowest end-to-end load measured of each message shape (Mosquitto, Kafka
+    and PostgreSQL apart)."""
+    out = []
+    for gateway in (False, True):
+        runs = [
+            x for x in r.e2e if x.cpu_s and x.stored and x.workload.gateway == gateway
+        ]
+        if not runs:
+            continue
+        x = min(runs, key=lambda x: x.workload.rate)
+        per_reading = sum(x.cpu_s.values()) / x.stored
+        province = PRESETS["province"].rate
+        busy = ", ".join(
+            f"{y.workload.rate:,.0f}/s {y.machine_busy:.0%}" for y in runs if y.cpu_s
+        )
+        out.append(
+            f"  {_shape(x.workload)}: CPU of the platform's processes"
+            f" ({', '.join(x.cpu_s)}) at {x.workload.rate:,.0f} readings/s:"
+            f" {per_reading * 1e6:.0f} µs a reading; the province ({province:,.0f}"
+            f" readings/s) needs {province * per_reading:.1f} cores for them alone,"
+            f" before Mosquitto, Kafka and PostgreSQL (machine busy by load: {busy})"
+        )
+    return out
+
+
+def _shape(w: Workload) -> str:
+    return "gateway messages" if w.gateway else "a message a device"
 
 
 # -- the document -------------------------------------------------------------------
@@ -403,12 +424,13 @@ def _pcts(x: e2e.Latencies | None) -> str:
 
 def _e2e_table(runs: list[e2e.Result]) -> list[str]:
     out = [
-        "| load | offered readings/s | achieved | valid | stored / acknowledged |"
+        "| load | messages | offered readings/s | achieved | valid |"
+        " stored / acknowledged |"
         " raw MQTT p50 / p99 / max (ms) | produced to Kafka p50 / p99 / max (ms) |"
         " row visible p50 / p99 / max (ms) | ratio p99 |"
         " webhook received p50 / p99 / max (ms) | p99 row visible <= 1 s |"
         " machine CPU busy |",
-        "|---|---:|---:|---|---|---|---|---|---:|---|---|---:|",
+        "|---|---|---:|---:|---|---|---|---|---|---:|---|---|---:|",
     ]
     for x in runs:
         w, v = x.workload, x.verdict
@@ -417,7 +439,7 @@ def _e2e_table(runs: list[e2e.Result]) -> list[str]:
         goal = "met" if x.ok and vis.pct(99) <= P99_GOAL_S else "NOT met"
         out.append(
             f"| {w.enterprises} x {w.devices_per_enterprise} devices |"
-            f" {v.offered_rate:,.0f} | {v.achieved_rate:,.0f} |"
+            f" {_shape(w)} | {v.offered_rate:,.0f} | {v.achieved_rate:,.0f} |"
             f" {'yes' if x.ok else 'NO: ' + (v.reason or 'see the run')} |"
             f" {x.stored:,} / {v.acked_readings:,} |"
             f" {_pcts(raw)} | {_pcts(x.kafka)} | {_pcts(vis)} | {ratio:.1f} |"
@@ -481,8 +503,8 @@ def plot_latency(r: Report, path: Path) -> None:
         ax.set_xscale("log")
         ax.axvline(P99_GOAL_S, color="red", linestyle="--", label="1 s")
         ax.set_title(
-            f"{x.verdict.offered_rate:,.0f} readings/s offered: latency from the"
-            " intended send time"
+            f"{x.verdict.offered_rate:,.0f} readings/s offered"
+            f" ({_shape(x.workload)}): latency from the intended send time"
         )
         ax.set_xlabel("seconds")
         ax.set_ylabel("probe polls")
@@ -521,7 +543,7 @@ def document(r: Report, throughput_png: str, latency_png: str) -> str:
         f"`smartpark bench storage --rows {o.storage_rows} --timescale-rows"
         f" {o.timescale_rows}`, and "
         + ", ".join(
-            f"`smartpark bench e2e {' '.join(e2e_argv(o, s))}`" for s in o.e2e_scales
+            f"`smartpark bench e2e {' '.join(e2e_argv(o, *run))}`" for run in o.e2e_runs
         )
         + ".",
         "",
@@ -633,7 +655,7 @@ def options(args: argparse.Namespace) -> Options:
         rules_hours=3 if quick else 6,
         storage_rows=200_000 if quick else 500_000,
         timescale_rows=50_000 if quick else 200_000,
-        e2e_scales=(1.0,) if quick else (1.0, 2.0, 3.0, 4.0),
+        e2e_runs=QUICK_E2E if quick else FULL_E2E,
         e2e_duration_s=20.0 if quick else 60.0,
         command=f"smartpark bench report{argv}",
     )
