@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -40,7 +41,7 @@ import psycopg
 from aiokafka.errors import KafkaError
 
 from bench import bridge_bench, e2e, report, rules_bench, sink_bench, storage_bench
-from bench.figures import add_endpoints
+from bench.figures import EXIT_INTERRUPTED, add_endpoints, interrupt_on_terminate
 from smartpark.cli import EXIT_FAILED, EXIT_OK, command
 from smartpark.errors import SmartparkError
 
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 @command("bench")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    interrupt_on_terminate()
     runs: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, Outcome]]] = {
         "e2e": lambda a: e2e.run(e2e.options(a)),
         "sink": lambda a: sink_bench.run(sink_bench.options(a)),
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         result: Outcome = asyncio.run(runs[args.bench](args))
+    except KeyboardInterrupt:  # Ctrl-C or kill: the run's clean-up has run
+        print("interrupted; the run's clean-up ran", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (OSError, psycopg.Error, KafkaError, RuntimeError) as exc:
         raise BenchFailed(
             f"{type(exc).__name__}: {exc} (are the local services up? "

@@ -81,6 +81,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -100,7 +101,12 @@ from psycopg import sql
 
 from bench import e2e, hooks
 from bench.drill_procs import Api, EdgeSite, Service
-from bench.figures import peak_rss_kib, service_env
+from bench.figures import (
+    EXIT_INTERRUPTED,
+    interrupt_on_terminate,
+    peak_rss_kib,
+    service_env,
+)
 from bench.load import (
     METRICS,
     PRESETS,
@@ -1377,8 +1383,12 @@ def parser() -> argparse.ArgumentParser:
 @command("drill")
 def main(argv: list[str] | None = None) -> int:
     o = options(parser().parse_args(argv))
+    interrupt_on_terminate()
     try:
         outcome = asyncio.run(Drill(o).run())
+    except KeyboardInterrupt:  # Ctrl-C or kill: the run's clean-up has run
+        print("interrupted; the run's clean-up ran", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (OSError, psycopg.Error, KafkaError, subprocess.SubprocessError) as exc:
         raise DrillFailed(
             f"{type(exc).__name__}: {exc} (are the local services up? "

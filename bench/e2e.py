@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import math
 import os
 import subprocess
@@ -71,6 +72,7 @@ from bench.figures import (
 )
 from bench.load import (
     PRESETS,
+    Stopped,
     Verdict,
     Workload,
     device_ids,
@@ -595,15 +597,26 @@ async def _measure(
     watcher = asyncio.create_task(_watch(s, probes, o, stop))
     breaches = hooks.plan(o.workload, park_of(s), o.alerts, t0, o.duration_s)
     sender = asyncio.create_task(_send_breaches(observer, breaches))
-    results = await asyncio.to_thread(
-        publish_all,
-        o.workload,
-        park_of(s),
-        *o.mqtt,
-        t0_s=t0,
-        duration_s=o.duration_s,
-        publishers=o.publishers,
+    halt = threading.Event()
+    publishing = asyncio.create_task(
+        asyncio.to_thread(
+            publish_all,
+            o.workload,
+            park_of(s),
+            *o.mqtt,
+            t0_s=t0,
+            duration_s=o.duration_s,
+            publishers=o.publishers,
+            stop=halt,
+        )
     )
+    try:
+        results = await asyncio.shield(publishing)
+    except asyncio.CancelledError:  # interrupted: stop the publishers, then go
+        halt.set()
+        with contextlib.suppress(Stopped):
+            await publishing
+        raise
     run_verdict = verdict(results)
     end = t0 + o.duration_s
     stored = await _count(conn, await _not_load(conn))

@@ -458,13 +458,26 @@ def publish_all(
     t0_s: float,
     duration_s: float,
     publishers: int,
+    stop: threading.Event | None = None,
 ) -> list[PublisherResult]:
     """Run ``publishers`` processes over one schedule starting at ``t0_s`` (leave a
-    second or two for the processes to start and connect); their results."""
+    second or two for the processes to start and connect); their results.
+
+    ``stop`` set: the processes are terminated and :class:`Stopped` is raised (a
+    run interrupted need not wait for the rest of its schedule)."""
     jobs = [
         PublishJob(w, park, host, port, k, publishers, t0_s, duration_s)
         for k in range(publishers)
     ]
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(publishers) as pool:
-        return pool.map(publish_part, jobs)
+    with ctx.Pool(publishers) as pool:  # leaving it terminates the processes
+        pending = pool.map_async(publish_part, jobs)
+        while not pending.ready():
+            if stop is not None and stop.wait(0.2):
+                raise Stopped("the publishers were stopped")
+            pending.wait(0.2)
+        return pending.get()
+
+
+class Stopped(Exception):
+    """The publishers were told to stop before their schedule ended."""
