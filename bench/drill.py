@@ -1255,14 +1255,16 @@ class Drill:
                 while await consumer.position(tp) < ends[tp]:
                     got = await consumer.getmany(tp, timeout_ms=1000)
                     for rec in got.get(tp, []):
-                        b = wire.decode_batch(rec.value or b"", now_ms=2**62)
-                        for r in b.readings:
-                            key = (b.device, r.seq, r.metric)
-                            seen[key] += 1
-                            top = newest.get(b.device, 0)
-                            if seen[key] == 1 and r.seq < top:
-                                late += (b.device, r.seq) not in planned_late
-                            newest[b.device] = max(top, r.seq)
+                        value = rec.value or b""
+                        d = wire.decode_message(value, now_ms=2**62)
+                        for b in d.batches:
+                            for r in b.readings:
+                                key = (b.device, r.seq, r.metric)
+                                seen[key] += 1
+                                top = newest.get(b.device, 0)
+                                if seen[key] == 1 and r.seq < top:
+                                    late += (b.device, r.seq) not in planned_late
+                                newest[b.device] = max(top, r.seq)
         finally:
             await consumer.stop()
         return sum(n - 1 for n in seen.values()), late, sum(seen.values())

@@ -149,6 +149,9 @@ class RulesRunner(DbPositionedConsumer):
         self._offsets: dict[int, int] = {}
         # Marks re-judged from storage in this process, and as what (active).
         self._rejudged: dict[int, bool] = {}
+        # Whether the database may hold events not produced yet (see
+        # _produce_pending): at the start, another runner's may be there.
+        self._maybe_unproduced = True
         self.stats = RunnerStats(pack=self._pack.pack, pack_version=self._pack.version)
 
     @property
@@ -289,7 +292,7 @@ class RulesRunner(DbPositionedConsumer):
         if events:
             pack = self._pack
             try:
-                self.stats.events += await self._storage.alerts.write(
+                self.stats.events += await self._write(
                     [event_row(pack, e) for e in events], []
                 )
             except StorageError:
@@ -342,7 +345,7 @@ class RulesRunner(DbPositionedConsumer):
                     self._next.setdefault(p, self._offsets[p])  # checkpoint it
         if events:
             try:
-                self.stats.events += await self._storage.alerts.write(
+                self.stats.events += await self._write(
                     [event_row(self._pack, e) for e in events], []
                 )
             except StorageError:
@@ -461,7 +464,7 @@ class RulesRunner(DbPositionedConsumer):
             self._seen_ms[tp.partition] = now_ms
         if now_ms - self._checkpoint_ms >= self._every_ms:
             states = self._states(set(self._next))
-        self.stats.events += await self._storage.alerts.write(
+        self.stats.events += await self._write(
             [event_row(pack, e) for e in events], states
         )
         if states:
@@ -478,8 +481,23 @@ class RulesRunner(DbPositionedConsumer):
 
     # -- alerts topic -------------------------------------------------------------
 
+    async def _write(
+        self, events: Sequence[AlertEventRow], states: Sequence[RuleState]
+    ) -> int:
+        """Store events and checkpoints; events stored are to be produced (an
+        event stored before, met again, may be unproduced too)."""
+        self._maybe_unproduced |= bool(events)
+        return await self._storage.alerts.write(events, states)
+
     async def _produce_pending(self) -> None:
-        """Produce what the database holds unproduced; a Kafka failure waits."""
+        """Produce what the database holds unproduced; a Kafka failure waits.
+
+        The database is asked only while something may be unproduced: from the
+        start (a runner that died may have left events), after a batch stored
+        events, and after a failure; once it answers none, batches without events
+        cost no query (at low load most batches have none)."""
+        if not self._maybe_unproduced:
+            return
         producer = self._require(self._producer)
         topic = self._settings.kafka.alerts_topic
         while pending := await self._storage.alerts.unproduced(1000):
@@ -496,6 +514,7 @@ class RulesRunner(DbPositionedConsumer):
                 return
             await self._storage.alerts.mark_produced([e.event_id for e in pending])
             self.stats.produced += len(pending)
+        self._maybe_unproduced = False
 
     # -- pack reload --------------------------------------------------------------
 

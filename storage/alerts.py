@@ -155,7 +155,10 @@ class AlertStore:
         self, events: Sequence[AlertEventRow], states: Sequence[RuleState]
     ) -> int:
         """Store alert events (each once, with their lifecycle) and the engine's
-        checkpoints in one transaction; the number of new events."""
+        checkpoints in one transaction; the number of new events. Nothing to
+        store costs no round trip."""
+        if not events and not states:
+            return 0
         with storage_errors(f"write of {len(events)} alert events"):
             async with self._db.connection() as conn, conn.transaction():
                 return await write(conn, self._db.schema, events, states)

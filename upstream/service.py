@@ -50,6 +50,7 @@ from smartpark.clock import MsClock, system_ms
 from smartpark.errors import PayloadError, StorageError
 from smartpark.settings import Settings
 from smartpark.tenancy import Role, Scope
+from smartpark.wire import TelemetryBatch
 from storage import KafkaOffset, Storage
 from storage.locks import SessionLock
 from storage.queries import Filters
@@ -156,7 +157,7 @@ class Feed(DbPositionedConsumer):
         where: tuple[TopicPartition, int],
     ) -> None:
         try:
-            tb = decode_record(value, now_ms=now_ms)
+            decoded = decode_record(value, now_ms=now_ms)
         except PayloadError as exc:
             self.stats.bad_records += 1
             tp, offset = where
@@ -164,6 +165,10 @@ class Feed(DbPositionedConsumer):
                 "kafka:%s/%d/%d skipped: %s", tp.topic, tp.partition, offset, exc
             )
             return
+        for tb in decoded.batches:  # one a device (several in a gateway's record)
+            self._add_batch(tb, queued)
+
+    def _add_batch(self, tb: TelemetryBatch, queued: dict[_Key, pk.Fields]) -> None:
         targets = self._by_device.get(tb.device, [])
         values = [
             pk.Value(tb.device, r.metric, r.data_type, r.stat, r.ts_ms, r.value,

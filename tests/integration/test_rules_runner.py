@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def random_batches(seed: int, park: str, n: int) -> list[wire.TelemetryBatch]:
 
 
 async def produce(
-    settings: Settings, batches: list[wire.TelemetryBatch | wire.GatewayBatch]
+    settings: Settings, batches: Sequence[wire.TelemetryBatch | wire.GatewayBatch]
 ) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     await producer.start()

@@ -416,18 +416,11 @@ async def test_gateway_records_are_stored_a_row_a_reading_of_every_device(
         ts = now - 1000 * (1000 - seq)
         batches = []
         for device, epoch in epochs.items():
-            batches.append(
-                TelemetryBatch(
-                    park_id,
-                    "e0",
-                    device,
-                    (
-                        Reading(seq, "active_energy", 100.0 + seq, "kWh", ts),
-                        Reading(seq, "active_power", 5.0, "kW", ts),
-                    ),
-                    epoch,
-                )  # fmt: skip
+            readings = (
+                Reading(seq, "active_energy", 100.0 + seq, "kWh", ts),
+                Reading(seq, "active_power", 5.0, "kW", ts),
             )
+            batches.append(TelemetryBatch(park_id, "e0", device, readings, epoch))
             keys |= {
                 ReadingKey(device, seq, "active_energy"),
                 ReadingKey(device, seq, "active_power"),

@@ -261,6 +261,33 @@ async def test_outage_then_backlog_arrives_once_and_in_order(
     assert await pending(store) == 0
 
 
+async def test_a_gateway_record_forwards_every_device_in_it(
+    settings: Settings, storage: Storage, park_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A gateway's record (wire version 2) carries both stacks' readings: each
+    goes to its own outlet (MN), as two device records would."""
+    monkeypatch.setenv("UPSTREAM_TEST_PW", PASSWORD)
+    await ensure_topics(settings.kafka)
+    regulator = Regulator()
+    await regulator.start()
+    cfg = upstream_file(park_id, regulator.port)
+    batches = tuple(
+        wire.decode_batch(realtime(park_id, device, 1, T0_MS, so2=so2), now_ms=2**62)
+        for device, so2 in (("cems-1", 21.5), ("cems-2", 11.5))
+    )
+    record = wire.encode_gateway(wire.GatewayBatch(park_id, "e1", "agent.e1", batches))
+    try:
+        async with running(settings, cfg) as service:
+            await produce(settings, [record])
+            await wait_for(lambda: len(regulator.data()) >= 2, what="both packets")
+            assert service.stats.feed.bad_records == 0
+    finally:
+        await regulator.stop()
+    got = {(p.mn, p.pollutants[0].rtd) for p in regulator.data()}
+    assert got == {(MN1, Decimal("21.5")), (MN2, Decimal("11.5"))}
+
+
 async def test_a_platform_that_does_not_reply_gets_the_packet_again(
     settings: Settings, storage: Storage, park_id: str, pg_dsn: str,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
