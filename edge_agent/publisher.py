@@ -48,6 +48,22 @@ Contracts:
   per device per round), so a device with a large backlog does not starve the
   others.
 - At most ``publish.max_in_flight`` unacknowledged messages.
+- Gateway messages (``publish.gateway``, wire schema version 2): every telemetry
+  message goes on the agent's own topic ``sp/v1/{park}/{enterprise}/agent.
+  {client_id}/telemetry`` and carries the pending rows of as many devices as fit
+  in ``max_readings_per_message`` readings (:func:`pack`): each device once per
+  message, its rows a run in outbox order starting after its last row handed to
+  paho (so one device's rows follow each other across messages as they do with
+  one message per device); a device whose rows do not all fit takes what does
+  and goes on in a later message. Each message starts with the device after the
+  last one the previous message took, so devices share the messages round-robin.
+  A message that is not full waits until ``publish.gateway_linger_s`` after the
+  previous one (not on stop), so the polls in between share it. Everything above
+  holds per message: its PUBACK acknowledges its rows of every device in it; a
+  lost connection requeues as before; a refusal concerns the gateway topic, so
+  all telemetry waits for the topic's retry (one message at a time), and every
+  device of the refused message starts again from its oldest row once no message
+  carrying its rows is in flight.
 - Reconnects are paho's (``loop_start``, backoff from ``broker.reconnect_min_s`` to
   ``reconnect_max_s``). The session is persistent (fixed client id; 3.1.1:
   ``clean_session=False``; 5: ``clean_start=False`` on every connection and a
@@ -112,7 +128,7 @@ import logging
 import ssl
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -142,6 +158,7 @@ class _InFlight:
     device: str  # whose rows or status it carries (the agent's own status too)
     row_ids: list[int]  # empty for a status message
     readings: int
+    devices: tuple[str, ...] = ()  # whose rows it carries (several: a gateway's)
 
 
 @dataclass(slots=True)
@@ -195,6 +212,38 @@ class PublisherStats:
 def reason_text(code: int, name: str) -> str:
     """How a reason code is shown: ``Not authorized (0x87)``."""
     return f"{name} (0x{code:02x})"
+
+
+def pack(
+    devices: Sequence[str],
+    start: int,
+    budget: int,
+    take: Callable[[str, int], Sequence[Row]],
+) -> tuple[list[tuple[str, Sequence[Row]]], int]:
+    """The rows of one gateway message: as many devices as fit in ``budget`` rows.
+
+    ``take(device, limit)`` gives up to ``limit`` of the device's next rows, in
+    outbox order. The devices are asked in order from index ``start`` (wrapping
+    around), each once, with what is left of the budget, so a device whose rows do
+    not all fit takes what does. Returns (device, rows) in that order, and the
+    index the next message starts at: the device after the last one taken.
+    """
+    chosen: list[tuple[str, Sequence[Row]]] = []
+    n = len(devices)
+    if n == 0:
+        return chosen, 0
+    start %= n
+    next_start, left = start, budget
+    for i in range(n):
+        if left <= 0:
+            break
+        at = (start + i) % n
+        rows = take(devices[at], left)
+        if rows:
+            chosen.append((devices[at], rows))
+            left -= len(rows)
+            next_start = (at + 1) % n
+    return chosen, next_start
 
 
 def connect_error(exc: OSError) -> str:
@@ -253,6 +302,11 @@ class Publisher:
         self._requeue_since_ms: int | None = None
         self._resends = 0
         self._resent_readings = 0
+        # Gateway messages: messages in flight carrying each device's rows, where
+        # the next message starts (pack), and until when a partial one waits.
+        self._device_in_flight: Counter[str] = Counter()
+        self._gateway_next = 0
+        self._linger_until: float | None = None
 
     @property
     def agent_status_topic(self) -> str:
@@ -395,6 +449,8 @@ class Publisher:
         """Nothing in flight, and no rows left but those of refused topics."""
         if self._in_flight:
             return False
+        if self._cfg.publish.gateway:
+            return self.gateway_topic in self._refused or not self._outbox.pending(1)
         site = self._cfg.site
         return all(
             wire.telemetry_topic(site.park, site.enterprise, device) in self._refused
@@ -614,6 +670,7 @@ class Publisher:
             if entry is None:
                 continue
             self._topic_in_flight[entry.topic] -= 1
+            self._device_in_flight.subtract(entry.devices)
             if code >= _FAILURE:
                 self._on_refused(entry, reason_text(code, name))
                 continue
@@ -635,8 +692,7 @@ class Publisher:
         """The broker refused a message: keep its rows, count, block its topic."""
         self._refusals[reason] += 1
         self._refused_readings += entry.readings
-        if entry.row_ids:
-            self._rewind.add(entry.device)
+        self._rewind.update(entry.devices)
         topic, now = entry.topic, asyncio.get_running_loop().time()
         refused = self._refused.get(topic)
         if refused is None:
@@ -700,7 +756,8 @@ class Publisher:
         )
 
     def _next_retry_in(self) -> float:
-        """Seconds until the next retry of a refused topic falls due (1.0 at most).
+        """Seconds until the next retry of a refused topic falls due, or a gateway
+        message's linger ends (1.0 at most).
 
         Retries already due were tried in the last pass; one that could not go
         (messages of its topic in flight, no rows, not connected) waits for an
@@ -711,6 +768,8 @@ class Publisher:
             for r in self._refused.values()
             if not r.retrying and r.retry_at > now
         ]
+        if self._linger_until is not None and self._linger_until > now:
+            waits.append(self._linger_until - now)
         return min([1.0, *waits])
 
     def _announce(self) -> None:
@@ -751,10 +810,13 @@ class Publisher:
         device: str,
         payload: bytes,
         *,
-        rows: list[Row],
+        rows: Sequence[Row],
         retain: bool = False,
+        devices: tuple[str, ...] | None = None,
     ) -> bool:
-        """Hand one message to paho; False if paho would not take it now."""
+        """Hand one message to paho; False if paho would not take it now.
+
+        ``devices``: whose rows it carries (default: ``device``'s, if any)."""
         assert self._client is not None
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in _QUEUED:
@@ -764,10 +826,13 @@ class Publisher:
             return False
         # NO_CONN: the connection dropped just now; paho keeps the message and
         # sends it after the reconnect, so it is in flight all the same.
+        if devices is None:
+            devices = (device,) if rows else ()
         self._in_flight[info.mid] = _InFlight(
-            topic, device, [r.id for r in rows], len(rows)
+            topic, device, [r.id for r in rows], len(rows), devices
         )
         self._topic_in_flight[topic] += 1
+        self._device_in_flight.update(devices)
         return True
 
     async def _run(self) -> None:
@@ -789,6 +854,9 @@ class Publisher:
     def _fill(self) -> None:
         """Publish pending rows, one message per device per round, up to the window."""
         if not self._connected or self._draining:
+            return
+        if self._cfg.publish.gateway:
+            self._fill_gateway()
             return
         window = self._cfg.publish.max_in_flight
         size = self._cfg.publish.max_readings_per_message
@@ -815,27 +883,7 @@ class Publisher:
                 rows = self._outbox.pending(size, device=device, after_id=after)
                 if not rows:
                     continue
-                batch = wire.TelemetryBatch(
-                    site.park,
-                    site.enterprise,
-                    device,
-                    tuple(
-                        wire.Reading(
-                            r.seq,
-                            r.metric,
-                            r.value,
-                            r.unit,
-                            r.ts_ms,
-                            r.quality,
-                            r.reset,
-                            r.data_type,
-                            r.stat,
-                        )
-                        for r in rows
-                    ),
-                    epoch=self._outbox.epoch,
-                )
-                payload = wire.encode_batch(batch)
+                payload = wire.encode_batch(self._batch(device, rows))
                 if not self._publish(topic, device, payload, rows=rows):
                     return
                 if retry:
@@ -844,3 +892,87 @@ class Publisher:
                 self._published += 1
                 self._published_readings += len(rows)
                 progress = True
+
+    def _batch(self, device: str, rows: Sequence[Row]) -> wire.TelemetryBatch:
+        site = self._cfg.site
+        return wire.TelemetryBatch(
+            site.park,
+            site.enterprise,
+            device,
+            tuple(
+                wire.Reading(
+                    r.seq,
+                    r.metric,
+                    r.value,
+                    r.unit,
+                    r.ts_ms,
+                    r.quality,
+                    r.reset,
+                    r.data_type,
+                    r.stat,
+                )
+                for r in rows
+            ),
+            epoch=self._outbox.epoch,
+        )
+
+    @property
+    def gateway_topic(self) -> str:
+        """Where gateway messages go: the agent's own telemetry topic."""
+        site = self._cfg.site
+        return wire.telemetry_topic(site.park, site.enterprise, self._cfg.agent_id)
+
+    def _take(self, device: str, limit: int) -> list[Row]:
+        """The device's next rows for a gateway message (none while it waits to
+        start again from its oldest row)."""
+        if device in self._rewind:
+            return []
+        after = self._cursor.get(device, 0)
+        return self._outbox.pending(limit, device=device, after_id=after)
+
+    def _fill_gateway(self) -> None:
+        """Publish pending rows as gateway messages (:func:`pack`), up to the window."""
+        pub = self._cfg.publish
+        now = asyncio.get_running_loop().time()
+        if not self._stopping and self._linger_until is not None:
+            if now < self._linger_until:
+                return
+            self._linger_until = None
+        topic, gateway = self.gateway_topic, self._cfg.agent_id
+        site = self._cfg.site
+        devices = self._outbox.devices()
+        while len(self._in_flight) < pub.max_in_flight:
+            retry = self._retry_due(topic, now)
+            if retry is False:
+                return
+            for device in [d for d in self._rewind if not self._device_in_flight[d]]:
+                # Its refused rows are still in the outbox: from the oldest.
+                self._rewind.discard(device)
+                self._cursor[device] = 0
+            chosen, next_start = pack(
+                devices, self._gateway_next, pub.max_readings_per_message, self._take
+            )
+            if not chosen:
+                return
+            message = wire.GatewayBatch(
+                site.park,
+                site.enterprise,
+                gateway,
+                tuple(self._batch(device, rows) for device, rows in chosen),
+            )
+            rows = [r for _, device_rows in chosen for r in device_rows]
+            payload = wire.encode_gateway(message)
+            carried = tuple(device for device, _ in chosen)
+            if not self._publish(topic, gateway, payload, rows=rows, devices=carried):
+                return
+            if retry:
+                self._refused[topic].retrying = True
+            for device, device_rows in chosen:
+                self._cursor[device] = device_rows[-1].id
+            self._gateway_next = next_start
+            self._published += 1
+            self._published_readings += len(rows)
+            if len(rows) < pub.max_readings_per_message and pub.gateway_linger_s > 0:
+                # What was pending went out; what comes next waits to share one.
+                self._linger_until = now + pub.gateway_linger_s
+                return

@@ -69,13 +69,32 @@ class PublishConfig(StrictModel):
     connection.
 
     The rules judge each device's readings in time order, so a re-sent reading is
-    judged once (see :mod:`rules.kinds.threshold`); the sink stores it once."""
+    judged once (see :mod:`rules.kinds.threshold`); the sink stores it once.
+
+    ``gateway``: send gateway messages (wire schema version 2, :mod:`smartpark.wire`)
+    on the agent's own telemetry topic ``sp/v1/{park}/{enterprise}/agent.{client_id}
+    /telemetry``, each carrying the readings of several devices, up to
+    ``max_readings_per_message`` in all, instead of one message per device. The
+    broker, the bridge and Kafka pay per message, so this is how one agent serves
+    an enterprise of many devices. Off by default: a platform older than version 2
+    dead-letters every such message (its readings are lost to it), so the bridge,
+    the sink and the rules runner are upgraded first, then the agents. A broker ACL
+    must let the agent publish on that topic (the gateway accounts of
+    :mod:`api.mqtt.acl` may: ``.../+/telemetry``).
+
+    ``gateway_linger_s`` (gateway messages only): a message that is not full waits
+    until this long after the previous one, so that the polls of the devices in
+    between share it; a full one goes at once. It bounds the delay a reading gets
+    for the sake of batching; 0 sends whatever is pending at once (batching then
+    happens only while ``max_in_flight`` messages wait for their PUBACK)."""
 
     max_readings_per_message: int = Field(default=500, ge=1, le=wire.MAX_READINGS)
     max_in_flight: int = Field(default=20, ge=1, le=1000)
     refused_retry_min_s: float = Field(default=1.0, gt=0)
     refused_retry_max_s: float = Field(default=60.0, gt=0)
     resend_window_s: float = Field(default=120.0, ge=0)
+    gateway: bool = False
+    gateway_linger_s: float = Field(default=1.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _retry_range(self) -> PublishConfig:
