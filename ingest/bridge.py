@@ -12,9 +12,15 @@ large, corrupt) becomes a dead letter instead of being retried: only errors a re
 can cure are retried in order, so one bad message never holds up the others. A dead
 letter keeps at most the first 64 KiB of the original, with its size and SHA-256.
 
-Threads: paho runs its network loop in its own thread and hands each message to the
-asyncio loop; everything else runs on the loop. Acknowledgements go out in the order
-the messages arrived, as MQTT 3.1.1 asks. Backpressure comes from the broker:
+Threads: paho runs its network loop in its own thread; everything else runs on the
+asyncio loop. Paho's thread appends each message to a queue and wakes the loop only
+when no wake-up is already pending; the loop then takes everything queued at once
+(one thread handoff per batch, not per message). Each message is stamped in paho's
+thread with the number of the MQTT connection it came on, so a message of an old
+connection is never acknowledged on a new one (message ids are per connection; the
+broker delivers the old connection's unacknowledged messages again). Acknowledgements
+go out in the order the messages arrived, as MQTT 3.1.1 asks. Backpressure comes from
+the broker:
 Mosquitto sends at most ``max_inflight_messages`` unacknowledged QoS 1 messages per
 client, so the bridge's memory is bounded by that window, not by the backlog. (amqtt,
 used by the embedded demo, has no such window and drops a QoS 1 message that is not
@@ -65,6 +71,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +88,8 @@ from smartpark.errors import PayloadError
 from smartpark.settings import Settings
 from smartpark.wire import (
     CLOCK_TOPIC,
-    decode_batch,
+    SCHEMA_VERSION,
+    decode_message,
     decode_status,
     encode_clock,
     parse_topic,
@@ -111,6 +119,9 @@ class BridgeStats:
     # Dead letters Kafka refused too: acknowledged, logged with size and SHA-256.
     dropped: int = 0
     clock_beacons: int = 0  # the platform's clock published for the edge agents
+    # Times the loop was woken to take messages from paho's thread; received /
+    # handoffs is the mean batch a wake-up took.
+    handoffs: int = 0
 
 
 @dataclass(slots=True)
@@ -120,7 +131,7 @@ class _Inbound:
     topic: str
     payload: bytes
     received_ms: int
-    session: int
+    session: int  # the MQTT connection it came on (Bridge._session, paho's thread)
 
 
 _Record = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
@@ -144,11 +155,21 @@ class Bridge:
         self._settings = settings
         self._clock = clock
         self.stats = BridgeStats()
-        self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue()
+        # Paho's thread appends, the loop pops (deque appends and pops are atomic).
+        self._arrivals: deque[_Inbound] = deque()
+        # True from the moment paho's thread asks for a wake-up until the loop
+        # starts taking the arrivals; see run() for why the order matters.
+        self._doorbell_rung = False
+        # Set by a doorbell and by stop(): run() has work, or is to stop.
+        self._work_or_stop = asyncio.Event()
         self._pending: deque[_Pending] = deque()
         self._pending_changed = asyncio.Event()
         self._stopping = asyncio.Event()
+        # The MQTT connection's number, counted up in paho's thread on every
+        # disconnect; held under the lock while it changes and while acknowledging,
+        # so an acknowledgement never reaches a newer connection than its message's.
         self._session = 0
+        self._session_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -169,7 +190,7 @@ class Bridge:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stopping.set()
+        self.stop()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -178,6 +199,7 @@ class Bridge:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._work_or_stop.set()
 
     @property
     def telemetry_filter(self) -> str:
@@ -247,8 +269,11 @@ class Bridge:
     ) -> None:
         # Message ids are per connection: unacknowledged messages of the old one are
         # redelivered by the broker, and must not be acknowledged on the new one.
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._new_session)
+        # Counted here, in the thread that stamps the messages, so every message of
+        # the old connection has the old number; paho reconnects (and drops the
+        # acknowledgements it had not yet written) only after this returns.
+        with self._session_lock:
+            self._session += 1
         self.stats.connected = False
         if self._stopping.is_set():
             log.info("MQTT disconnected: %s", reason)
@@ -257,22 +282,25 @@ class Bridge:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
-        inbound = _Inbound(
-            msg.mid, msg.qos, msg.topic, bytes(msg.payload), self._clock(), -1
+        self._arrivals.append(
+            _Inbound(
+                msg.mid,
+                msg.qos,
+                msg.topic,
+                bytes(msg.payload),
+                self._clock(),
+                self._session,
+            )
         )
-        self._loop.call_soon_threadsafe(self._enqueue, inbound)
+        # Appended before the doorbell is looked at: see run().
+        if not self._doorbell_rung:
+            self._doorbell_rung = True
+            self._loop.call_soon_threadsafe(self._work_or_stop.set)
 
     # -- asyncio side -------------------------------------------------------------
 
     def _new_producer(self) -> AIOKafkaProducer:
         return make_producer(self._settings.kafka, client_id="smartpark-bridge")
-
-    def _new_session(self) -> None:
-        self._session += 1
-
-    def _enqueue(self, inbound: _Inbound) -> None:
-        inbound.session = self._session
-        self._inbox.put_nowait(inbound)
 
     async def run(self) -> None:
         """Bridge until :meth:`stop`; acknowledge all Kafka has before returning."""
@@ -280,15 +308,22 @@ class Bridge:
         beacon = asyncio.create_task(self._clock_beacon(), name="clock beacon")
         try:
             while not self._stopping.is_set():
-                get = asyncio.ensure_future(self._inbox.get())
-                stop = asyncio.ensure_future(self._stopping.wait())
-                done, _ = await asyncio.wait({get, stop}, return_when="FIRST_COMPLETED")
-                if get not in done:
-                    get.cancel()
-                    stop.cancel()
-                    break
-                stop.cancel()
-                await self._forward(get.result())
+                await self._work_or_stop.wait()
+                self._work_or_stop.clear()
+                # The doorbell is cleared *before* the arrivals are taken. Paho's
+                # thread appends first and looks at the doorbell second, so either
+                # it sees the doorbell cleared and rings again (at worst a wake-up
+                # that finds nothing), or it sees it still rung, which means the
+                # clearing below comes after its append and the loop below takes
+                # that message. Cleared after taking, a message appended between
+                # the last look at the queue and the clearing would find the
+                # doorbell rung, ring nothing, and wait for the next message's
+                # wake-up: for the last message of a burst, for ever.
+                self._doorbell_rung = False
+                if self._arrivals:
+                    self.stats.handoffs += 1
+                while self._arrivals and not self._stopping.is_set():
+                    await self._forward(self._arrivals.popleft())
             await self._drain()
         finally:
             acker.cancel()
@@ -374,21 +409,23 @@ class Bridge:
             )
         park, enterprise, device, channel = parse_topic(msg.topic)
         if channel == "telemetry":
-            batch = decode_batch(
+            # A device's batch, or a gateway's (the topic then names the gateway).
+            decoded = decode_message(
                 msg.payload,
                 now_ms=msg.received_ms,
                 max_future_ms=self._settings.bridge.max_future_ms,
                 loads=orjson.loads,
             )
-            if (batch.park, batch.enterprise, batch.device) != (
+            if (decoded.park, decoded.enterprise, decoded.sender) != (
                 park,
                 enterprise,
                 device,
             ):
+                field = "device" if decoded.version == SCHEMA_VERSION else "gateway"
                 raise PayloadError(
-                    "device",
-                    f"payload is for {batch.park}/{batch.enterprise}/{batch.device}"
-                    f" but was published on {msg.topic}",
+                    field,
+                    f"payload is from {decoded.park}/{decoded.enterprise}/"
+                    f"{decoded.sender} but was published on {msg.topic}",
                 )
             return kafka.telemetry_topic, msg.payload, enterprise.encode(), None
         if channel == "status":
@@ -485,15 +522,32 @@ class Bridge:
                 else:
                     await self._replace_producer(exc)
                 continue
-            if head.record[0]:
-                self.stats.produced += 1
-            self._pending.popleft()
-            if head.msg.session == self._session:
-                self._client.ack(head.msg.mid, head.msg.qos)
-                self.stats.acked += 1
-            else:
-                self.stats.redelivery_expected += 1
+            self._ack_settled()
             self._pending_changed.set()
+
+    def _ack_settled(self) -> None:
+        """Acknowledge, in arrival order, the messages at the head of the queue
+        whose records Kafka has; one whose connection is gone is left to the
+        broker, which delivers it again on the new one.
+
+        Kafka settles a whole produce batch at once, so this usually takes many
+        messages; the connection's number cannot change while it runs.
+        """
+        assert self._client is not None
+        with self._session_lock:
+            while self._pending:
+                head = self._pending[0]
+                delivery = head.delivery
+                if not delivery.done() or delivery.cancelled() or delivery.exception():
+                    break
+                self._pending.popleft()
+                if head.record[0]:
+                    self.stats.produced += 1
+                if head.msg.session == self._session:
+                    self._client.ack(head.msg.mid, head.msg.qos)
+                    self.stats.acked += 1
+                else:
+                    self.stats.redelivery_expected += 1
 
     async def _resend_refused(self, head: _Pending, exc: KafkaError) -> None:
         """Kafka refused ``head``'s record for good after accepting it for sending

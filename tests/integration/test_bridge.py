@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+from collections.abc import Callable
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.bridge import Bridge
 from smartpark.clock import system_ms
 from smartpark.settings import Settings
-from smartpark.wire import Reading, TelemetryBatch, encode_batch, telemetry_topic
+from smartpark.wire import (
+    GatewayBatch,
+    Reading,
+    TelemetryBatch,
+    encode_batch,
+    encode_gateway,
+    telemetry_topic,
+)
 from stream.kafka import DLQ_REASON, DLQ_SOURCE
 from tests.support.clients import consume_until, publish_all, wait_for
 from tests.support.settings import platform_settings
@@ -113,11 +125,46 @@ async def test_invalid_payloads_go_to_dead_letters_and_do_not_block(
         "readings[1].unit: active_power is in 'kW', got 'MW'",
         "readings[0].ts_ms:",
         "v: unsupported schema version 7",
-        "device: payload is for",
+        "device: payload is from",
     ]
     for reason, want in zip(reasons, expected, strict=True):
         assert want in reason
     assert all(dict(r.headers)[DLQ_SOURCE] == f"mqtt:{topic}".encode() for r in dead)
+
+
+async def test_gateway_messages_pass_on_their_agent_topic_only(
+    mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park_id: str
+) -> None:
+    """A gateway message (wire version 2) goes to Kafka unchanged, keyed by its
+    enterprise, from the topic of the agent it names; from another agent's topic,
+    or of another enterprise, it is a dead letter that says why."""
+    settings = platform_settings(mqtt_addr, kafka_bootstrap, topic_prefix, park_id)
+    devices = tuple(batch(park_id, "ent-a", f"m{i}", 1) for i in range(3))
+    good = encode_gateway(GatewayBatch(park_id, "ent-a", "agent.a1", devices))
+    messages = [
+        (telemetry_topic(park_id, "ent-a", "agent.a1"), good),
+        (telemetry_topic(park_id, "ent-a", "agent.a2"), good),
+        (telemetry_topic(park_id, "ent-b", "agent.a1"), good),
+    ]
+    async with Bridge(settings) as bridge:
+        task = asyncio.create_task(bridge.run())
+        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
+        await asyncio.to_thread(publish_all, *mqtt_addr, messages)
+        await wait_for(
+            lambda: bridge.stats.acked == len(messages), timeout_s=60, what="acks"
+        )
+        bridge.stop()
+        await task
+    (record,) = await consume_until(
+        kafka_bootstrap, settings.kafka.telemetry_topic, lambda r: len(r) >= 1
+    )
+    assert (record.key, record.value) == (b"ent-a", good)
+    dead = await consume_until(
+        kafka_bootstrap, settings.kafka.deadletter_topic, lambda r: len(r) >= 2
+    )
+    reasons = sorted(dict(r.headers)[DLQ_REASON].decode() for r in dead)
+    assert all(r.startswith("gateway: payload is from") for r in reasons), reasons
+    assert bridge.stats.dead_letters == 2
 
 
 async def test_a_bridge_joining_a_share_group_drops_its_unshared_subscription(
@@ -167,3 +214,144 @@ async def test_a_bridge_joining_a_share_group_drops_its_unshared_subscription(
         len(sent),
         True,
     )
+
+
+def _session_client(
+    mqtt_addr: tuple[str, int], client_id: str, *, seen: list[bytes]
+) -> mqtt.Client:
+    """A client resuming the persistent session ``client_id``: it collects what the
+    broker delivers and acknowledges nothing, nor reconnects if pushed out."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+        manual_ack=True,
+        reconnect_on_failure=False,
+    )
+    connected = threading.Event()
+    client.on_connect = lambda *_: connected.set()
+    client.on_message = lambda _c, _u, msg: seen.append(bytes(msg.payload))
+    client.connect(*mqtt_addr)
+    client.loop_start()
+    if not connected.wait(10):
+        raise AssertionError(f"no CONNACK for {client_id} in 10 s")
+    return client
+
+
+def _unacknowledged(mqtt_addr: tuple[str, int], client_id: str) -> list[bytes]:
+    """What the broker still holds for session ``client_id``: it delivers the
+    session's unacknowledged messages again as soon as the session is resumed."""
+    seen: list[bytes] = []
+    client = _session_client(mqtt_addr, client_id, seen=seen)
+    time.sleep(2.0)
+    client.disconnect()
+    client.loop_stop()
+    return seen
+
+
+def _hold(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    """Wait without giving the event loop a turn (paho's thread goes on)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+async def test_a_burst_reaches_kafka_in_order_and_is_all_acknowledged(
+    mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park_id: str
+) -> None:
+    """Paho's thread hands messages over in batches: a burst published while the
+    bridge runs arrives whole and in order, every message is acknowledged (none
+    waits for a wake-up that never comes), and the broker keeps nothing back."""
+    settings = platform_settings(mqtt_addr, kafka_bootstrap, topic_prefix, park_id)
+    topic = telemetry_topic(park_id, "ent-a", "m1")
+    sent = [
+        (topic, encode_batch(batch(park_id, "ent-a", "m1", s))) for s in range(3000)
+    ]
+    async with Bridge(settings) as bridge:
+        task = asyncio.create_task(bridge.run())
+        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
+        await asyncio.to_thread(publish_all, *mqtt_addr, sent)
+        await wait_for(
+            lambda: bridge.stats.acked == len(sent), timeout_s=60, what="all acked"
+        )
+        bridge.stop()
+        await task
+    records = await consume_until(
+        kafka_bootstrap, settings.kafka.telemetry_topic, lambda r: len(r) >= len(sent)
+    )
+    assert [r.value for r in records] == [p for _, p in sent]
+    assert bridge.stats.received == len(sent)
+    assert bridge.stats.redelivery_expected == 0
+    assert bridge.stats.handoffs < bridge.stats.received  # batched, not one by one
+    unacknowledged = await asyncio.to_thread(
+        _unacknowledged, mqtt_addr, settings.mqtt.client_id
+    )
+    assert unacknowledged == []
+
+
+def _deliver_twice_on_a_held_loop(
+    bridge: Bridge,
+    mqtt_addr: tuple[str, int],
+    settings: Settings,
+    sent: list[tuple[str, bytes]],
+) -> None:
+    """Publish ``sent``, let paho's thread receive it, then make the broker drop
+    the bridge's connection and wait for paho to reconnect and receive it again;
+    the caller's event loop gets no turn meanwhile."""
+    publish_all(*mqtt_addr, sent)
+    time.sleep(1.0)  # paho's thread receives them (fewer than the in-flight window)
+    # Resuming the bridge's session elsewhere makes the broker drop the bridge's
+    # connection; paho reconnects after its 1 s delay and is given the
+    # unacknowledged messages again.
+    intruder = _session_client(mqtt_addr, settings.mqtt.client_id, seen=[])
+    intruder.disconnect()
+    intruder.loop_stop()
+    _hold(lambda: not bridge.stats.connected, timeout_s=10, what="disconnect")
+    _hold(lambda: bridge.stats.connected, timeout_s=20, what="reconnect")
+    time.sleep(1.0)  # and receives the messages again
+
+
+async def test_messages_of_a_lost_connection_are_not_acknowledged_on_the_next(
+    mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park_id: str
+) -> None:
+    """Messages are stamped with their connection in paho's thread. Here they are
+    received, the connection is lost and the next one receives them again, all
+    before the event loop gets a turn to forward any: the first copies go to Kafka
+    but are not acknowledged (their message ids belonged to the lost connection),
+    the second copies are. Stamped when the loop took them, all would count as the
+    new connection's."""
+    settings = platform_settings(mqtt_addr, kafka_bootstrap, topic_prefix, park_id)
+    topic = telemetry_topic(park_id, "ent-a", "m1")
+    sent = [
+        (topic, encode_batch(batch(park_id, "ent-a", "m1", s))) for s in range(1, 21)
+    ]
+    async with Bridge(settings) as bridge:
+        task = asyncio.create_task(bridge.run())
+        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
+        # Called, not awaited: the event loop is held until it returns.
+        _deliver_twice_on_a_held_loop(bridge, mqtt_addr, settings, sent)
+        await wait_for(
+            lambda: (
+                bridge.stats.acked + bridge.stats.redelivery_expected >= 2 * len(sent)
+            ),
+            timeout_s=60,
+            what="both copies settled",
+        )
+        bridge.stop()
+        await task
+    s = bridge.stats
+    n = len(sent)
+    assert (s.received, s.acked, s.redelivery_expected) == (2 * n, n, n)
+    records = await consume_until(
+        kafka_bootstrap,
+        settings.kafka.telemetry_topic,
+        lambda r: len(r) >= 2 * len(sent),
+    )
+    assert [r.value for r in records] == [p for _, p in sent] * 2
+    unacknowledged = await asyncio.to_thread(
+        _unacknowledged, mqtt_addr, settings.mqtt.client_id
+    )
+    assert unacknowledged == []
