@@ -66,7 +66,10 @@ from bench import hooks
 from bench.figures import (
     add_endpoints,
     cpu_seconds,
+    group_cpu_seconds,
+    group_deltas,
     machine_jiffies,
+    process_groups,
     service_env,
     spawn,
 )
@@ -114,6 +117,9 @@ WARMUP_DEVICE = ("e-warmup", "warmup")
 # cores: at 2 238 messages a second (twice the city) one fell behind (2026-12-06: 34 425
 # readings unacknowledged, raw subscriber p99 12.8 s), two kept the schedule.
 MESSAGES_PER_PUBLISHER = 1_500
+# Probe devices at most, by default (1 in 20 at the city): more only load the
+# database with the row-visible queries (the province's 5 600 took a fifth of a core).
+PROBES = 560
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,8 @@ class Result:
     measured_s: float = math.nan
     machine_busy: float = math.nan
     series: tuple[int, float] = (0, 0.0)  # registered beforehand, in seconds
+    # The rest of the machine over the same time: brokers, database, load, bench.
+    other_cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def webhook(self) -> Latencies | None:
@@ -260,9 +268,15 @@ class Result:
             f"{name} {cpu:.1f} s ({cpu / self.measured_s:.0%} of a core)"
             for name, cpu in self.cpu_s.items()
         )
+        rest = ", ".join(
+            f"{name} {cpu:.1f} s ({cpu / self.measured_s:.0%})"
+            for name, cpu in self.other_cpu_s.items()
+        )
         return [
-            f"CPU over the {self.measured_s:.0f} s of load and drain: the machine "
-            f"{self.machine_busy:.0%} busy ({cores} cores, every process on it); {each}"
+            f"CPU over the {self.measured_s:.0f} s of load and drain: the machine"
+            f" {self.machine_busy:.0%} busy ({cores} cores, every process on it);"
+            f" {each}",
+            *([f"  the rest of the machine: {rest}"] if rest else []),
         ]
 
     def _hook_lines(self) -> list[str]:
@@ -580,22 +594,19 @@ async def run(o: Options) -> Result:
             topics = _probe_topics(o.workload, park_of(s), o.probe_every)
             observer = Observer(s, probes, topics)
             await _warm_up(s, observer, conn)
-            names = [c[0] for c in commands]
-            before = [cpu_seconds(p.pid) for p in procs], machine_jiffies()
-            started = time.monotonic()
+            meter = CpuMeter(
+                {c[0]: p.pid for c, p in zip(commands, procs, strict=True)}
+            )
             result = await _measure(
                 o, s, observer=observer, conn=conn, logs=logs,
-                receiver=receiver, secrets=secrets,
+                receiver=receiver, secrets=secrets, meter=meter,
             )  # fmt: skip
-            after = [cpu_seconds(p.pid) for p in procs], machine_jiffies()
-            busy, total = (a - b for a, b in zip(after[1], before[1], strict=True))
             return replace(
                 result,
-                cpu_s={
-                    n: a - b for n, a, b in zip(names, after[0], before[0], strict=True)
-                },
-                measured_s=time.monotonic() - started,
-                machine_busy=busy / total if total else math.nan,
+                cpu_s=meter.services,
+                other_cpu_s=meter.others,
+                measured_s=meter.seconds,
+                machine_busy=meter.busy,
                 series=series,
             )
     finally:
@@ -607,6 +618,43 @@ async def run(o: Options) -> Result:
         await clean_up(s, o.dsn)
 
 
+class CpuMeter:
+    """CPU seconds over the run of the platform's services (by name), of the rest
+    of the machine (PostgreSQL, Mosquitto, Kafka, the load generator, this bench
+    process with its raw subscriber and row-visible queries), and the machine's
+    busy share. ``start`` and ``stop`` bracket the load and its drain."""
+
+    def __init__(self, services: dict[str, int]) -> None:
+        self._pids = services
+        self.services: dict[str, float] = {}
+        self.others: dict[str, float] = {}
+        self.seconds = math.nan
+        self.busy = math.nan
+
+    def start(self) -> None:
+        self._before = {n: cpu_seconds(p) for n, p in self._pids.items()}
+        self._groups = process_groups()
+        self._group_before = group_cpu_seconds(self._groups)
+        self._own = time.process_time()
+        self._jiffies = machine_jiffies()
+        self._t0 = time.monotonic()
+
+    def stop(self, *, publishers: float) -> None:
+        self.seconds = time.monotonic() - self._t0
+        self.services = {
+            n: cpu_seconds(p) - self._before[n] for n, p in self._pids.items()
+        }
+        groups = process_groups()
+        after = group_cpu_seconds(groups)
+        self.others = group_deltas(groups, self._group_before, after)
+        self.others["load generator"] = publishers
+        self.others["bench (raw subscriber, queries)"] = time.process_time() - self._own
+        busy, total = (
+            a - b for a, b in zip(machine_jiffies(), self._jiffies, strict=True)
+        )
+        self.busy = busy / total if total else math.nan
+
+
 async def _measure(
     o: Options,
     s: Settings,
@@ -616,7 +664,9 @@ async def _measure(
     logs: Path,
     receiver: hooks.Receiver | None,
     secrets: dict[str, str],
+    meter: CpuMeter,
 ) -> Result:
+    meter.start()
     # The publisher processes start and connect meanwhile; a whole millisecond.
     t0 = round(time.time() + 3.0, 3)
     probes = Probes.plan(o.workload, o, t0)
@@ -664,6 +714,8 @@ async def _measure(
         stop.set()
     took = sorted(await watcher)
     await sender
+    # (before reading the topic back, which is the bench's work, not the run's)
+    meter.stop(publishers=sum(r.cpu_s for r in results))
     kafka = probes.latencies(await _produced(s.kafka, probes))
     outcome = None
     if receiver is not None:
@@ -762,7 +814,7 @@ def options(args: argparse.Namespace) -> Options:
         w,
         args.duration,
         publishers,
-        probe_every=args.probe_every,
+        probe_every=args.probe_every or max(20, w.devices // PROBES),
         poll_ms=args.poll_ms,
         dsn=args.dsn,
         mqtt=(host, int(port)),
@@ -790,7 +842,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one message an enterprise and step, as agents with publish.gateway"
         " send (wire schema version 2)",
     )
-    parser.add_argument("--probe-every", type=int, default=20, metavar="N")
+    parser.add_argument(
+        "--probe-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"1 device in N is a probe (0: automatic, about {PROBES} probe devices)",
+    )
     parser.add_argument("--poll-ms", type=int, default=50)
     parser.add_argument(
         "--alerts",

@@ -172,6 +172,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_groups() -> dict[int, str]:
+    """The machine's processes the bench cares about, by pid: ``PostgreSQL`` (every
+    process of the server), ``Mosquitto``, ``Kafka`` (the broker's JVM; the local
+    three-broker cluster's as ``Kafka cluster (idle)``)."""
+    out: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            if comm in ("postgres", "mosquitto"):
+                out[int(entry.name)] = (
+                    "PostgreSQL" if comm == "postgres" else "Mosquitto"
+                )
+            elif comm == "java":
+                cmdline = (entry / "cmdline").read_bytes()
+                if b"kafka" in cmdline:
+                    cluster = b"kafka-cluster" in cmdline
+                    out[int(entry.name)] = (
+                        "Kafka cluster (idle)" if cluster else "Kafka"
+                    )
+        except OSError:
+            continue  # gone meanwhile
+    return out
+
+
+def group_cpu_seconds(groups: dict[int, str]) -> dict[int, float]:
+    """CPU seconds so far of each pid of ``groups`` still alive."""
+    out = {}
+    for pid in groups:
+        cpu = cpu_seconds(pid)
+        if not math.isnan(cpu):
+            out[pid] = cpu
+    return out
+
+
+def group_deltas(
+    groups: dict[int, str], before: dict[int, float], after: dict[int, float]
+) -> dict[str, float]:
+    """CPU seconds each group spent between two :func:`group_cpu_seconds` samples
+    (a process that started meanwhile counts whole; one that ended, not at all)."""
+    out: dict[str, float] = {}
+    for pid, cpu in after.items():
+        if pid in groups:
+            name = groups[pid]
+            out[name] = out.get(name, 0.0) + cpu - before.get(pid, 0.0)
+    return out
+
+
 def machine_jiffies() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far, in clock ticks
     (``/proc/stat``; busy is everything but idle and iowait)."""

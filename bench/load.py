@@ -34,6 +34,7 @@ polls are out of order) is the same on every run; only the wall-clock origin
 
 from __future__ import annotations
 
+import functools
 import heapq
 import multiprocessing
 import random
@@ -43,12 +44,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
+
 from smartpark.wire import (
     GatewayBatch,
     Reading,
     TelemetryBatch,
     encode_batch,
-    encode_gateway,
     telemetry_topic,
 )
 
@@ -169,8 +171,13 @@ def device_messages(w: Workload, index: int, duration_ms: int) -> list[Message]:
 
 def poll_time_ms(w: Workload, index: int, seq: int) -> int:
     """The device time of poll ``seq`` of device ``index`` (from the run's origin)."""
-    phase = _phase(w, index, _device_rng(w, index))
-    return phase + (seq - 1) * w.step_ms
+    return _phase_of(w, index) + (seq - 1) * w.step_ms
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _phase_of(w: Workload, index: int) -> int:
+    # Seeding a generator costs more than encoding the poll: once a device.
+    return _phase(w, index, _device_rng(w, index))
 
 
 def enterprise_messages(w: Workload, e: int, duration_ms: int) -> list[Message]:
@@ -251,7 +258,10 @@ def _encode_gateway(
             TelemetryBatch(park, enterprise, device_ids(w, i)[1], tuple(readings))
         )
     gateway = gateway_id(enterprise)
-    payload = encode_gateway(GatewayBatch(park, enterprise, gateway, tuple(batches)))
+    # orjson: the same JSON as encode_gateway, in a fifth of the time
+    payload = orjson.dumps(
+        GatewayBatch(park, enterprise, gateway, tuple(batches)).to_json()
+    )
     return telemetry_topic(park, enterprise, gateway), payload
 
 
@@ -291,6 +301,7 @@ class PublisherResult:
     duration_s: float
     last_ack_s: float
     max_send_lag_s: float  # how far behind the schedule a send was, at worst
+    cpu_s: float = 0.0  # the publisher process's CPU, its schedule included
 
 
 @dataclass(frozen=True)
@@ -375,6 +386,7 @@ def run_open_loop(
         duration_s,
         acks.last_ack_s,
         max_lag,
+        time.process_time(),
     )
 
 

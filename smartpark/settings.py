@@ -105,8 +105,13 @@ class ConsumerSettings(BaseModel):
     group_id: str
     # One batch is one database transaction: what one getmany returns, and what
     # more comes within batch_linger_ms after it (stream.group), up to
-    # batch_max_records.
+    # batch_max_records, and no more than batch_max_bytes of record values (the
+    # first record always goes): a gateway's record carries a few hundred
+    # readings, so 5 000 of them would be a transaction of a million rows, seconds
+    # long, every row of it invisible until its commit. 4 MiB: some 36 000
+    # readings, a whole batch of device records.
     batch_max_records: int = Field(default=5000, gt=0)
+    batch_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     batch_max_wait_ms: int = Field(default=200, ge=0)
     batch_linger_ms: int = Field(default=0, ge=0)
 

@@ -473,3 +473,32 @@ async def test_a_batch_lingers_for_the_records_that_follow(
             sink.stop()
             await asyncio.wait_for(task, 30)
     assert sink.stats.batches in batches, sink.stats
+
+
+async def test_a_batch_holds_at_most_its_bytes_and_the_rest_follows_in_order(
+    settings: Settings, migrated: Storage, park_id: str
+) -> None:
+    """24 records waiting, about three records' worth of bytes a batch: at least
+    eight transactions, every row stored once, the offsets at the end. (Without
+    the cap they are one batch: the linger test's control.)"""
+    records, keys = telemetry(park_id, 2, 2, range(1, 7))
+    size = max(len(v or b"") for _, v in records)
+    sink_settings = settings.sink.model_copy(
+        update={"batch_max_bytes": 3 * size, "batch_linger_ms": 0}
+    )
+    settings = settings.model_copy(update={"sink": sink_settings})
+    ends = await produce(settings, records)  # all waiting before the sink starts
+
+    async def all_stored(sink: Sink) -> bool:
+        return sink.stats.rows_inserted == len(keys)
+
+    sink = await run_sink(settings, all_stored)
+    assert sink.stats.batches >= len(records) // 3, sink.stats
+    assert sink.stats.duplicates == 0
+    assert set(await migrated.telemetry.reading_keys(park=park_id)) == keys
+    assert (
+        await migrated.offsets.load(
+            settings.sink.group_id, settings.kafka.telemetry_topic
+        )
+        == ends
+    )
