@@ -33,7 +33,7 @@ def test_integration_test_fails_when_a_service_is_missing() -> None:
             "--tb=short",
             "tests/integration/test_bridge.py",
             "-k",
-            "order",
+            "keyed_by_enterprise",
         ],
         cwd=ROOT,
         env=env,
