@@ -653,6 +653,10 @@ class CpuMeter:
             a - b for a, b in zip(machine_jiffies(), self._jiffies, strict=True)
         )
         self.busy = busy / total if total else math.nan
+        counted = sum(self.services.values()) + sum(self.others.values())
+        self.others["unaccounted (kernel, other processes)"] = max(
+            0.0, busy / os.sysconf("SC_CLK_TCK") - counted
+        )
 
 
 async def _measure(

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -132,6 +133,9 @@ class Sink(DbPositionedConsumer):
         try:
             await self._storage.require_migrated()
             await self._storage.telemetry.ensure_partitions()
+            started = time.monotonic()
+            series = await self._storage.telemetry.preload_series()
+            log.info("%d series cached in %.1f s", series, time.monotonic() - started)
             await ensure_topics(self._settings.kafka)
             self._producer = make_producer(
                 self._settings.kafka, client_id=f"{self._settings.kafka.client_id}-sink"
@@ -171,7 +175,9 @@ class Sink(DbPositionedConsumer):
         while True:
             await asyncio.sleep(every_ms / 1000)
             try:
-                minutes = await self._storage.telemetry.refresh_rollups()
+                # the minute in progress is merged once it has ended
+                now = datetime.fromtimestamp(self._clock() // 60_000 * 60, UTC)
+                minutes = await self._storage.telemetry.refresh_rollups(before=now)
             except StorageError as exc:
                 self.stats.rollup_failures += 1
                 log.warning("rollup refresh failed (%s); next try in %d ms",

@@ -121,8 +121,9 @@ class SinkSettings(ConsumerSettings):
     # Fuller batches: one transaction costs about 3 ms of the sink's CPU whatever
     # its size (stream.group); at most this much more latency.
     batch_linger_ms: int = Field(default=100, ge=0)
-    # Plain PostgreSQL: how often the rollups are brought up to date (they lag the
-    # raw rows by at most this much); a task of its own, off the write loop.
+    # Plain PostgreSQL: how often the rollups are brought up to date, each minute
+    # once it has ended (they lag the raw rows by the minute in progress plus this
+    # much: storage.rollups); a task of its own, off the write loop.
     rollup_refresh_ms: int = Field(default=10_000, gt=0)
 
 

@@ -62,6 +62,12 @@ class TelemetryStore:
     def series(self) -> SeriesIds:
         return self._series
 
+    async def preload_series(self) -> int:
+        """Cache the ids of every stored series (:meth:`SeriesIds.preload`)."""
+        with storage_errors("preload series"):
+            async with self._db.connection() as conn:
+                return await self._series.preload(conn)
+
     @property
     def partitions(self) -> Partitions:
         return self._partitions
@@ -208,7 +214,11 @@ class TelemetryStore:
                 )
 
     async def refresh_rollups(
-        self, start: datetime | None = None, end: datetime | None = None
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        before: datetime | None = None,
     ) -> int:
         """Bring the rollups up to date; ``[start, end)`` is recomputed in any case.
 
@@ -216,13 +226,17 @@ class TelemetryStore:
         range); returns the number of one-minute buckets recomputed. TimescaleDB:
         refresh the continuous aggregates finest first (each level reads the one
         below) over the range (None: unbounded); returns 0. Either way, afterwards
-        the rollups equal a GROUP BY over the raw rows.
+        the rollups equal a GROUP BY over the raw rows. ``before`` (plain
+        PostgreSQL): only the logged minutes that start before it, the rest stays
+        logged (the sink passes the minute in progress: :mod:`storage.rollups`).
         """
         with storage_errors("refresh rollups"):
             async with self._db.connection() as conn:
                 if self._dialect is Dialect.POSTGRES:
                     extra = (start, end) if start and end else None
-                    return await rollups.refresh(conn, self._schema, extra)
+                    return await rollups.refresh(
+                        conn, self._schema, extra, before=before
+                    )
                 await self._refresh_aggregates(conn, start, end)
         return 0
 

@@ -444,6 +444,22 @@ async def test_late_rows_update_an_already_refreshed_bucket(storage: Storage) ->
     assert day.n == 7
 
 
+async def test_a_refresh_before_a_minute_leaves_it_logged_for_later(
+    storage: Storage,
+) -> None:
+    """The sink's refresh passes the minute in progress as ``before``: the minutes
+    before it are merged, that one stays in the log until a later refresh."""
+    await storage.telemetry.write(rows_for("m1", 12))  # two minutes of rows
+    second = T0 + timedelta(minutes=1)
+    assert await storage.telemetry.refresh_rollups(before=second) == 1
+    end = T0 + timedelta(minutes=2)
+    minutes = await storage.telemetry.rollup(RollupLevel.MINUTE, start=T0, end=end)
+    assert [(m.bucket, m.n) for m in minutes] == [(T0, 6)]
+    assert await storage.telemetry.refresh_rollups() == 1
+    minutes = await storage.telemetry.rollup(RollupLevel.MINUTE, start=T0, end=end)
+    assert [(m.bucket, m.n) for m in minutes] == [(T0, 6), (second, 6)]
+
+
 async def test_unreachable_database_is_a_storage_error(db_schema: str) -> None:
     s = Storage(
         DatabaseSettings(
