@@ -64,12 +64,10 @@ from pydantic import SecretStr
 
 from bench import hooks
 from bench.figures import (
+    GroupSampler,
     add_endpoints,
     cpu_seconds,
-    group_cpu_seconds,
-    group_deltas,
     machine_jiffies,
-    process_groups,
     service_env,
     spawn,
 )
@@ -633,8 +631,8 @@ class CpuMeter:
 
     def start(self) -> None:
         self._before = {n: cpu_seconds(p) for n, p in self._pids.items()}
-        self._groups = process_groups()
-        self._group_before = group_cpu_seconds(self._groups)
+        self._groups = GroupSampler()
+        self._groups.start()
         self._own = time.process_time()
         self._jiffies = machine_jiffies()
         self._t0 = time.monotonic()
@@ -644,9 +642,7 @@ class CpuMeter:
         self.services = {
             n: cpu_seconds(p) - self._before[n] for n, p in self._pids.items()
         }
-        groups = process_groups()
-        after = group_cpu_seconds(groups)
-        self.others = group_deltas(groups, self._group_before, after)
+        self.others = self._groups.stop()
         self.others["load generator"] = publishers
         self.others["bench (raw subscriber, queries)"] = time.process_time() - self._own
         busy, total = (
@@ -654,7 +650,7 @@ class CpuMeter:
         )
         self.busy = busy / total if total else math.nan
         counted = sum(self.services.values()) + sum(self.others.values())
-        self.others["unaccounted (kernel, other processes)"] = max(
+        self.others["unaccounted (kernel, short-lived processes)"] = max(
             0.0, busy / os.sysconf("SC_CLK_TCK") - counted
         )
 

@@ -27,6 +27,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,53 +173,79 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def process_groups() -> dict[int, str]:
-    """The machine's processes the bench cares about, by pid: ``PostgreSQL`` (every
-    process of the server), ``Mosquitto``, ``Kafka`` (the broker's JVM; the local
-    three-broker cluster's as ``Kafka cluster (idle)``)."""
-    out: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            comm = (entry / "comm").read_text().strip()
-            if comm in ("postgres", "mosquitto"):
-                out[int(entry.name)] = (
-                    "PostgreSQL" if comm == "postgres" else "Mosquitto"
-                )
-            elif comm == "java":
-                cmdline = (entry / "cmdline").read_bytes()
-                if b"kafka" in cmdline:
-                    cluster = b"kafka-cluster" in cmdline
-                    out[int(entry.name)] = (
-                        "Kafka cluster (idle)" if cluster else "Kafka"
-                    )
-        except OSError:
-            continue  # gone meanwhile
-    return out
+def _group_of(entry: Path) -> str | None:
+    """What process ``entry`` (``/proc/<pid>``) is, for :class:`GroupSampler`."""
+    comm = (entry / "comm").read_text().strip()
+    if comm == "postgres":
+        return "PostgreSQL"
+    if comm == "mosquitto":
+        return "Mosquitto"
+    if comm == "java":
+        cmdline = (entry / "cmdline").read_bytes()
+        if b"kafka" in cmdline:
+            return "Kafka cluster (idle)" if b"kafka-cluster" in cmdline else "Kafka"
+    return None
 
 
-def group_cpu_seconds(groups: dict[int, str]) -> dict[int, float]:
-    """CPU seconds so far of each pid of ``groups`` still alive."""
-    out = {}
-    for pid in groups:
-        cpu = cpu_seconds(pid)
-        if not math.isnan(cpu):
-            out[pid] = cpu
-    return out
+class GroupSampler:
+    """CPU seconds of the brokers and the database over a span: ``PostgreSQL``
+    (every process of the server), ``Mosquitto``, ``Kafka`` (the broker's JVM; the
+    local three-broker cluster's as ``Kafka cluster (idle)``).
 
+    Sampled every ``every_s`` in a thread of its own: PostgreSQL starts processes
+    that end within seconds (parallel query workers, autovacuum), which two
+    samples at the start and the end miss (measured: a third of the machine's CPU
+    at three times the city load went unaccounted that way). A process that lives
+    less than ``every_s`` is still missed."""
 
-def group_deltas(
-    groups: dict[int, str], before: dict[int, float], after: dict[int, float]
-) -> dict[str, float]:
-    """CPU seconds each group spent between two :func:`group_cpu_seconds` samples
-    (a process that started meanwhile counts whole; one that ended, not at all)."""
-    out: dict[str, float] = {}
-    for pid, cpu in after.items():
-        if pid in groups:
-            name = groups[pid]
-            out[name] = out.get(name, 0.0) + cpu - before.get(pid, 0.0)
-    return out
+    def __init__(self, every_s: float = 0.5) -> None:
+        self._every_s = every_s
+        # pid -> (group, start time, CPU at the first sample, CPU at the last)
+        self._seen: dict[int, tuple[str, int, float, float]] = {}
+        self._first = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._sample()
+        self._first = False
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        """The CPU seconds each group spent since :meth:`start`."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        out: dict[str, float] = {}
+        for group, _, first, last in self._seen.values():
+            out[group] = out.get(group, 0.0) + last - first
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                known = self._seen.get(pid)
+                group = known[0] if known else _group_of(entry)
+                if group is None:
+                    continue
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            cpu = (int(fields[11]) + int(fields[12])) / tick
+            started = int(fields[19])
+            if known is None or known[1] != started:  # new (or a reused pid)
+                # counted from zero when it started during the span
+                self._seen[pid] = (group, started, cpu if self._first else 0.0, cpu)
+            else:
+                self._seen[pid] = (group, started, known[2], cpu)
 
 
 def machine_jiffies() -> tuple[int, int]:

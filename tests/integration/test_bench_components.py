@@ -156,8 +156,7 @@ async def test_report_writes_the_document_from_its_own_figures(
         rules_hours=2,
         storage_rows=5_000,
         timescale_rows=0,
-        e2e_runs=((0.25, False),),
-        e2e_preset="pilot",
+        e2e_runs=(("pilot", 0.25, False),),
         e2e_duration_s=6,
         command="smartpark bench report --quick (test)",
     )
