@@ -43,6 +43,22 @@ def batch(park: str, ent: str, dev: str, seq: int) -> TelemetryBatch:
     )
 
 
+async def bridge_all(
+    settings: Settings, mqtt_addr: tuple[str, int], messages: list[tuple[str, bytes]]
+) -> Bridge:
+    """Run a bridge, publish ``messages`` and stop it once it acknowledged them all."""
+    async with Bridge(settings) as bridge:
+        task = asyncio.create_task(bridge.run())
+        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
+        await asyncio.to_thread(publish_all, *mqtt_addr, messages)
+        await wait_for(
+            lambda: bridge.stats.acked == len(messages), timeout_s=60, what="all acked"
+        )
+        bridge.stop()
+        await task
+    return bridge
+
+
 async def test_valid_batches_reach_kafka_keyed_by_enterprise_in_order(
     mqtt_addr: tuple[str, int], kafka_bootstrap: str, topic_prefix: str, park_id: str
 ) -> None:
@@ -53,15 +69,7 @@ async def test_valid_batches_reach_kafka_keyed_by_enterprise_in_order(
         for seq in range(1, 41)
         for e, d in devices
     ]
-    async with Bridge(settings) as bridge:
-        task = asyncio.create_task(bridge.run())
-        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
-        await asyncio.to_thread(publish_all, *mqtt_addr, sent)
-        await wait_for(
-            lambda: bridge.stats.acked == len(sent), timeout_s=60, what="all acked"
-        )
-        bridge.stop()
-        await task
+    bridge = await bridge_all(settings, mqtt_addr, sent)
     records = await consume_until(
         kafka_bootstrap, settings.kafka.telemetry_topic, lambda r: len(r) >= len(sent)
     )
@@ -100,15 +108,7 @@ async def test_invalid_payloads_go_to_dead_letters_and_do_not_block(
         (topic, wrong_device),
     ]
     messages = [(topic, good1), *bad, (topic, good2)]
-    async with Bridge(settings) as bridge:
-        task = asyncio.create_task(bridge.run())
-        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
-        await asyncio.to_thread(publish_all, *mqtt_addr, messages)
-        await wait_for(
-            lambda: bridge.stats.acked == len(messages), timeout_s=60, what="acks"
-        )
-        bridge.stop()
-        await task
+    bridge = await bridge_all(settings, mqtt_addr, messages)
     assert bridge.stats.dead_letters == len(bad)
     good = await consume_until(
         kafka_bootstrap, settings.kafka.telemetry_topic, lambda r: len(r) >= 2
@@ -146,15 +146,7 @@ async def test_gateway_messages_pass_on_their_agent_topic_only(
         (telemetry_topic(park_id, "ent-a", "agent.a2"), good),
         (telemetry_topic(park_id, "ent-b", "agent.a1"), good),
     ]
-    async with Bridge(settings) as bridge:
-        task = asyncio.create_task(bridge.run())
-        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
-        await asyncio.to_thread(publish_all, *mqtt_addr, messages)
-        await wait_for(
-            lambda: bridge.stats.acked == len(messages), timeout_s=60, what="acks"
-        )
-        bridge.stop()
-        await task
+    bridge = await bridge_all(settings, mqtt_addr, messages)
     (record,) = await consume_until(
         kafka_bootstrap, settings.kafka.telemetry_topic, lambda r: len(r) >= 1
     )
@@ -270,15 +262,7 @@ async def test_a_burst_reaches_kafka_in_order_and_is_all_acknowledged(
     sent = [
         (topic, encode_batch(batch(park_id, "ent-a", "m1", s))) for s in range(3000)
     ]
-    async with Bridge(settings) as bridge:
-        task = asyncio.create_task(bridge.run())
-        await wait_for(lambda: bridge.stats.subscribed, timeout_s=20, what="MQTT")
-        await asyncio.to_thread(publish_all, *mqtt_addr, sent)
-        await wait_for(
-            lambda: bridge.stats.acked == len(sent), timeout_s=60, what="all acked"
-        )
-        bridge.stop()
-        await task
+    bridge = await bridge_all(settings, mqtt_addr, sent)
     records = await consume_until(
         kafka_bootstrap, settings.kafka.telemetry_topic, lambda r: len(r) >= len(sent)
     )
