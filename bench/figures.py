@@ -131,8 +131,8 @@ class Progress:
 def drain_rate(progress: Progress) -> float:
     """Units per second from the first sample showing progress to the first showing
     the whole backlog done. A backlog done within one sample has no such span: then
-    from the last sample showing nothing, a lower bound late by at most one period.
-    NaN if the drain never finished."""
+    from the last sample showing nothing (or the drain's start), a lower bound late
+    by at most one period. NaN if the drain never finished."""
     moving = [(t, n) for t, n in progress.samples if n > 0]
     ends = [(t, n) for t, n in moving if n >= progress.total]
     if not ends:
@@ -140,10 +140,9 @@ def drain_rate(progress: Progress) -> float:
     (t0, n0), (t1, n1) = moving[0], ends[0]
     if t1 <= t0:
         idle = [(t, n) for t, n in progress.samples if n == 0 and t < t1]
-        if not idle:
-            return math.nan
-        t0, n0 = idle[-1]
-    return (n1 - n0) / (t1 - t0)
+        # none: done before the first sample; from the drain's start then
+        t0, n0 = idle[-1] if idle else (0.0, 0)
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else math.nan
 
 
 def own_peak_kib() -> int:
