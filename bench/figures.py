@@ -27,8 +27,8 @@ import resource
 import signal
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,60 +191,46 @@ class GroupSampler:
     (every process of the server), ``Mosquitto``, ``Kafka`` (the broker's JVM; the
     local three-broker cluster's as ``Kafka cluster (idle)``).
 
-    Sampled every ``every_s`` in a thread of its own: PostgreSQL starts processes
-    that end within seconds (parallel query workers, autovacuum), which two
-    samples at the start and the end miss (measured: a third of the machine's CPU
-    at three times the city load went unaccounted that way). A process that lives
-    less than ``every_s`` is still missed."""
-
-    def __init__(self, every_s: float = 0.5) -> None:
-        self._every_s = every_s
-        # pid -> (group, start time, CPU at the first sample, CPU at the last)
-        self._seen: dict[int, tuple[str, int, float, float]] = {}
-        self._first = True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+    Each of :meth:`start` and :meth:`stop` takes one snapshot, and a group's CPU
+    in a snapshot counts every live process's own time *and* the time of the
+    children it has reaped (``cutime``/``cstime``). PostgreSQL starts processes
+    that end within a second (parallel query workers, autovacuum); when one ends,
+    its time moves into the postmaster's children's time, so it is counted
+    whenever it lived. (Sampling each process's own time every 0.5 s missed them:
+    half the machine stayed unaccounted at the province load.)"""
 
     def start(self) -> None:
-        self._sample()
-        self._first = False
-        self._thread.start()
+        self._before = group_cpu()
 
     def stop(self) -> dict[str, float]:
         """The CPU seconds each group spent since :meth:`start`."""
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        out: dict[str, float] = {}
-        for group, _, first, last in self._seen.values():
-            out[group] = out.get(group, 0.0) + last - first
-        return out
+        after = group_cpu()
+        return {g: after[g] - self._before.get(g, 0.0) for g in after}
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._every_s):
-            self._sample()
 
-    def _sample(self) -> None:
-        tick = os.sysconf("SC_CLK_TCK")
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+def group_cpu(
+    classify: Callable[[Path], str | None] | None = None,
+) -> dict[str, float]:
+    """CPU seconds so far of each group ``classify`` (default :func:`_group_of`)
+    names from a ``/proc/<pid>`` entry: its live processes' own time plus that of
+    the children they have reaped."""
+    classify = classify or _group_of
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            group = classify(entry)
+            if group is None:
                 continue
-            pid = int(entry.name)
-            try:
-                known = self._seen.get(pid)
-                group = known[0] if known else _group_of(entry)
-                if group is None:
-                    continue
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            cpu = (int(fields[11]) + int(fields[12])) / tick
-            started = int(fields[19])
-            if known is None or known[1] != started:  # new (or a reused pid)
-                # counted from zero when it started during the span
-                self._seen[pid] = (group, started, cpu if self._first else 0.0, cpu)
-            else:
-                self._seen[pid] = (group, started, known[2], cpu)
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # utime, stime, cutime, cstime (fields 14-17 of proc(5))
+        jiffies = sum(int(f) for f in fields[11:15])
+        out[group] = out.get(group, 0.0) + jiffies / tick
+    return out
 
 
 def machine_jiffies() -> tuple[int, int]:

@@ -4,10 +4,13 @@ samples, ratios against baselines and goals, enterprises per core."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from bench.figures import Figure, Progress, drain_rate
+from bench.figures import Figure, Progress, drain_rate, group_cpu
 from bench.report import Capacity, chain_enterprises_per_core, windowed
 
 
@@ -85,3 +88,37 @@ def test_windowed_rate_smooths_batches_committed_at_once() -> None:
     assert len(steady) == 21
     # within one batch of the window's worth: no spike, no zero
     assert all(1000 <= y <= 2000 * 1.12 for y in steady), steady
+
+
+_BURN = """
+import os, subprocess, sys, time
+for _ in range(4):  # children that each burn 0.25 s of CPU and end at once
+    subprocess.run([sys.executable, "-c",
+        "import time\\nt = time.process_time()\\n"
+        "while time.process_time() - t < 0.25: pass"], check=True)
+print("done", flush=True)
+time.sleep(30)
+"""
+
+
+def test_group_cpu_counts_children_that_ended_between_snapshots() -> None:
+    """A parent's reaped children count in its group: PostgreSQL's parallel
+    workers and autovacuum end within a second, and sampling each live process's
+    own time missed them."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _BURN], stdout=subprocess.PIPE, text=True
+    ) as parent:
+        mine = str(parent.pid)
+
+        def classify(entry: Path) -> str | None:
+            return "burner" if entry.name == mine else None
+
+        try:
+            before = group_cpu(classify).get("burner", 0.0)
+            assert parent.stdout is not None
+            assert parent.stdout.readline() == "done\n"
+            after = group_cpu(classify)["burner"]
+        finally:
+            parent.kill()
+    # four children of 0.25 s each, none of them alive at either snapshot
+    assert after - before >= 0.9
