@@ -83,13 +83,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from paho.mqtt.enums import CallbackAPIVersion
 
+from smartpark import wire_fast
 from smartpark.clock import MsClock, system_ms
 from smartpark.errors import PayloadError
 from smartpark.settings import Settings
 from smartpark.wire import (
     CLOCK_TOPIC,
     SCHEMA_VERSION,
-    decode_message,
     decode_status,
     encode_clock,
     parse_topic,
@@ -410,7 +410,7 @@ class Bridge:
         park, enterprise, device, channel = parse_topic(msg.topic)
         if channel == "telemetry":
             # A device's batch, or a gateway's (the topic then names the gateway).
-            decoded = decode_message(
+            decoded = wire_fast.decode(
                 msg.payload,
                 now_ms=msg.received_ms,
                 max_future_ms=self._settings.bridge.max_future_ms,

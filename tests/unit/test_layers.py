@@ -49,7 +49,8 @@ MAY_IMPORT: dict[str, set[str]] = {
 
 # The pure core: plain functions and state machines over explicit inputs.
 PURE = (
-    "smartpark.wire", "smartpark.catalogue", "smartpark.clock", "smartpark.errors",
+    "smartpark.wire", "smartpark.wire_fast", "smartpark.catalogue", "smartpark.clock",
+    "smartpark.errors",
     "rules.model", "rules.engine", "rules.pack", "rules.kinds",
     "rules.replay",
     "edge_agent.hj212.codec", "edge_agent.hj212.model", "edge_agent.hj212.jsonform",
