@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 # window hourly keeps DDL off the hot path at midnight.
 _PARTITIONS_EVERY_MS = 3600 * 1000
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Readings decoded before storage sends them on (TelemetryStore.write_stream).
+CHUNK_READINGS = 1000
 
 
 @contextlib.contextmanager
@@ -210,39 +212,55 @@ class Sink(DbPositionedConsumer):
 
     async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
         now_ms = self._clock()
-        polls: list[TelemetryBatch] = []
         epochs: dict[tuple[str, str, str, str], EpochRow] = {}
         letters: list[DeadLetter] = []
-        next_offsets: dict[TopicPartition, int] = {}
-        for tp, records in batch.items():
-            for rec in records:
-                source = f"kafka:{tp.topic}/{tp.partition}/{rec.offset}"
-                if rec.value is None:
-                    letters.append(
-                        DeadLetter(b"", "record has no value", source, now_ms, rec.key)
-                    )
-                    continue
-                try:
-                    decoded = decode_record(rec.value, now_ms=now_ms)
-                except PayloadError as exc:
-                    letters.append(
-                        DeadLetter(rec.value, str(exc), source, now_ms, rec.key)
-                    )
-                    continue
-                for poll in decoded.batches:
-                    polls.append(poll)
-                    if poll.epoch is not None:
-                        self._note_epoch(poll, epochs)
-            next_offsets[tp] = records[-1].offset + 1
-        if letters:
-            await self._dead_letter(letters)
-        result = await self._storage.telemetry.write_polls(
-            polls,
+        next_offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+
+        def decoded() -> Iterator[list[TelemetryBatch]]:
+            """The batch's polls in chunks, decoded as storage asks for them (it
+            stores one chunk while this decodes the next); the bad records go
+            to ``letters``."""
+            polls: list[TelemetryBatch] = []
+            readings = 0
+            for tp, records in batch.items():
+                for rec in records:
+                    source = f"kafka:{tp.topic}/{tp.partition}/{rec.offset}"
+                    if rec.value is None:
+                        letters.append(
+                            DeadLetter(b"", "record has no value", source, now_ms,
+                                       rec.key)
+                        )  # fmt: skip
+                        continue
+                    try:
+                        message = decode_record(rec.value, now_ms=now_ms)
+                    except PayloadError as exc:
+                        letters.append(
+                            DeadLetter(rec.value, str(exc), source, now_ms, rec.key)
+                        )
+                        continue
+                    for poll in message.batches:
+                        polls.append(poll)
+                        readings += len(poll.readings)
+                        if poll.epoch is not None:
+                            self._note_epoch(poll, epochs)
+                    if readings >= CHUNK_READINGS:
+                        yield polls
+                        polls, readings = [], 0
+            if polls:
+                yield polls
+
+        async def dead_letter() -> None:  # acknowledged before the offsets commit
+            if letters:
+                await self._dead_letter(letters)
+
+        result = await self._storage.telemetry.write_stream(
+            decoded(),
             offsets=[
                 KafkaOffset(self._group, tp.topic, tp.partition, off)
                 for tp, off in next_offsets.items()
             ],
-            epochs=list(epochs.values()),
+            epochs=lambda: list(epochs.values()),
+            before_commit=dead_letter,
         )
         for e in epochs.values():
             self._epochs[(e.park, e.enterprise, e.device)] = e.epoch

@@ -74,6 +74,10 @@ class Partitions:
             self._known.clear()
             raise
 
+    def known(self, day: date) -> bool:
+        """Whether ``day``'s partition is known to exist (no I/O: the cache)."""
+        return day in self._known
+
     async def existing(self, conn: Conn) -> dict[date, str]:
         """The daily partitions in the catalogue, by day (refreshes the cache)."""
         cur = await conn.execute(

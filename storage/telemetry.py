@@ -14,8 +14,9 @@ row. :meth:`TelemetryStore.write_polls` is the same write for decoded wire batch
 
 from __future__ import annotations
 
+import itertools
 import operator
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from psycopg import sql
@@ -45,6 +46,11 @@ from storage.writer import RowWriter, StoredRow
 COMPACT_AFTER_DAYS = 1
 _TIME_OF = operator.attrgetter("time")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _NotStreamed(Exception):
+    """A chunk of :meth:`TelemetryStore.write_stream` needs what only the
+    careful path does (a series to load, a partition to create)."""
 
 
 class TelemetryStore:
@@ -102,7 +108,9 @@ class TelemetryStore:
                 for r, i in zip(rows, ids, strict=True)
             ]
 
-        return await self._write(len(rows), times, stored, offsets, epochs)
+        return await self._write(
+            len(rows), times, stored, offsets=offsets, epochs=epochs
+        )
 
     async def write_polls(
         self,
@@ -110,10 +118,13 @@ class TelemetryStore:
         *,
         offsets: Sequence[KafkaOffset] = (),
         epochs: Sequence[EpochRow] = (),
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> WriteResult:
         """:meth:`write` of the rows of ``polls`` (decoded wire batches, as
         :func:`storage.model.rows_from_batch` spells them out), with the same
-        contract: the sink's path, which builds no :class:`TelemetryRow`."""
+        contract: the sink's path, which builds no :class:`TelemetryRow`.
+        ``before_commit`` is awaited last in the transaction; if it raises,
+        nothing is committed."""
         times: dict[int, datetime] = {}  # by ts_ms, as rows_from_batch converts
         built, missing = _stored_rows(polls, self._series, times)
 
@@ -126,46 +137,144 @@ class TelemetryStore:
             return rows
 
         count = sum(len(p.readings) for p in polls)
-        return await self._write(count, times.values(), stored, offsets, epochs)
+        return await self._write(
+            count, times.values(), stored, offsets=offsets, epochs=epochs,
+            before_commit=before_commit,
+        )  # fmt: skip
+
+    async def write_stream(
+        self,
+        chunks: Iterable[Sequence[TelemetryBatch]],
+        *,
+        offsets: Sequence[KafkaOffset] = (),
+        epochs: Callable[[], Sequence[EpochRow]] | None = None,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> WriteResult:
+        """:meth:`write_polls` of the polls ``chunks`` yields, with the same
+        contract; ``epochs()`` is called once ``chunks`` is exhausted (the
+        sink notes them while it decodes).
+
+        The rows of each chunk go to the server (COPY) as soon as the chunk is
+        made, so PostgreSQL stores one chunk while the iterator makes the next:
+        the sink decodes its records in the iterator, and its decoding and the
+        server's inserts overlap on two cores instead of taking turns (measured
+        with ``bench/sink_bench.py``). A chunk with a series not cached yet or
+        a day whose partition is not known to exist ends the COPY, undone; the
+        rest of the chunks is made, and the batch is written by
+        :meth:`write_polls` (which loads series and creates partitions outside
+        its transaction). Without COPY (``insert``): :meth:`write_polls` of all
+        the chunks at once.
+        """
+        polls: list[TelemetryBatch] = []
+        it = iter(chunks)
+        new_epochs = epochs or tuple
+        if self._writer.streams:
+            times: dict[int, datetime] = {}
+
+            def rows() -> Iterator[list[StoredRow]]:
+                days_known = self._partitions.known
+                plain = self._dialect is Dialect.POSTGRES
+                checked = 0
+                for chunk in it:
+                    polls.extend(chunk)
+                    built, missing = _stored_rows(chunk, self._series, times)
+                    if missing:
+                        raise _NotStreamed
+                    if plain and len(times) > checked:
+                        new = itertools.islice(times.values(), checked, None)
+                        if not all(days_known(t.date()) for t in new):
+                            raise _NotStreamed
+                        checked = len(times)
+                    yield built
+
+            try:
+                with (
+                    storage_errors("write of a batch"),
+                    self._partitions.unsure(),
+                ):
+                    async with self._db.connection() as conn:
+                        await self._writer.prepare(conn)
+                        async with conn.transaction():
+                            inserted = await self._writer.insert_stream(conn, rows())
+                            await self._finish(
+                                conn, inserted, times.values(), offsets=offsets,
+                                epochs=new_epochs(), before_commit=before_commit,
+                            )  # fmt: skip
+            except _NotStreamed:
+                pass
+            else:
+                count = sum(len(p.readings) for p in polls)
+                return WriteResult(inserted, count - inserted)
+        for chunk in it:
+            polls.extend(chunk)
+        return await self.write_polls(
+            polls, offsets=offsets, epochs=new_epochs(), before_commit=before_commit
+        )
 
     async def _write(
         self,
         count: int,
         times: Iterable[datetime],
         stored: Callable[[Conn], Awaitable[Sequence[StoredRow]]],
+        *,
         offsets: Sequence[KafkaOffset],
         epochs: Sequence[EpochRow],
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> WriteResult:
         """The transaction of :meth:`write`: ``stored(conn)`` builds the rows
         (resolving their series outside the transaction); ``times`` are the
-        distinct times of the rows (their minutes are logged for the rollups)."""
-        plain = self._dialect is Dialect.POSTGRES
-        minutes = rollups.touched_minutes(times) if plain else []
+        distinct times of the rows (their days' partitions are made sure of)."""
+        times = list(times)
+        if self._dialect is Dialect.POSTGRES and times:
+            days = {m.date() for m in rollups.touched_minutes(times)}
+        else:
+            days = set()
         with storage_errors(f"write of {count} rows"), self._partitions.unsure():
             async with self._db.connection() as conn:
-                if minutes:
-                    days = {m.date() for m in minutes}
+                if days:
                     await self._partitions.ensure_days(conn, days)
                 await self._writer.prepare(conn)
                 rows = await stored(conn)
                 async with conn.transaction():
                     inserted = await self._writer.insert(conn, rows)
-                    if inserted and minutes:
-                        await conn.execute(rollups.mark(self._schema), (minutes,))
-                    await offset_sql.upsert(conn, self._schema, offsets)
-                    if epochs:
-                        await conn.execute(
-                            _insert_epochs(self._schema),
-                            (
-                                [e.park for e in epochs],
-                                [e.enterprise for e in epochs],
-                                [e.device for e in epochs],
-                                [e.epoch for e in epochs],
-                                [e.first_seq for e in epochs],
-                                [e.first_time for e in epochs],
-                            ),
-                        )
+                    await self._finish(
+                        conn, inserted, times, offsets=offsets, epochs=epochs,
+                        before_commit=before_commit,
+                    )  # fmt: skip
         return WriteResult(inserted, count - inserted)
+
+    async def _finish(
+        self,
+        conn: Conn,
+        inserted: int,
+        times: Iterable[datetime],
+        *,
+        offsets: Sequence[KafkaOffset],
+        epochs: Sequence[EpochRow],
+        before_commit: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        """The rest of a write's transaction, after its rows: the touched minutes
+        logged for the rollups (plain PostgreSQL), the offsets, the new epochs,
+        then ``before_commit``."""
+        if inserted and self._dialect is Dialect.POSTGRES:
+            minutes = rollups.touched_minutes(times)
+            if minutes:
+                await conn.execute(rollups.mark(self._schema), (minutes,))
+        await offset_sql.upsert(conn, self._schema, offsets)
+        if epochs:
+            await conn.execute(
+                _insert_epochs(self._schema),
+                (
+                    [e.park for e in epochs],
+                    [e.enterprise for e in epochs],
+                    [e.device for e in epochs],
+                    [e.epoch for e in epochs],
+                    [e.first_seq for e in epochs],
+                    [e.first_time for e in epochs],
+                ),
+            )
+        if before_commit is not None:
+            await before_commit()
 
     # -- maintenance --------------------------------------------------------------
 

@@ -19,7 +19,7 @@ resolved to its id (:class:`storage.series.SeriesIds`).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -58,26 +58,55 @@ class RowWriter:
             await conn.execute(statements.create_staging())
             self._staged.add(conn)
 
+    @property
+    def streams(self) -> bool:
+        """Whether :meth:`insert_stream` sends each chunk as it comes (COPY)."""
+        return self._copy
+
     async def insert(self, conn: Conn, rows: Sequence[StoredRow]) -> int:
         """Insert ``rows`` in the current transaction; return how many were new."""
         if not rows:
             return 0
+        return await self.insert_stream(conn, [rows])
+
+    async def insert_stream(
+        self, conn: Conn, chunks: Iterable[Sequence[StoredRow]]
+    ) -> int:
+        """:meth:`insert` of the rows of ``chunks``. With ``copy``, each chunk is
+        sent as soon as it is made, so the server stores one chunk while the
+        iterator makes the next (the sink decodes in the iterator). An exception
+        the iterator raises ends the COPY, undone, and propagates."""
+        chunks = iter(chunks)
+        rows: list[StoredRow] = []
         async with conn.cursor() as cur:
             if self._copy:
                 try:
-                    async with conn.transaction():  # a savepoint in the caller's
-                        await self._copy_rows(cur, self._direct, rows)
+                    # a savepoint in the caller's transaction
+                    async with conn.transaction(), cur.copy(self._direct) as copy:
+                        copy.set_types(list(statements.COPY_TYPES))
+                        for chunk in chunks:
+                            rows.extend(chunk)
+                            for row in chunk:
+                                await copy.write_row(row)
                 except psycopg.errors.UniqueViolation:
                     pass  # some rows are stored already: take the careful way
                 else:
                     return len(rows)
+                for chunk in chunks:  # (psycopg may stop the COPY at the error)
+                    rows.extend(chunk)
+                if not rows:
+                    return 0
                 await self._copy_rows(cur, statements.copy_into_staging(), rows)
                 await cur.execute(self._from_staging)
                 return max(cur.rowcount, 0)
+            for chunk in chunks:
+                rows.extend(chunk)
+            if not rows:
+                return 0
             inserted = 0
             budget = MAX_STATEMENT_BYTES - len(self._from_arrays.as_bytes(conn))
-            for chunk in _chunks(rows, budget):
-                columns = [list(col) for col in zip(*chunk, strict=True)]
+            for part in _chunks(rows, budget):
+                columns = [list(col) for col in zip(*part, strict=True)]
                 await cur.execute(self._from_arrays, columns)
                 inserted += max(cur.rowcount, 0)
             return inserted

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -18,6 +19,7 @@ from smartpark.settings import BulkMethod, DatabaseSettings
 from smartpark.wire import Reading, TelemetryBatch
 from storage import (
     Dialect,
+    EpochRow,
     KafkaOffset,
     ReadingKey,
     RollupLevel,
@@ -570,6 +572,123 @@ async def test_polls_are_stored_as_their_rows(storage: Storage) -> None:
     assert (result.inserted, result.duplicates) == (0, 18)
     await storage.telemetry.write_polls(polls_for("m1", 2, start_seq=6))
     assert await storage.telemetry.count_rows(device="m1") == 24
+
+
+def _in_chunks(
+    polls: list[TelemetryBatch], size: int
+) -> Iterator[list[TelemetryBatch]]:
+    for i in range(0, len(polls), size):
+        yield polls[i : i + size]
+
+
+async def test_a_stream_of_polls_is_stored_as_write_polls_stores_it(
+    storage: Storage,
+) -> None:
+    """write_stream (the sink's path) with each reason to leave the stream for
+    the careful way: a day whose partition is not known, a series not cached, a
+    poll stored already (mid-stream); every row is stored once, the duplicates
+    counted, the offsets committed with them."""
+    polls = polls_for("m1", 8)
+    # T0's day and the series are new: the first chunk goes the careful way
+    result = await storage.telemetry.write_stream(
+        _in_chunks(polls[:4], 2), offsets=[KafkaOffset("g", "t", 0, 4)]
+    )
+    assert (result.inserted, result.duplicates) == (12, 0)
+    # known now; the second chunk repeats polls 2 and 3 (COPY refused mid-stream)
+    result = await storage.telemetry.write_stream(
+        _in_chunks([*polls[4:6], *polls[2:4], *polls[6:8]], 2),
+        offsets=[KafkaOffset("g", "t", 0, 8)],
+    )
+    assert (result.inserted, result.duplicates) == (12, 6)
+    # a device not cached yet in the last chunk
+    result = await storage.telemetry.write_stream(
+        _in_chunks([*polls_for("m1", 2, start_seq=8), *polls_for("m2", 2)], 2)
+    )
+    assert (result.inserted, result.duplicates) == (12, 0)
+    # a known series on a day long gone, whose partition is not known
+    old_ms = int((T0 - timedelta(days=400)).timestamp() * 1000)
+    old = TelemetryBatch(
+        "p1", "e1", "m1", (Reading(100, "active_power", 1.0, "kW", old_ms, "D"),)
+    )
+    result = await storage.telemetry.write_stream(_in_chunks([polls[0], old], 1))
+    assert (result.inserted, result.duplicates) == (1, 3)
+    assert await storage.offsets.load("g", "t") == {0: 8}
+    stored = await storage.telemetry.readings(device="m1")
+    expected = [r for p in [*polls_for("m1", 10), old] for r in rows_from_batch(p)]
+    assert sorted(stored) == sorted(expected)
+    assert await storage.telemetry.count_rows(device="m2") == 6
+
+
+class _Refused(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fails", ["in the stream", "before the commit"])
+async def test_a_failed_stream_commits_nothing(storage: Storage, fails: str) -> None:
+    """The iterator raising after a chunk was sent (a bug in decoding), or
+    ``before_commit`` raising (the dead letters not acknowledged): no row, no
+    offset, no epoch is committed, and the connection serves the next write."""
+    polls = polls_for("m1", 6)
+    await storage.telemetry.write_polls(polls[:1])  # day and series known: streamed
+    epoch = EpochRow("p1", "e1", "m1", "00000000000000aa", 1, T0)
+
+    def chunks() -> Iterator[list[TelemetryBatch]]:
+        yield polls[1:3]
+        yield polls[3:5]
+        if fails == "in the stream":
+            raise _Refused
+
+    async def refuse() -> None:
+        if fails == "before the commit":
+            raise _Refused
+
+    with pytest.raises(_Refused):
+        await storage.telemetry.write_stream(
+            chunks(), offsets=[KafkaOffset("g", "t", 0, 5)],
+            epochs=lambda: [epoch], before_commit=refuse,
+        )  # fmt: skip
+    assert await storage.telemetry.count_rows(device="m1") == 3
+    assert await storage.offsets.load("g", "t") == {}
+    assert await storage.telemetry.epochs() == []
+    result = await storage.telemetry.write_stream(
+        _in_chunks(polls[1:], 2), offsets=[KafkaOffset("g", "t", 0, 6)],
+        epochs=lambda: [epoch],
+    )  # fmt: skip
+    assert (result.inserted, result.duplicates) == (15, 0)
+    assert await storage.telemetry.epochs() == [epoch]
+
+
+async def test_the_server_stores_a_chunk_while_the_next_is_made(
+    pg_dsn: str, db_schema: str
+) -> None:
+    """The point of write_stream: while the iterator makes a chunk, the server
+    is already inserting the rows of the chunks before it (COPY progress seen
+    from another connection), so decoding and inserting overlap."""
+    async with Storage(settings(pg_dsn, db_schema), clock=lambda: TODAY_MS) as s:
+        await s.migrate()  # the series and the day made known first:
+        await s.telemetry.write_polls([polls_for(f"d{d}", 1)[0] for d in range(200)])
+        polls = [p for d in range(200) for p in polls_for(f"d{d}", 9, start_seq=1)]
+        seen: list[int] = []
+
+        def chunks() -> Iterator[list[TelemetryBatch]]:
+            with psycopg.connect(pg_dsn, autocommit=True) as other:
+                for i, chunk in enumerate(_in_chunks(polls, 200)):
+                    if i == 5:  # 3 000 rows sent: wait until the server has some
+                        for _ in range(100):
+                            row = other.execute(
+                                "SELECT tuples_processed FROM pg_stat_progress_copy"
+                                " WHERE relid = to_regclass(%s)",
+                                (f"{db_schema}.telemetry",),
+                            ).fetchone()
+                            if row and row[0] > 0:
+                                seen.append(row[0])
+                                break
+                            time.sleep(0.05)
+                    yield chunk
+
+        result = await s.telemetry.write_stream(chunks())
+    assert (result.inserted, result.duplicates) == (len(polls) * 3, 0)
+    assert seen, "no row inserted while the iterator was still making chunks"
 
 
 @pytest.mark.parametrize(
