@@ -11,7 +11,6 @@ the outbox until it accepts them, then gets them all, in order per device.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from edge_agent.config import AgentConfig
 from simulators.park import SimulatedPark
 from smartpark import wire
 from smartpark.settings import Settings
-from tests.integration.test_edge_refusals import (
+from tests.support.acl import (
     NOT_AUTHORIZED,
     AclBroker,
     acl,
@@ -39,8 +38,8 @@ from tests.support.pipeline import (
 from tests.support.recorder import (
     Recorder,
     assert_complete_and_ordered,
+    delivered_through,
     fast_reconnect,
-    first_seen_seqs,
     metrics_of,
     until,
 )
@@ -54,27 +53,6 @@ POLL_S = 0.2
 def gateway_on(cfg: AgentConfig, **publish: Any) -> AgentConfig:
     update = cfg.publish.model_copy(update={"gateway": True, **publish})
     return cfg.model_copy(update={"publish": update})
-
-
-def device_batches(rec: Recorder) -> list[wire.TelemetryBatch]:
-    """Each device's part of every message, in arrival order."""
-    return [b for _, m in decoded(rec) for b in m.batches]
-
-
-def delivered(rec: Recorder, last: dict[str, int]) -> bool:
-    """Every seq 1..n of each device received (``delivered_through`` for version 2)."""
-    seen = first_seen_seqs(device_batches(rec))
-    return all(set(range(1, n + 1)) <= set(seen.get(d, ())) for d, n in last.items())
-
-
-def decoded(rec: Recorder) -> list[tuple[str, wire.Decoded]]:
-    """The telemetry messages the recorder got, read by the platform's decoder."""
-    now_ms = int(time.time() * 1000)
-    return [
-        (topic, wire.decode_message(payload, now_ms=now_ms))
-        for topic, payload in rec.messages()
-        if topic.endswith("/telemetry")
-    ]
 
 
 async def test_a_gateway_agent_stores_every_reading_once_in_few_messages(
@@ -101,11 +79,11 @@ async def test_a_gateway_agent_stores_every_reading_once_in_few_messages(
                 )
             final = agent.stats()
             await until(
-                lambda: len(decoded(rec)) == final.publisher.published_messages,
+                lambda: len(rec.decoded()) == final.publisher.published_messages,
                 10,
                 "every message at the raw subscriber",
             )
-            messages = decoded(rec)
+            messages = rec.decoded()
         after = read_outboxes([cfg])
         expected = expected_keys([cfg], after)
         stored = await wait_stored(storage, park_id, expected, timeout_s=60)
@@ -249,18 +227,20 @@ async def test_a_refused_gateway_topic_holds_every_device_until_accepted(
                     await until(lambda: min(seqs().values()) >= 10, 10, "10 polls")
                     during = agent.stats()
                     kept = agent.outbox.pending(100_000)
-                    heard_during = len(decoded(rec))
+                    heard_during = len(rec.decoded())
                     broker.set_acl(acl("gwdeny", enterprise, "+"))
                     broker.reload()
                     await until(
                         lambda: not agent.stats().publisher.refusing, 10, "accepted"
                     )
                     fixed = seqs()
-                    await until(lambda: delivered(rec, fixed), 10, "the backlog")
+                    await until(
+                        lambda: delivered_through(rec, fixed), 10, "the backlog"
+                    )
                 final = agent.stats()
                 last = {d: final.devices[d].last_seq for d in ids}
-                await until(lambda: delivered(rec, last), 5, "everything")
-                batches = device_batches(rec)
+                await until(lambda: delivered_through(rec, last), 5, "everything")
+                batches = rec.batches()
 
     # while refused: nothing got through, every device's readings stayed
     assert heard_during == 0

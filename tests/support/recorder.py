@@ -94,13 +94,19 @@ class Recorder:
         with self._lock:
             return list(self._messages)
 
-    def batches(self) -> list[wire.TelemetryBatch]:
+    def decoded(self) -> list[tuple[str, wire.Decoded]]:
+        """The telemetry messages received, read by the platform's own decoder
+        (either wire version), with their topics."""
         now_ms = int(time.time() * 1000)
         return [
-            wire.decode_batch(payload, now_ms=now_ms)  # the platform's own validation
+            (topic, wire.decode_message(payload, now_ms=now_ms))
             for topic, payload in self.messages()
             if topic.endswith("/telemetry")
         ]
+
+    def batches(self) -> list[wire.TelemetryBatch]:
+        """Each device's part of every telemetry message, in arrival order."""
+        return [b for _, message in self.decoded() for b in message.batches]
 
     def statuses(self, device: str) -> list[wire.DeviceStatus]:
         out = []
