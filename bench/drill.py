@@ -69,6 +69,10 @@ load, about three minutes in all; ``full`` holds each 2 minutes after 30 s, wait
 up to 5 minutes for each backlog (with ``--fault-seconds 30`` it took 14 minutes)
 and writes ``docs/drills.md`` unless ``--report`` says otherwise.
 
+``--gateway``: the load and the edge agent send gateway messages (wire schema
+version 2, one message an enterprise and step; the agent with ``publish.gateway``),
+with the same ledger and verdicts.
+
 Exit code 0 only when every verdict passes.
 """
 
@@ -88,7 +92,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +204,9 @@ class Options:
     services_dir: Path
     report: Path | None = None
     resend_window_s: float = RESEND_WINDOW_S
+    # The load and the edge agent send gateway messages (wire version 2), as
+    # agents with publish.gateway do (the workload's ``gateway``).
+    gateway: bool = False
 
 
 # -- the ledger: what the publisher sent and what the broker acknowledged ---------
@@ -393,8 +400,13 @@ class Publisher:
             due = t0_s + m.send_ms / 1000
             if self._stop.wait(max(0.0, due - time.time())):
                 return
-            device = device_ids(w, m.device_index)[1]
-            keys = tuple((device, s) for s in range(m.first_seq, m.first_seq + m.polls))
+            if m.devices:  # a gateway message: one poll of each of its devices
+                keys = tuple((device_ids(w, d)[1], m.first_seq) for d in m.devices)
+            else:
+                device = device_ids(w, m.device_index)[1]
+                keys = tuple(
+                    (device, s) for s in range(m.first_seq, m.first_seq + m.polls)
+                )
             if m.late:
                 self.ledger.planned_late.update(keys)
             ts = t0_ms + poll_time_ms(w, m.device_index, m.first_seq)
@@ -801,7 +813,13 @@ class Outcome:
             f"Load: {w.enterprises} enterprises x {w.devices_per_enterprise} devices "
             f"x {w.metrics_per_device} metrics every {w.step_ms / 1000:g} s "
             f"({w.rate:,.0f} readings/s, {w.out_of_order:.0%} of polls held back "
-            f"{w.ooo_delay_ms} ms), QoS 1 through a TCP proxy; each fault held "
+            f"{w.ooo_delay_ms} ms), "
+            + (
+                "gateway messages (wire version 2, the load and the edge agent), "
+                if w.gateway
+                else "a message a device, "
+            )
+            + "QoS 1 through a TCP proxy; each fault held "
             f"{o.fault_s:g} s after {o.steady_s:g} s of steady load; drain limit "
             f"{o.drain_limit_s:g} s. Run took {self.elapsed_s:.0f} s.",
             "",
@@ -966,7 +984,9 @@ class Drill:
         self.api = Api(env, self.logs)
         self.services["api"] = self.api.service
         self.api.service.start()
-        self.edge = EdgeSite(self.park, edge_network, env, self.logs)
+        self.edge = EdgeSite(
+            self.park, edge_network, env, self.logs, gateway=self.o.gateway
+        )
         self.services["simulator"] = self.edge.sim
         self.services["edge"] = await asyncio.to_thread(self.edge.start)
         if await asyncio.to_thread(self.api.ready_after, 60.0) is None:
@@ -1326,7 +1346,7 @@ def options(args: argparse.Namespace) -> Options:
     return Options(
         tier=args.tier,
         faults=faults,
-        workload=PRESETS[args.preset],
+        workload=replace(PRESETS[args.preset], gateway=args.gateway),
         fault_s=args.fault_seconds if args.fault_seconds else tier.fault_s,
         steady_s=tier.steady_s,
         drain_limit_s=args.drain_limit if args.drain_limit else tier.drain_limit_s,
@@ -1338,6 +1358,7 @@ def options(args: argparse.Namespace) -> Options:
         ),
         report=report,
         resend_window_s=args.resend_window,
+        gateway=args.gateway,
     )
 
 
@@ -1370,6 +1391,11 @@ def parser() -> argparse.ArgumentParser:
         f"(publish.resend_window_s; default {RESEND_WINDOW_S:g}; 0: off)",
     )  # fmt: skip
     p.add_argument("--preset", choices=sorted(PRESETS), default="pilot")
+    p.add_argument(
+        "--gateway", action="store_true",
+        help="the load and the edge agent send gateway messages (wire schema "
+        "version 2), one an enterprise and step, as agents with publish.gateway do",
+    )  # fmt: skip
     p.add_argument("--report", type=Path, default=None, metavar="PATH")
     p.add_argument(
         "--dsn",

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 
 from bench.figures import spawn
 
@@ -101,9 +102,16 @@ class EdgeSite:
     """The simulated enterprise and its edge agent (see the module doc)."""
 
     def __init__(
-        self, park: str, mqtt: tuple[str, int], env: dict[str, str], logs: Path
+        self,
+        park: str,
+        mqtt: tuple[str, int],
+        env: dict[str, str],
+        logs: Path,
+        *,
+        gateway: bool = False,
     ) -> None:
         self.park = park
+        self.gateway = gateway  # the agent sends gateway messages (publish.gateway)
         self.dir = logs / "edge"
         self.sim = Service(
             "simulator",
@@ -134,9 +142,13 @@ class EdgeSite:
                 )
             time.sleep(0.2)
         self.config = Path(written[0])
+        if self.gateway:
+            data = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+            data.setdefault("publish", {})["gateway"] = True
+            self.config.write_text(yaml.safe_dump(data), encoding="utf-8")
         self.agent = Service(
             "edge",
-            ["edge", "run", "--config", str(self.config)],
+            ["edge", "run", "--config", str(self.config), "--stats-interval-s", "5"],
             self._env,
             self._logs / "edge.log",
         )

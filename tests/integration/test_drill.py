@@ -72,3 +72,37 @@ async def test_the_short_tier_loses_no_acknowledged_reading_and_no_alert(
     assert all(f.drained_s is not None for f in outcome.faults)
     assert outcome.healthy, outcome.status
     assert outcome.ok
+
+
+GATEWAY_FAULTS = ("edge", "bridge", "sink", "mosquitto", "kafka", "mosquitto-backlog")
+
+
+async def test_gateway_messages_survive_the_faults_of_the_message_path(
+    pg_dsn: str, mqtt_addr: tuple[str, int], kafka_bootstrap: str
+) -> None:
+    """The same verdicts with gateway messages (wire version 2) from the load
+    and from the real edge agent (``publish.gateway``), for the faults on the
+    path a message takes: the agent, the bridge, the sink, Mosquitto (also
+    while it holds the bridge's backlog) and Kafka."""
+    argv = ["--tier", "short", "--gateway", "--faults", ",".join(GATEWAY_FAULTS)]
+    argv += ["--dsn", pg_dsn, "--kafka", kafka_bootstrap]
+    argv += ["--mqtt", f"{mqtt_addr[0]}:{mqtt_addr[1]}"]
+    o = drill.options(drill.parser().parse_args(argv))
+    assert o.workload.gateway
+    outcome = await drill.Drill(o).run()
+    print(outcome.report())
+
+    assert [f.name for f in outcome.faults] == list(GATEWAY_FAULTS)
+    assert outcome.acked == outcome.sent >= 600 * 30
+    assert outcome.missing == []
+    assert outcome.resends[2] > 0  # what Mosquitto lost came again
+    assert outcome.edge.polls >= 4 * 30
+    assert outcome.edge.missing == []
+    # the agent sent gateway messages: several devices' polls a message
+    stats = re.findall(
+        r"messages published (\d+)", (outcome.logs / "edge.log").read_text()
+    )
+    assert stats, "no stats line of the edge agent"
+    assert 0 < int(stats[-1]) < outcome.edge.polls / 2
+    assert outcome.no_alert == outcome.no_webhook == []
+    assert outcome.ok
