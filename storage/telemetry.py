@@ -171,9 +171,10 @@ class TelemetryStore:
         if self._writer.streams:
             times: dict[int, datetime] = {}
 
+            plain = self._dialect is Dialect.POSTGRES
+
             def rows() -> Iterator[list[StoredRow]]:
                 days_known = self._partitions.known
-                plain = self._dialect is Dialect.POSTGRES
                 checked = 0
                 for chunk in it:
                     polls.extend(chunk)
@@ -196,8 +197,11 @@ class TelemetryStore:
                         await self._writer.prepare(conn)
                         async with conn.transaction():
                             inserted = await self._writer.insert_stream(conn, rows())
+                            minutes = (
+                                rollups.touched_minutes(times.values()) if plain else []
+                            )
                             await self._finish(
-                                conn, inserted, times.values(), offsets=offsets,
+                                conn, inserted, minutes, offsets=offsets,
                                 epochs=new_epochs(), before_commit=before_commit,
                             )  # fmt: skip
             except _NotStreamed:
@@ -223,22 +227,20 @@ class TelemetryStore:
     ) -> WriteResult:
         """The transaction of :meth:`write`: ``stored(conn)`` builds the rows
         (resolving their series outside the transaction); ``times`` are the
-        distinct times of the rows (their days' partitions are made sure of)."""
-        times = list(times)
-        if self._dialect is Dialect.POSTGRES and times:
-            days = {m.date() for m in rollups.touched_minutes(times)}
-        else:
-            days = set()
+        distinct times of the rows (their minutes are logged for the rollups)."""
+        plain = self._dialect is Dialect.POSTGRES
+        minutes = rollups.touched_minutes(times) if plain else []
         with storage_errors(f"write of {count} rows"), self._partitions.unsure():
             async with self._db.connection() as conn:
-                if days:
+                if minutes:
+                    days = {m.date() for m in minutes}
                     await self._partitions.ensure_days(conn, days)
                 await self._writer.prepare(conn)
                 rows = await stored(conn)
                 async with conn.transaction():
                     inserted = await self._writer.insert(conn, rows)
                     await self._finish(
-                        conn, inserted, times, offsets=offsets, epochs=epochs,
+                        conn, inserted, minutes, offsets=offsets, epochs=epochs,
                         before_commit=before_commit,
                     )  # fmt: skip
         return WriteResult(inserted, count - inserted)
@@ -247,19 +249,17 @@ class TelemetryStore:
         self,
         conn: Conn,
         inserted: int,
-        times: Iterable[datetime],
+        minutes: Sequence[datetime],
         *,
         offsets: Sequence[KafkaOffset],
         epochs: Sequence[EpochRow],
         before_commit: Callable[[], Awaitable[None]] | None,
     ) -> None:
-        """The rest of a write's transaction, after its rows: the touched minutes
-        logged for the rollups (plain PostgreSQL), the offsets, the new epochs,
-        then ``before_commit``."""
-        if inserted and self._dialect is Dialect.POSTGRES:
-            minutes = rollups.touched_minutes(times)
-            if minutes:
-                await conn.execute(rollups.mark(self._schema), (minutes,))
+        """The rest of a write's transaction, after its rows: the touched
+        ``minutes`` logged for the rollups (plain PostgreSQL: none otherwise), the
+        offsets, the new epochs, then ``before_commit``."""
+        if inserted and minutes:
+            await conn.execute(rollups.mark(self._schema), (minutes,))
         await offset_sql.upsert(conn, self._schema, offsets)
         if epochs:
             await conn.execute(
